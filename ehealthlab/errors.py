@@ -1,0 +1,60 @@
+"""One error tree for the whole platform.
+
+Code raises these; the boundaries translate them once: the command line prints a one-line
+message and an exit status, the HTTP API renders problem details, the FHIR API an
+OperationOutcome, and ingest a feedback message to the device. Foreign exceptions (psycopg,
+paho, OSError) are wrapped where they enter, never leaked through the core.
+"""
+
+from __future__ import annotations
+
+
+class EhealthlabError(Exception):
+    """Root of every error the platform raises on purpose."""
+
+    #: exit status the command line uses for this kind of error
+    exit_status: int = 1
+
+
+class ConfigurationError(EhealthlabError):
+    """A setting is missing or wrong; the message names the EHEALTHLAB_ variable."""
+
+    exit_status = 2
+
+
+class MissingDependencyError(EhealthlabError):
+    """A program the platform needs is not installed; the message says how to install it."""
+
+
+class ServiceUnavailableError(EhealthlabError):
+    """A server (PostgreSQL, Mosquitto, the API) cannot be reached; the message names it."""
+
+
+class StackError(EhealthlabError):
+    """The local stack could not be started, stopped or inspected."""
+
+
+class StoreError(EhealthlabError):
+    """The time-series store refused an operation."""
+
+
+class MigrationError(StoreError):
+    """A schema migration could not be applied."""
+
+
+class InvalidInputError(EhealthlabError):
+    """Input from a user or a device is not acceptable; the message says why."""
+
+    exit_status = 2
+
+
+class NotFoundError(EhealthlabError):
+    """The thing does not exist, or the caller may not know that it does."""
+
+
+class PermissionDeniedError(EhealthlabError):
+    """The caller is known but may not do this."""
+
+
+class AuthenticationError(EhealthlabError):
+    """The caller could not be identified (missing or invalid credentials)."""

@@ -1,0 +1,1 @@
+"""Evaluation core: the pilot indicators of indicators.md."""

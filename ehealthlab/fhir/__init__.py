@@ -1,0 +1,1 @@
+"""FHIR R4 mapping and API (issue 6). Named so it never shadows the top-level fhir package."""

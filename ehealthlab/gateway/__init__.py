@@ -1,0 +1,1 @@
+"""Device gateway: start-ups onboard devices, providers enrol patients (issue 3)."""

@@ -1,0 +1,1 @@
+"""Ingest: readings from the broker into the time-series store (issue 4)."""

@@ -1,0 +1,81 @@
+"""The one settings object, read from EHEALTHLAB_* variables and passed explicitly.
+
+Nothing else in the package reads the environment. Secrets have no defaults: the local
+stack generates its own and `ehealthlab stack env` prints them; anywhere else they must be
+set, and the accessor that needs one says which variable is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ehealthlab.errors import ConfigurationError
+
+StoreForm = Literal["auto", "plain", "timescale"]
+
+
+class Settings(BaseSettings):
+    """Where the servers are, how to reach them, and the secrets the platform holds."""
+
+    model_config = SettingsConfigDict(env_prefix="EHEALTHLAB_", extra="ignore", frozen=True)
+
+    #: where the local stack keeps its data and configuration; two directories, two stacks
+    state_dir: Path = Path(".ehealthlab")
+
+    #: PostgreSQL (with or without TimescaleDB); unset means "the local stack's"
+    database_url: SecretStr | None = None
+    #: which physical form of the store to build: auto picks TimescaleDB when it can
+    store_form: StoreForm = "auto"
+
+    #: the MQTT broker; unset means "the local stack's"
+    mqtt_host: str | None = None
+    mqtt_port: int | None = None
+    #: the gateway's administrative MQTT client (dynamic security)
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_tls: bool = False
+
+    #: where `ehealthlab api` listens, and where commands that act through it find it
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_url: str | None = None
+    #: an API token for commands that act through the HTTP API
+    token: SecretStr | None = None
+
+    #: key of the keyed hash that replaces patient identifiers (never stored in clear)
+    patient_key: SecretStr | None = None
+
+    def uses_external_database(self) -> bool:
+        """True when the database is given from outside, so the stack starts none."""
+        return self.database_url is not None
+
+    def uses_external_broker(self) -> bool:
+        """True when the broker is given from outside, so the stack starts none."""
+        return self.mqtt_host is not None
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise ConfigurationError(
+                "no database: set EHEALTHLAB_DATABASE_URL or start the local stack "
+                "with `ehealthlab stack up`"
+            )
+        return self.database_url.get_secret_value()
+
+    def require_mqtt(self) -> tuple[str, int]:
+        if self.mqtt_host is None or self.mqtt_port is None:
+            raise ConfigurationError(
+                "no MQTT broker: set EHEALTHLAB_MQTT_HOST and EHEALTHLAB_MQTT_PORT or start "
+                "the local stack with `ehealthlab stack up`"
+            )
+        return self.mqtt_host, self.mqtt_port
+
+    def require_patient_key(self) -> bytes:
+        if self.patient_key is None:
+            raise ConfigurationError(
+                "no patient key: set EHEALTHLAB_PATIENT_KEY (a long random secret)"
+            )
+        return self.patient_key.get_secret_value().encode()

@@ -1,0 +1,1 @@
+"""Simulated patients, devices and broadband (issue 5)."""
