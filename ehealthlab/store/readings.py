@@ -1,0 +1,217 @@
+"""Writing readings into the store, once each, with patient attribution.
+
+A batch goes in one transaction: binary COPY into a session-temporary staging table, then one
+INSERT ... ON CONFLICT DO NOTHING into `readings` keyed on (device, metric, `at`). What the
+insert skipped is classified against the stored row: the same value is a *duplicate*
+(counted in `duplicate_readings`, not an error), another value a *conflict* (the first value
+stays; the caller rejects the newcomer as `conflicting_duplicate`). The hourly rollup follows
+in the same transaction (a trigger on the plain form, a continuous aggregate on TimescaleDB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from ehealthlab.store.db import Connection
+
+PILOT_TIME_ZONE = "Europe/Rome"
+_ROME = ZoneInfo(PILOT_TIME_ZONE)
+
+# The patient is the one whose enrolment with the device covers the reading's pilot day
+# (its clock-corrected time, in Europe/Rome); none yet means unassigned, not dropped.
+_INSERT_NEW = """
+    INSERT INTO readings (device_id, metric, at, value, measured_at, received_at, seq, msg_id,
+                          clock_offset_s, clock_corrected, reported_unit, patient_id)
+    SELECT DISTINCT ON (s.device_id, s.metric, s.at)
+           s.device_id, s.metric, s.at, s.value, s.measured_at, s.received_at, s.seq, s.msg_id,
+           s.clock_offset_s, s.clock_corrected, s.reported_unit,
+           (SELECT e.patient_id FROM enrolments e
+            WHERE e.device_id = s.device_id
+              AND ehl_pilot_day(s.measured_at) >= e.start_date
+              AND (e.end_date IS NULL OR ehl_pilot_day(s.measured_at) <= e.end_date)
+            LIMIT 1)
+    FROM staging_readings s
+    ORDER BY s.device_id, s.metric, s.at, s.ord
+    ON CONFLICT DO NOTHING
+    RETURNING device_id, metric, at
+"""
+
+_STAGING_DDL = """
+    CREATE TEMPORARY TABLE IF NOT EXISTS staging_readings (
+        ord integer NOT NULL,
+        device_id text NOT NULL,
+        metric text NOT NULL,
+        at timestamptz NOT NULL,
+        value double precision NOT NULL,
+        measured_at timestamptz NOT NULL,
+        received_at timestamptz NOT NULL,
+        seq bigint NOT NULL,
+        msg_id text NOT NULL,
+        clock_offset_s real NOT NULL,
+        clock_corrected boolean NOT NULL,
+        reported_unit text
+    ) ON COMMIT DELETE ROWS
+"""
+_STAGING_COLUMNS = (
+    "ord, device_id, metric, at, value, measured_at, received_at, seq, msg_id,"
+    " clock_offset_s, clock_corrected, reported_unit"
+)
+_COPY_STAGING = "COPY staging_readings (" + _STAGING_COLUMNS + ") FROM STDIN (FORMAT BINARY)"
+_STAGING_TYPES = (
+    "int4", "text", "text", "timestamptz", "float8", "timestamptz", "timestamptz", "int8",
+    "text", "float4", "bool", "text",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingRow:
+    """One validated reading, value in the metric's canonical unit, ready to store."""
+
+    device_id: str
+    metric: str
+    at: datetime
+    value: float
+    measured_at: datetime
+    received_at: datetime
+    seq: int
+    msg_id: str
+    clock_offset_s: float
+    clock_corrected: bool
+    reported_unit: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, datetime]:
+        return (self.device_id, self.metric, self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A reading whose key was stored with another value: the stored value stays."""
+
+    index: int
+    reading: ReadingRow
+    stored_value: float
+    stored_seq: int
+
+
+@dataclass
+class WriteResult:
+    inserted: int = 0
+    duplicates: list[int] = field(default_factory=list)  # indexes into the batch
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+class ReadingWriter:
+    """Writes batches of readings over one connection (one per ingest worker)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._known_months: set[tuple[int, int]] = set()
+        self._staging_ready = False
+
+    def write(self, batch: Sequence[ReadingRow]) -> WriteResult:
+        """Store a batch in one transaction; duplicates collapse, conflicts are reported."""
+        if not batch:
+            return WriteResult()
+        self._ensure_partitions(batch)
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            if not self._staging_ready:
+                cur.execute(_STAGING_DDL)
+            with cur.copy(
+                f"COPY staging_readings ({_STAGING_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(list(_STAGING_TYPES))
+                for index, r in enumerate(batch):
+                    copy.write_row(
+                        (index, r.device_id, r.metric, r.at, r.value, r.measured_at,
+                         r.received_at, r.seq, r.msg_id, r.clock_offset_s, r.clock_corrected,
+                         r.reported_unit)
+                    )  # fmt: skip
+            cur.execute(_INSERT_NEW)
+            inserted_keys = {(d, m, a) for d, m, a in cur.fetchall()}
+            result = WriteResult(inserted=len(inserted_keys))
+            if len(inserted_keys) < len(batch):
+                self._classify_skipped(batch, inserted_keys, result)
+        self._staging_ready = True
+        return result
+
+    def _classify_skipped(
+        self,
+        batch: Sequence[ReadingRow],
+        inserted_keys: set[tuple[str, str, datetime]],
+        result: WriteResult,
+    ) -> None:
+        first_index: dict[tuple[str, str, datetime], int] = {}
+        skipped: list[int] = []
+        for index, reading in enumerate(batch):
+            key = reading.key
+            if key in inserted_keys and key not in first_index:
+                first_index[key] = index
+            else:
+                first_index.setdefault(key, index)
+                skipped.append(index)
+        conn = self._conn
+        rows = conn.execute(
+            "SELECT s.ord, r.value, r.seq FROM staging_readings s"
+            " JOIN readings r USING (device_id, metric, at) WHERE s.ord = ANY(%s)",
+            (skipped,),
+        ).fetchall()
+        stored = {int(ord_): (float(value), int(seq)) for ord_, value, seq in rows}
+        duplicate_rows = []
+        for index in skipped:
+            stored_value, stored_seq = stored[index]
+            reading = batch[index]
+            if reading.value == stored_value:
+                result.duplicates.append(index)
+                duplicate_rows.append(
+                    (reading.received_at, reading.device_id, reading.metric, reading.at,
+                     reading.measured_at, reading.seq, reading.msg_id)
+                )  # fmt: skip
+            else:
+                result.conflicts.append(Conflict(index, reading, stored_value, stored_seq))
+        if duplicate_rows:
+            with conn.cursor() as dup_cur:
+                dup_cur.executemany(
+                    "INSERT INTO duplicate_readings"
+                    " (received_at, device_id, metric, at, measured_at, seq, msg_id)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    duplicate_rows,
+                )
+
+    def _ensure_partitions(self, batch: Sequence[ReadingRow]) -> None:
+        """Create missing monthly partitions in a short transaction of its own."""
+        new = {}
+        for reading in batch:
+            month = (reading.at.astimezone(UTC).year, reading.at.astimezone(UTC).month)
+            if month not in self._known_months:
+                new[month] = reading.at
+        if not new:
+            return
+        with self._conn.transaction():
+            self._conn.execute("SELECT ehl_ensure_reading_partitions(%s)", (list(new.values()),))
+        self._known_months.update(new)
+
+
+def attribute_unassigned(conn: Connection, enrolment_id: UUID) -> int:
+    """Attribute to an enrolment's patient the unassigned readings it covers; returns count.
+
+    Readings received before the enrolment was recorded were kept as unassigned, never
+    dropped; this is the moment they find their patient.
+    """
+    cur = conn.execute(
+        "UPDATE readings r SET patient_id = e.patient_id FROM enrolments e"
+        " WHERE e.id = %s AND r.device_id = e.device_id AND r.patient_id IS NULL"
+        " AND ehl_pilot_day(r.measured_at) >= e.start_date"
+        " AND (e.end_date IS NULL OR ehl_pilot_day(r.measured_at) <= e.end_date)",
+        (enrolment_id,),
+    )
+    return cur.rowcount
+
+
+def pilot_day(moment: datetime) -> date:
+    """The Europe/Rome calendar day a moment belongs to (indicators.md conventions)."""
+    return moment.astimezone(_ROME).date()
