@@ -14,9 +14,11 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
-from ehealthlab import __version__
+from ehealthlab import __version__, demo
 from ehealthlab.errors import ConfigurationError, EhealthlabError
 from ehealthlab.settings import Settings
+from ehealthlab.stack import commands as stack_commands
+from ehealthlab.store import commands as store_commands
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -29,10 +31,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ehealthlab import demo
-    from ehealthlab.stack import commands as stack_commands
-    from ehealthlab.store import commands as store_commands
-
     parser = OneLineParser(
         prog="ehealthlab",
         description="E-health Territorial LAB: devices, store, FHIR and pilot evaluation.",

@@ -19,7 +19,8 @@ def connect(settings: Settings, *, autocommit: bool = False) -> Connection:
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no answer"
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0] if lines else "no answer"
         raise ServiceUnavailableError(
             f"cannot reach PostgreSQL ({reason}); start the local stack with "
             "`ehealthlab stack up` or fix EHEALTHLAB_DATABASE_URL"
