@@ -54,7 +54,7 @@ _STAGING_DDL = """
         clock_offset_s real NOT NULL,
         clock_corrected boolean NOT NULL,
         reported_unit text
-    ) ON COMMIT DELETE ROWS
+    )
 """
 _STAGING_COLUMNS = (
     "ord, device_id, metric, at, value, measured_at, received_at, seq, msg_id,"
@@ -114,16 +114,29 @@ class ReadingWriter:
         self._staging_ready = False
 
     def write(self, batch: Sequence[ReadingRow]) -> WriteResult:
-        """Store a batch in one transaction; duplicates collapse, conflicts are reported."""
+        """Store a batch in a transaction of its own; duplicates collapse, conflicts are
+        reported."""
+        self.prepare(batch)
+        with self._conn.transaction():
+            return self.write_in_transaction(batch)
+
+    def prepare(self, batch: Sequence[ReadingRow]) -> None:
+        """What must exist before a batch's transaction: the staging table of this session
+        and the partitions of months not seen yet (DDL in short transactions of its own, so
+        the batch never holds a lock on it)."""
+        if not self._staging_ready:
+            with self._conn.transaction():
+                self._conn.execute(_STAGING_DDL)
+            self._staging_ready = True
+        self._ensure_partitions(batch)
+
+    def write_in_transaction(self, batch: Sequence[ReadingRow]) -> WriteResult:
+        """Store a batch inside the caller's transaction (after `prepare(batch)`), so that
+        readings, rejections and the message log commit or roll back together."""
         if not batch:
             return WriteResult()
-        self._ensure_partitions(batch)
-        with self._conn.transaction(), self._conn.cursor() as cur:
-            if not self._staging_ready:
-                cur.execute(_STAGING_DDL)
-            with cur.copy(
-                f"COPY staging_readings ({_STAGING_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
+        with self._conn.cursor() as cur:
+            with cur.copy(_COPY_STAGING) as copy:
                 copy.set_types(list(_STAGING_TYPES))
                 for index, r in enumerate(batch):
                     copy.write_row(
@@ -136,7 +149,7 @@ class ReadingWriter:
             result = WriteResult(inserted=len(inserted_keys))
             if len(inserted_keys) < len(batch):
                 self._classify_skipped(batch, inserted_keys, result)
-        self._staging_ready = True
+            cur.execute("TRUNCATE staging_readings")
         return result
 
     def _classify_skipped(
