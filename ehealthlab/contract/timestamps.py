@@ -1,0 +1,68 @@
+"""RFC 3339 timestamps as the contract wants them: a date, a time and a UTC offset.
+
+Python's `datetime.fromisoformat` accepts far more than RFC 3339 (week dates, basic format,
+no offset), and pydantic's parser more still, so both the models and the fast validator go
+through this one function: a device gets the same verdict from either.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from ehealthlab.contract.wording import quote
+
+#: the JSON Schema `pattern` of a contract timestamp (offset required)
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+
+_TIMESTAMP = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]"
+    r"(?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?)"
+    r"(?P<offset>[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"
+)
+
+
+class TimestampError(ValueError):
+    """A timestamp is not RFC 3339 with an offset; the message says what to send instead."""
+
+
+def parse_timestamp(text: str) -> datetime:
+    """The aware datetime `text` denotes; TimestampError if it is not RFC 3339 with offset."""
+    # the common shape, 2026-11-25T08:00:30+01:00, without the regex: fromisoformat checks
+    # that every other position is an ASCII digit
+    if (
+        len(text) == 25
+        and text[10] == "T"
+        and text[19] in "+-"
+        and text[4] == text[7] == "-"
+        and text[13] == text[16] == text[22] == ":"
+        and text[23] in "012345"
+    ):
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            pass  # the full parse below says what is wrong
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
+        raise TimestampError(
+            f"{quote(text)} is not an RFC 3339 date-time: use e.g. '2026-11-25T08:00:30+01:00'"
+        )
+    offset = match["offset"]
+    if offset is None:
+        raise TimestampError(
+            f"{quote(text)} has no UTC offset: add 'Z' or the local offset, e.g. '+01:00'"
+        )
+    if offset in ("Z", "z"):
+        offset = "+00:00"
+    try:
+        return datetime.fromisoformat(f"{match['date']}T{match['time']}{offset}")
+    except ValueError:
+        raise TimestampError(f"{quote(text)} is not a valid date and time") from None
+
+
+def format_timestamp(moment: datetime) -> str:
+    """`moment` written the way the contract writes timestamps (offset always present)."""
+    return moment.isoformat()
