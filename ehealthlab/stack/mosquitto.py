@@ -137,6 +137,11 @@ class MosquittoBroker:
             f"persistence_location {self.directory}/",
             "persistence_file mosquitto.db",
             "autosave_interval 60",
+            # ingest acknowledges only after commit: while the database is away the broker
+            # holds each ingest session's backlog (its default drops QoS 1 past 1,000)
+            "max_queued_messages 1000000",
+            # small messages, answered at once: do not wait to fill TCP segments
+            "set_tcp_nodelay true",
             f"log_dest file {self.log_file}",
             "log_type error",
             "log_type warning",

@@ -1,0 +1,371 @@
+"""The one module that imports paho-mqtt: an MQTT 5 connection with blocking, checked calls.
+
+Everything else (gateway, ingest, simulators, conformance) speaks to the broker through
+`MqttConnection`, gets messages as frozen `ReceivedMessage` values, and sees broker refusals
+as the platform's own errors, never paho's return codes.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from paho.mqtt import client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ehealthlab.errors import (
+    AuthenticationError,
+    EhealthlabError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
+from ehealthlab.settings import Settings
+
+DEFAULT_TIMEOUT_S = 10.0
+_MAX_MESSAGE_IDS = 65_535
+
+
+class MqttError(EhealthlabError):
+    """The broker did not do what was asked (timeout, lost connection, refusal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerAddress:
+        """The platform's own client (the gateway's administrative credentials)."""
+        host, port = settings.require_mqtt()
+        password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+        return cls(host, port, settings.mqtt_username, password, settings.mqtt_tls)
+
+    def as_user(self, username: str, password: str) -> BrokerAddress:
+        return BrokerAddress(self.host, self.port, username, password, self.tls)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    """A message as it arrived, before anything else touches it."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+MessageHandler = Callable[[ReceivedMessage], None]
+
+
+class MqttConnection:
+    """One MQTT 5 client connection, its network loop on a background thread.
+
+    Calls block until the broker answers (CONNACK, SUBACK, PUBACK) and raise on refusal.
+    `on_message` runs on the network thread: keep it short (hand work to a queue).
+    """
+
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        client_id: str,
+        *,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+        will: Will | None = None,
+        on_message: MessageHandler | None = None,
+        on_connection_lost: Callable[[str], None] | None = None,
+        manual_ack: bool = False,
+        max_inflight: int = 1000,
+        max_queued: int = 0,
+        receive_maximum: int | None = None,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self._clean_start = clean_start
+        self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
+        self._on_message = on_message
+        self._on_connection_lost = on_connection_lost
+        self._connected = threading.Event()
+        self._connack_received = threading.Event()
+        self._connack: ReasonCode | None = None
+        self._lock = threading.Lock()
+        self._acks: dict[int, threading.Event] = {}
+        self._ack_reasons: OrderedDict[int, ReasonCode | list[ReasonCode]] = OrderedDict()
+        self.session_present = False
+
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=manual_ack,
+            reconnect_on_failure=False,
+        )
+        if broker.username is not None:
+            client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(max_queued)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_subscribe = self._handle_subscribe
+        client.on_publish = self._handle_publish
+        client.on_message = self._handle_message
+        client.on_unsubscribe = self._handle_unsubscribe
+        self._client = client
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def connect(self, timeout: float = DEFAULT_TIMEOUT_S) -> MqttConnection:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._session_expiry_s
+        if self._receive_maximum is not None:
+            # the broker sends at most this many unacknowledged QoS 1 messages: with
+            # acknowledgement after commit, it bounds what a slow consumer holds in memory
+            properties.ReceiveMaximum = self._receive_maximum
+        try:
+            self._client.connect(
+                self.broker.host,
+                self.broker.port,
+                keepalive=30,
+                clean_start=self._clean_start,
+                properties=properties,
+            )
+        except OSError as exc:
+            raise ServiceUnavailableError(
+                f"cannot reach the MQTT broker at {self.broker.host}:{self.broker.port} "
+                f"({exc.strerror or exc}); start it with `ehealthlab stack up` or fix "
+                "EHEALTHLAB_MQTT_HOST/EHEALTHLAB_MQTT_PORT"
+            ) from None
+        self._client.loop_start()
+        self._connack_received.wait(timeout)
+        if not self._connected.is_set():
+            self.close()
+            if self._connack is not None:
+                raise AuthenticationError(
+                    f"the broker refused {self.client_id!r}: {self._connack.getName()}"
+                )
+            raise MqttError(f"no answer from the broker within {timeout:.0f} s")
+        return self
+
+    def close(self, *, end_session: bool = False) -> None:
+        """Disconnect cleanly (no Last Will) and stop the network thread; `end_session`
+        tells the broker to discard a persistent session now rather than keep it."""
+        properties = None
+        if end_session:
+            properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 0
+        self._client.disconnect(properties=properties)
+        self._client.loop_stop()
+
+    def drop(self) -> None:
+        """Close the socket without DISCONNECT, as a device losing power: the Will is sent."""
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
+        self._client.loop_stop()
+
+    @property
+    def is_connected(self) -> bool:
+        """Between an accepted CONNACK and the loss of the connection (paho's own flag
+        lingers after the broker drops a client)."""
+        return self._connected.is_set()
+
+    def __enter__(self) -> MqttConnection:
+        return self.connect() if not self.is_connected else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- operations ----------------------------------------------------------------------
+
+    def subscribe(
+        self, topic_filter: str, qos: int = 1, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        """Subscribe and wait for the SUBACK; a refused filter raises PermissionDeniedError."""
+        result, mid = self._client.subscribe(topic_filter, qos=qos)
+        self._check(result, f"subscribe to {topic_filter!r}")
+        if mid is None:
+            raise MqttError(f"subscribe to {topic_filter!r}: not sent")
+        reasons = self._wait(mid, timeout, f"subscribe to {topic_filter!r}")
+        granted = reasons if isinstance(reasons, list) else [reasons]
+        if any(code.is_failure for code in granted):
+            raise PermissionDeniedError(
+                f"the broker refused the subscription to {topic_filter!r}: "
+                + ", ".join(code.getName() for code in granted)
+            )
+
+    def unsubscribe(self, topic_filter: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """Unsubscribe and wait for the UNSUBACK: after it, nothing new arrives."""
+        result, mid = self._client.unsubscribe(topic_filter)
+        self._check(result, f"unsubscribe from {topic_filter!r}")
+        if mid is not None:
+            self._wait(mid, timeout, f"unsubscribe from {topic_filter!r}")
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        """Publish and, at QoS 1, wait for the PUBACK; a refusal raises PermissionDeniedError."""
+        mid = self.publish_nowait(topic, payload, qos, retain)
+        if qos == 0:
+            return
+        reason = self._wait(mid, timeout, f"publish to {topic!r}")
+        if isinstance(reason, ReasonCode) and reason.is_failure:
+            raise PermissionDeniedError(
+                f"the broker refused the publication to {topic!r}: {reason.getName()}"
+            )
+
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Queue a publication; returns its message id (see `wait_for`)."""
+        # never call paho holding our lock: its network thread holds paho's own lock when it
+        # calls back into _settle, which takes ours (a PUBACK arriving before we look is
+        # kept by _settle until _wait collects it)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        self._check(info.rc, f"publish to {topic!r}")
+        return info.mid
+
+    def wait_for(self, mid: int, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
+        """Wait for the PUBACK of `mid`; True when it arrived and was not a refusal."""
+        reason = self._wait(mid, timeout, f"message {mid}")
+        return not (isinstance(reason, ReasonCode) and reason.is_failure)
+
+    def ack(self, message: ReceivedMessage) -> None:
+        """Acknowledge a message received with manual_ack (after it is safely stored)."""
+        self._client.ack(message.mid, message.qos)
+
+    # -- paho callbacks (network thread) -------------------------------------------------
+
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connack = reason
+        if not reason.is_failure:
+            self.session_present = flags.session_present
+            self._connected.set()
+        self._connack_received.set()
+
+    def _handle_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self._connack_received.set()  # a refusal may arrive as a disconnect
+        with self._lock:
+            waiting = list(self._acks.values())
+        for event in waiting:  # nobody waits forever on a dead connection
+            event.set()
+        if was_connected and self._on_connection_lost is not None:
+            self._on_connection_lost(reason.getName())
+
+    def _handle_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._settle(mid, reasons)
+
+    def _handle_unsubscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._settle(mid, reasons)
+
+    def _handle_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._settle(mid, reason)
+
+    def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        if self._on_message is None:
+            return
+        self._on_message(
+            ReceivedMessage(
+                topic=msg.topic,
+                payload=bytes(msg.payload),
+                qos=msg.qos,
+                retain=bool(msg.retain),
+                mid=msg.mid,
+                received_at=datetime.now(UTC),
+            )
+        )
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _settle(self, mid: int, reason: ReasonCode | list[ReasonCode]) -> None:
+        with self._lock:
+            self._ack_reasons[mid] = reason
+            event = self._acks.setdefault(mid, threading.Event())
+            # answers nobody waits for (publish_nowait) must not pile up: message ids are
+            # 16-bit, so keeping the latest 65,535 keeps every one still of interest
+            while len(self._ack_reasons) > _MAX_MESSAGE_IDS:
+                stale, _ = self._ack_reasons.popitem(last=False)
+                self._acks.pop(stale, None)
+        event.set()
+
+    def _wait(self, mid: int, timeout: float, what: str) -> ReasonCode | list[ReasonCode]:
+        with self._lock:
+            event = self._acks.setdefault(mid, threading.Event())
+        arrived = event.wait(timeout)
+        with self._lock:
+            self._acks.pop(mid, None)
+            reason = self._ack_reasons.pop(mid, None)
+        if reason is None:
+            state = "the connection was lost" if arrived else f"no answer within {timeout:.0f} s"
+            raise MqttError(f"{what}: {state}")
+        return reason
+
+    @staticmethod
+    def _check(result: MQTTErrorCode, what: str) -> None:
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttError(f"{what}: {paho.error_string(result)}")
