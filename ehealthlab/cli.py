@@ -15,7 +15,10 @@ from typing import NoReturn
 from pydantic import ValidationError
 
 from ehealthlab import __version__, demo
+from ehealthlab.api import commands as api_commands
 from ehealthlab.errors import ConfigurationError, EhealthlabError
+from ehealthlab.gateway import admin as gateway_admin
+from ehealthlab.ingest import commands as ingest_commands
 from ehealthlab.settings import Settings
 from ehealthlab.stack import commands as stack_commands
 from ehealthlab.store import commands as store_commands
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stack_commands.register(subparsers)
     store_commands.register(subparsers)
+    ingest_commands.register(subparsers)
+    gateway_admin.register(subparsers)
+    api_commands.register(subparsers)
     demo.register(subparsers)
     return parser
 

@@ -58,3 +58,23 @@ class PermissionDeniedError(EhealthlabError):
 
 class AuthenticationError(EhealthlabError):
     """The caller could not be identified (missing or invalid credentials)."""
+
+
+class ConflictError(InvalidInputError):
+    """The request clashes with what exists: a duplicate, an overlap, a revoked device.
+
+    `extensions` are safe to show the caller (e.g. the id of the existing record it owns).
+    """
+
+    def __init__(self, message: str, **extensions: object) -> None:
+        super().__init__(message)
+        self.extensions = extensions
+
+
+class InvalidFieldError(InvalidInputError):
+    """One field of a request body is well formed but not acceptable (an unknown
+    municipality, a metric the device does not measure); `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
