@@ -1,0 +1,128 @@
+"""`ehealthlab ingest [--workers N]`: run ingest workers until stopped.
+
+Workers are separate processes (validation is CPU work; two cores, two processes) with
+stable names `ingest-1` … `ingest-N`, so a worker that is killed and restarted takes its
+persistent session, and what the broker kept for it, back. SIGTERM or Ctrl-C: each worker
+stops taking messages, stores and acknowledges what it holds, and the command exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ehealthlab.errors import ConfigurationError
+from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
+from ehealthlab.ingest.metrics import WorkerMetrics, report_every_minute, serve_metrics
+from ehealthlab.ingest.worker import IngestConfig, IngestWorker
+from ehealthlab.settings import Settings
+from ehealthlab.stack.local import settings_with_stack
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "ingest",
+        help="move readings from the broker into the store (runs until stopped)",
+        description="Run ingest workers on the shared subscription "
+        "$share/ingest/ehl/v1/devices/+/readings. SIGTERM: finish the batch, then exit 0.",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--first",
+        type=int,
+        default=1,
+        metavar="I",
+        help="number of the first worker, for several machines (default 1)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="serve /metrics for Prometheus on 127.0.0.1:P (worker i: P+i-1)",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=20.0,
+        metavar="MS",
+        help="longest wait to fill a batch (default 20)",
+    )
+    parser.add_argument(
+        "--alert-rules",
+        default=None,
+        metavar="FILE",
+        help="TOML file overriding the default alert rules",
+    )
+    parser.set_defaults(handler=run_ingest)
+
+
+def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    if args.workers < 1 or args.workers > 64:
+        raise ConfigurationError("--workers must be between 1 and 64")
+    settings = settings_with_stack(settings)
+    settings.require_database_url()
+    settings.require_mqtt()
+    rules = DEFAULT_RULES if args.alert_rules is None else load_rules(Path(args.alert_rules))
+    config = IngestConfig(batch_max_wait_s=args.batch_wait_ms / 1000, rules=rules)
+    names = [f"ingest-{args.first + i}" for i in range(args.workers)]
+    ports = [
+        None if args.metrics_port is None else args.metrics_port + i for i in range(args.workers)
+    ]
+    if args.workers == 1:
+        return run_worker(settings, names[0], config, ports[0])
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=run_worker, args=(settings, name, config, port), name=name)
+        for name, port in zip(names, ports, strict=True)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in processes:
+        process.join()
+    return max((p.exitcode or 0) for p in processes)
+
+
+def run_worker(
+    settings: Settings, name: str, config: IngestConfig, metrics_port: int | None
+) -> int:
+    """One worker in this process, until SIGTERM or SIGINT."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    worker = IngestWorker(settings, name, config)
+    metrics = WorkerMetrics(worker)
+    server = serve_metrics(metrics, metrics_port) if metrics_port is not None else None
+    reporter = threading.Thread(target=report_every_minute, args=(metrics, stop), daemon=True)
+    reporter.start()
+    try:
+        worker.run(stop)
+    finally:
+        stop.set()
+        if server is not None:
+            server.shutdown()
+    return 0

@@ -1,0 +1,193 @@
+"""From a received MQTT message to what the store and the device must get. Pure.
+
+`judge` turns one message into store rows (accepted readings, rejections) via the device
+contract's validation; `settle` combines what the store then found (duplicates, conflicts)
+into the message's log row, its extra rejections and the device's feedback. The worker only
+moves these values between the broker and the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ehealthlab.contract.messages import FeedbackMessage, ReasonCode
+from ehealthlab.contract.outcome import (
+    MessageOutcome,
+    Rejection,
+    ValidReading,
+    build_feedback,
+    conflicting_duplicate,
+)
+from ehealthlab.contract.topics import TopicKind, parse_device_topic
+from ehealthlab.contract.validation import validate_message
+from ehealthlab.mqtt import ReceivedMessage
+from ehealthlab.store.readings import Conflict, ReadingRow
+from ehealthlab.store.rejections import RejectedRow
+
+#: how a message from something that is not a registered device's readings topic is filed
+UNKNOWN_DEVICE = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedMessage:
+    """One message after validation: what goes into the store, and why."""
+
+    message: ReceivedMessage
+    device_id: str
+    outcome: MessageOutcome
+    readings: tuple[ReadingRow, ...]  # parallel to outcome.accepted
+    rejections: tuple[RejectedRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageLog:
+    """A row of `device_messages`: how one readings message arrived and what became of it."""
+
+    device_id: str
+    received_at: datetime
+    msg_id: str | None
+    qos: int
+    payload_bytes: int
+    readings: int
+    accepted: int
+    duplicates: int
+    rejected: int
+    clock_offset_s: float | None
+    oldest_at: datetime | None
+    newest_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What the store's verdict adds to a judged message."""
+
+    log: MessageLog
+    conflict_rejections: tuple[RejectedRow, ...]
+    feedback: FeedbackMessage | None
+
+
+def judge(message: ReceivedMessage, device_type_of: Callable[[str], str | None]) -> JudgedMessage:
+    """Validate one message from the broker; never raises on what the device sent."""
+    topic = parse_device_topic(message.topic)
+    received_at = message.received_at
+    if topic is None or topic.kind is not TopicKind.READINGS:
+        return _whole(message, UNKNOWN_DEVICE, f"not a device readings topic: {message.topic!r}")
+    device_type = device_type_of(topic.device_id)
+    if device_type is None:
+        return _whole(message, topic.device_id, f"device {topic.device_id!r} is not registered")
+    outcome = validate_message(message.payload, device_type=device_type, received_at=received_at)
+    offset = outcome.clock_offset_s if outcome.clock_offset_s is not None else 0.0
+    readings = tuple(
+        _reading_row(topic.device_id, outcome, reading, offset) for reading in outcome.accepted
+    )
+    rejections = tuple(
+        _rejected_row(topic.device_id, outcome, rejection) for rejection in outcome.rejected
+    )
+    return JudgedMessage(message, topic.device_id, outcome, readings, rejections)
+
+
+def settle(judged: JudgedMessage, duplicates: int, conflicts: Sequence[Conflict]) -> Settled:
+    """The log row, conflict rejections and feedback of a message once the store answered.
+
+    `conflicts` index into `judged.readings` (equivalently `judged.outcome.accepted`).
+    """
+    outcome = judged.outcome
+    conflict_rejections = [
+        conflicting_duplicate(outcome.accepted[c.index], c.stored_value) for c in conflicts
+    ]
+    ats = [r.at for r in outcome.accepted] + [r.at for r in outcome.rejected if r.at is not None]
+    item_rejections = [r for r in outcome.rejected if r.index is not None]
+    log = MessageLog(
+        device_id=judged.device_id,
+        received_at=outcome.received_at,
+        msg_id=outcome.msg_id,
+        qos=judged.message.qos,
+        payload_bytes=len(judged.message.payload),
+        readings=len(outcome.accepted) + len(item_rejections),
+        accepted=len(outcome.accepted) - duplicates - len(conflicts),
+        duplicates=duplicates,
+        rejected=len(outcome.rejected) + len(conflicts),
+        clock_offset_s=outcome.clock_offset_s,
+        oldest_at=min(ats, default=None),
+        newest_at=max(ats, default=None),
+    )
+    return Settled(
+        log=log,
+        conflict_rejections=tuple(
+            _rejected_row(judged.device_id, outcome, r) for r in conflict_rejections
+        ),
+        feedback=build_feedback(outcome, duplicates, conflict_rejections),
+    )
+
+
+def _reading_row(
+    device_id: str, outcome: MessageOutcome, reading: ValidReading, offset: float
+) -> ReadingRow:
+    return ReadingRow(
+        device_id=device_id,
+        metric=reading.metric,
+        at=reading.at,
+        value=reading.value,
+        measured_at=reading.measured_at,
+        received_at=outcome.received_at,
+        seq=reading.seq,
+        msg_id=outcome.msg_id or "",
+        clock_offset_s=offset,
+        clock_corrected=reading.clock_corrected,
+        reported_unit=None if reading.reported_unit == reading.unit else reading.reported_unit,
+    )
+
+
+def _rejected_row(device_id: str, outcome: MessageOutcome, rejection: Rejection) -> RejectedRow:
+    measured_at = rejection.at
+    if rejection.at is not None and outcome.clock_corrected and outcome.clock_offset_s is not None:
+        try:
+            measured_at = rejection.at + timedelta(seconds=outcome.clock_offset_s)
+        except OverflowError:  # a timestamp near year 1 or 9999, rejected for that: no day
+            measured_at = None
+    return RejectedRow(
+        received_at=outcome.received_at,
+        device_id=device_id,
+        reason=str(rejection.reason),
+        detail=rejection.detail,
+        payload=rejection.raw,
+        msg_id=outcome.msg_id,
+        item_index=rejection.index,
+        seq=rejection.seq,
+        metric=rejection.metric,
+        at=rejection.at,
+        measured_at=measured_at,
+    )
+
+
+def refuse(message: ReceivedMessage, detail: str) -> JudgedMessage:
+    """A message kept as a dead letter whole, for a reason outside the contract's checks."""
+    topic = parse_device_topic(message.topic)
+    return _whole(message, topic.device_id if topic else UNKNOWN_DEVICE, detail)
+
+
+def _whole(message: ReceivedMessage, device_id: str, detail: str) -> JudgedMessage:
+    """A message refused before validation (not a registered device's readings topic)."""
+    rejection = Rejection(
+        index=None,
+        seq=None,
+        metric=None,
+        at=None,
+        reason=ReasonCode.SCHEMA_VIOLATION,
+        detail=detail,
+        raw=message.payload,
+    )
+    outcome = MessageOutcome(
+        received_at=message.received_at,
+        msg_id=None,
+        sent_at=None,
+        clock_offset_s=None,
+        clock_corrected=False,
+        accepted=(),
+        rejected=(rejection,),
+        message_rejection=rejection,
+    )
+    row = _rejected_row(device_id[:64], outcome, rejection)
+    return JudgedMessage(message, device_id[:64], outcome, (), (row,))

@@ -1,0 +1,394 @@
+"""The ingest worker: broker → validation → store → acknowledgement → feedback.
+
+Messages come from an MQTT 5 shared subscription with a persistent session and manual
+acknowledgement. A batch is validated, written in one transaction (readings, rejections,
+duplicates, message log, device last-seen) and only then acknowledged, so a worker killed at
+any point loses nothing: the broker redelivers what was not acknowledged and the store's
+idempotency key collapses what had been committed. The broker never has more than
+`receive_maximum` unacknowledged messages out to a worker, which bounds memory while the
+database is away; the worker retries with backoff and resumes by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import orjson
+import psycopg
+
+from ehealthlab.contract.topics import INGEST_SHARED_SUBSCRIPTION, feedback_topic
+from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
+from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertCandidate, AlertRules, alert_candidates
+from ehealthlab.ingest.pipeline import JudgedMessage, MessageLog, Settled, judge, refuse, settle
+from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
+from ehealthlab.settings import Settings
+from ehealthlab.store.alerts import AlertRow, raise_alerts, weight_history, weight_window
+from ehealthlab.store.db import Connection, connect
+from ehealthlab.store.readings import AttributedRow, Conflict, ReadingRow, ReadingWriter
+from ehealthlab.store.rejections import RejectedRow, write_rejections
+
+log = logging.getLogger("ehealthlab.ingest")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How a worker batches and how long the broker keeps its session."""
+
+    batch_max_messages: int = 1000
+    batch_max_readings: int = 10_000
+    batch_max_wait_s: float = 0.02
+    receive_maximum: int = 2000
+    session_expiry_s: int = 7 * 24 * 3600
+    retry_initial_s: float = 0.25
+    retry_max_s: float = 5.0
+    rules: AlertRules = DEFAULT_RULES
+
+
+@dataclass
+class WorkerStats:
+    """Counters since start, read by the metrics endpoint and the status line."""
+
+    messages: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    alerts: int = 0
+    batches: int = 0
+    last_batch_s: float = 0.0
+    lag_s: float = 0.0
+    db_available: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A message and the connection generation that delivered it (acks go back to it)."""
+
+    generation: int
+    message: ReceivedMessage
+
+
+class IngestWorker:
+    """One consumer of the shared subscription; run several side by side."""
+
+    def __init__(self, settings: Settings, name: str | None = None,
+                 config: IngestConfig | None = None) -> None:  # fmt: skip
+        self.settings = settings
+        self.name = name or f"ingest-{uuid.uuid4().hex[:8]}"
+        self.config = config or IngestConfig()
+        self.stats = WorkerStats()
+        self._inbox: queue.Queue[_Delivery] = queue.Queue()
+        self._generation = 0
+        self._mqtt: MqttConnection | None = None
+        self._db: Connection | None = None
+        self._writer: ReadingWriter | None = None
+        self._device_types: dict[str, str] = {}
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until `stop` is set; then finish the batch in hand and return."""
+        log.info("%s: starting", self.name)
+        try:
+            while not stop.is_set():
+                self._ensure_broker(stop)
+                batch = self._collect(stop)
+                if batch:
+                    self._store(batch, stop)
+            self._drain()
+        finally:
+            self._close()
+            log.info("%s: stopped", self.name)
+
+    def _drain(self) -> None:
+        """A clean stop: take no more messages, store and acknowledge every one already
+        delivered, then end the session so the broker sends this worker's share to the
+        others instead of keeping it for a worker that may not come back."""
+        connection = self._mqtt
+        if connection is None or not connection.is_connected:
+            return
+        try:
+            connection.unsubscribe(INGEST_SHARED_SUBSCRIPTION)
+        except EhealthlabError as exc:
+            log.warning("%s: could not unsubscribe (%s); the session is kept", self.name, exc)
+            return
+        no_stop = threading.Event()
+        while batch := self._collect(no_stop, wait_s=0.3):
+            self._store(batch, no_stop)
+        connection.close(end_session=True)
+        self._mqtt = None
+
+    def _collect(self, stop: threading.Event, wait_s: float = 0.2) -> list[_Delivery]:
+        try:
+            first = self._inbox.get(timeout=wait_s)
+        except queue.Empty:
+            return []
+        batch = [first]
+        readings = first.message.payload.count(b'"seq"')
+        deadline = time.monotonic() + self.config.batch_max_wait_s
+        while (
+            len(batch) < self.config.batch_max_messages
+            and readings < self.config.batch_max_readings
+        ):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                delivery = self._inbox.get(timeout=remaining)
+            except queue.Empty:
+                break
+            batch.append(delivery)
+            readings += delivery.message.payload.count(b'"seq"')
+        return batch
+
+    def _store(self, batch: list[_Delivery], stop: threading.Event) -> None:
+        """Write a batch, retrying while the database is away; then ack and answer."""
+        delay = self.config.retry_initial_s
+        while True:
+            try:
+                settled = self._write_batch(batch)
+                break
+            except (psycopg.OperationalError, ServiceUnavailableError) as exc:
+                self._lost_database(exc)
+            except psycopg.Error as exc:
+                settled = self._write_one_by_one(batch, exc)
+                break
+            if stop.is_set():
+                log.warning("%s: stopping with %d messages unstored; the broker keeps them",
+                            self.name, len(batch))  # fmt: skip
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, self.config.retry_max_s)
+        if not self.stats.db_available:
+            log.warning("%s: database is back; resuming", self.name)
+            self.stats.db_available = True
+        self._acknowledge(batch, settled)
+
+    def _write_one_by_one(
+        self, batch: Sequence[_Delivery], error: psycopg.Error
+    ) -> list[tuple[JudgedMessage, Settled]]:
+        """The database refused a batch for its content (not for being away): write its
+        messages one at a time, and keep any that is still refused as a dead letter."""
+        log.error("%s: a batch was refused (%s); writing its messages one by one", self.name, error)
+        self._reset_database()
+        settled: list[tuple[JudgedMessage, Settled]] = []
+        for delivery in batch:
+            try:
+                settled.extend(self._write_batch([delivery]))
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                self._reset_database()
+                settled.extend(self._write_batch([delivery], refused=str(exc)))
+        return settled
+
+    def _reset_database(self) -> None:
+        if self._db is not None:
+            self._db.close()
+        self._db = None
+        self._writer = None
+
+    def _lost_database(self, exc: Exception) -> None:
+        if self.stats.db_available:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("%s: database unavailable (%s); holding messages unacknowledged, "
+                        "retrying", self.name, reason)  # fmt: skip
+            self.stats.db_available = False
+        self._reset_database()
+
+    # -- the store -----------------------------------------------------------------------
+
+    def _ensure_database(self) -> tuple[Connection, ReadingWriter]:
+        if self._db is None or self._db.closed or self._writer is None:
+            self._db = connect(self.settings)
+            self._writer = ReadingWriter(self._db)
+        return self._db, self._writer
+
+    def _device_type(self, device_id: str) -> str | None:
+        known = self._device_types.get(device_id)
+        if known is not None:
+            return known
+        conn, _ = self._ensure_database()
+        row = conn.execute("SELECT device_type FROM devices WHERE device_id = %s",
+                           (device_id,)).fetchone()  # fmt: skip
+        conn.rollback()
+        if row is None:
+            return None
+        self._device_types[device_id] = str(row[0])
+        return self._device_types[device_id]
+
+    def _write_batch(
+        self, batch: Sequence[_Delivery], refused: str | None = None
+    ) -> list[tuple[JudgedMessage, Settled]]:
+        conn, writer = self._ensure_database()
+        if refused is None:
+            judged = [judge(d.message, self._device_type) for d in batch]
+        else:
+            judged = [refuse(d.message, f"the store could not keep it: {refused}") for d in batch]
+        rows: list[ReadingRow] = []
+        owners: list[tuple[int, int]] = []  # (message, reading) of each row
+        for m, item in enumerate(judged):
+            rows.extend(item.readings)
+            owners.extend((m, r) for r in range(len(item.readings)))
+        started = time.monotonic()
+        writer.prepare(rows)
+        with conn.transaction():
+            result = writer.write_in_transaction(rows)
+            duplicates = [0] * len(judged)
+            for index in result.duplicates:
+                duplicates[owners[index][0]] += 1
+            conflicts: list[list[Conflict]] = [[] for _ in judged]
+            for conflict in result.conflicts:
+                m, r = owners[conflict.index]
+                conflicts[m].append(replace(conflict, index=r))
+            settled = [settle(item, duplicates[m], conflicts[m]) for m, item in enumerate(judged)]
+            rejected: list[RejectedRow] = []
+            for item, verdict in zip(judged, settled, strict=True):
+                rejected.extend(item.rejections)
+                rejected.extend(verdict.conflict_rejections)
+            write_rejections(conn, rejected)
+            _write_message_logs(conn, [s.log for s in settled])
+            alerts = self._raise_alerts(conn, result.attributed)
+        elapsed = time.monotonic() - started
+        oldest = min(d.message.received_at for d in batch)
+        lag = (datetime.now(UTC) - oldest).total_seconds()
+        with self.stats.lock:
+            self.stats.lag_s = lag
+            self.stats.batches += 1
+            self.stats.messages += len(batch)
+            self.stats.readings += result.inserted
+            self.stats.duplicates += len(result.duplicates)
+            self.stats.rejected += len(rejected)
+            self.stats.last_batch_s = elapsed
+            self.stats.alerts += alerts
+        return list(zip(judged, settled, strict=True))
+
+    def _raise_alerts(self, conn: Connection, attributed: Sequence[AttributedRow]) -> int:
+        """Evaluate the alert rules on the readings this batch attributed to patients."""
+        if not attributed:
+            return 0
+        rules = self.config.rules
+        weights = [r for r in attributed if r.metric == rules.weight_gain.metric]
+        history = {}
+        if weights:
+            since, until = weight_window([r.measured_at for r in weights], rules.weight_gain.window)
+            history = weight_history(conn, sorted({r.patient_id for r in weights}), since, until)
+        candidates = alert_candidates(attributed, history, rules)
+        return raise_alerts(conn, [alert_row(c) for c in candidates])
+
+    # -- the broker ----------------------------------------------------------------------
+
+    def _ensure_broker(self, stop: threading.Event) -> None:
+        if self._mqtt is not None and self._mqtt.is_connected:
+            return
+        if self._mqtt is not None:
+            log.warning("%s: broker connection lost; reconnecting", self.name)
+            self._mqtt.close()
+            self._mqtt = None
+        delay = self.config.retry_initial_s
+        while not stop.is_set():
+            self._generation += 1
+            generation = self._generation
+            connection = MqttConnection(
+                BrokerAddress.from_settings(self.settings),
+                self.name,
+                clean_start=False,
+                session_expiry_s=self.config.session_expiry_s,
+                manual_ack=True,
+                receive_maximum=self.config.receive_maximum,
+                on_message=self._deliverer(generation),
+            )
+            try:
+                connection.connect()
+                connection.subscribe(INGEST_SHARED_SUBSCRIPTION, qos=1)
+            except EhealthlabError as exc:
+                log.warning("%s: broker unavailable (%s); retrying", self.name, exc)
+                connection.close()
+                time.sleep(delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+                continue
+            self._mqtt = connection
+            return
+
+    def _deliverer(self, generation: int) -> Callable[[ReceivedMessage], None]:
+        def deliver(message: ReceivedMessage) -> None:
+            self._inbox.put(_Delivery(generation, message))
+
+        return deliver
+
+    def _acknowledge(self, batch: list[_Delivery],
+                     settled: list[tuple[JudgedMessage, Settled]]) -> None:  # fmt: skip
+        connection = self._mqtt
+        if connection is None:
+            return
+        for delivery in batch:
+            if delivery.generation == self._generation and connection.is_connected:
+                connection.ack(delivery.message)
+        for judged, verdict in settled:
+            if verdict.feedback is not None and judged.device_id != "unknown":
+                try:
+                    connection.publish_nowait(
+                        feedback_topic(judged.device_id),
+                        orjson.dumps(verdict.feedback.model_dump(mode="json")),
+                        qos=1,
+                    )
+                except EhealthlabError as exc:  # feedback is advice; the data are safe
+                    log.warning("%s: feedback to %s not sent: %s", self.name, judged.device_id, exc)
+
+    def _close(self) -> None:
+        if self._mqtt is not None:
+            self._mqtt.close()
+            self._mqtt = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def alert_row(candidate: AlertCandidate) -> AlertRow:
+    reading = candidate.reading
+    return AlertRow(
+        patient_id=candidate.patient_id,
+        rule=candidate.rule_id,
+        day=candidate.day,
+        device_id=reading.device_id,
+        metric=reading.metric,
+        at=reading.at,
+        value=reading.value,
+        measured_at=reading.measured_at,
+        raised_at=reading.received_at,
+    )
+
+
+def _write_message_logs(conn: Connection, logs: Sequence[MessageLog]) -> None:
+    """One row per message (COPY: at thousands of messages a second, row by row is slow),
+    and each device's last-seen time."""
+    if not logs:
+        return
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY device_messages (device_id, received_at, msg_id, qos, payload_bytes, readings,"
+            " accepted, duplicates, rejected, clock_offset_s, oldest_at, newest_at) FROM STDIN"
+        ) as copy:
+            for entry in logs:
+                copy.write_row(
+                    (entry.device_id, entry.received_at, entry.msg_id, entry.qos,
+                     entry.payload_bytes, entry.readings, entry.accepted, entry.duplicates,
+                     entry.rejected, entry.clock_offset_s, entry.oldest_at, entry.newest_at)
+                )  # fmt: skip
+        last_seen: dict[str, datetime] = {}
+        for entry in logs:
+            seen = last_seen.get(entry.device_id, entry.received_at)
+            last_seen[entry.device_id] = max(entry.received_at, seen)
+        cur.execute(
+            "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
+            " FROM unnest(%s::text[], %s::timestamptz[]) AS s(device_id, seen)"
+            " WHERE d.device_id = s.device_id",
+            (list(last_seen), list(last_seen.values())),
+        )

@@ -1,0 +1,67 @@
+"""Alerts in the store: raising (idempotent per patient, rule and day), the weight history
+the weight-gain rule needs, listing and acknowledging."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from uuid import UUID
+
+from ehealthlab.store.db import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    patient_id: UUID
+    rule: str
+    day: date
+    device_id: str
+    metric: str
+    at: datetime
+    value: float
+    measured_at: datetime
+    raised_at: datetime
+
+
+def raise_alerts(conn: Connection, alerts: Sequence[AlertRow]) -> int:
+    """Insert alerts not raised yet for their (patient, rule, day); returns how many were new."""
+    if not alerts:
+        return 0
+    cur = conn.execute(
+        "INSERT INTO alerts (patient_id, rule, day, device_id, metric, at, value, measured_at,"
+        " raised_at)"
+        " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::date[], %s::text[], %s::text[],"
+        " %s::timestamptz[], %s::float8[], %s::timestamptz[], %s::timestamptz[])"
+        " ON CONFLICT (patient_id, rule, day) DO NOTHING",
+        (
+            [a.patient_id for a in alerts], [a.rule for a in alerts], [a.day for a in alerts],
+            [a.device_id for a in alerts], [a.metric for a in alerts], [a.at for a in alerts],
+            [a.value for a in alerts], [a.measured_at for a in alerts],
+            [a.raised_at for a in alerts],
+        ),
+    )  # fmt: skip
+    return cur.rowcount
+
+
+def weight_history(
+    conn: Connection, patient_ids: Sequence[UUID], since: datetime, until: datetime
+) -> dict[UUID, list[tuple[datetime, float]]]:
+    """Accepted weights (measured_at, kg) of these patients measured in [since, until]."""
+    history: dict[UUID, list[tuple[datetime, float]]] = {}
+    if not patient_ids:
+        return history
+    rows = conn.execute(
+        "SELECT patient_id, measured_at, value FROM readings"
+        " WHERE patient_id = ANY(%s) AND metric = 'body_weight'"
+        " AND measured_at BETWEEN %s AND %s",
+        (list(patient_ids), since, until),
+    ).fetchall()
+    for patient_id, measured_at, value in rows:
+        history.setdefault(patient_id, []).append((measured_at, float(value)))
+    return history
+
+
+def weight_window(measured: Sequence[datetime], window: timedelta) -> tuple[datetime, datetime]:
+    """The span of history that covers every reading's preceding window."""
+    return min(measured) - window, max(measured)

@@ -1,0 +1,254 @@
+"""Ingest against a real broker and a real store: every reading lands once, none is lost."""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import psycopg
+import pytest
+from conftest import create_database, drop_database, with_database
+
+from ehealthlab.contract.topics import feedback_topic, readings_topic
+from ehealthlab.gateway.dynsec import DynamicSecurity
+from ehealthlab.ingest.worker import IngestConfig, IngestWorker
+from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
+from ehealthlab.settings import Settings
+
+T0 = datetime(2026, 3, 10, 7, 0, tzinfo=UTC)
+
+
+def message(
+    readings: list[dict], *, msg_id: str | None = None, sent_at: datetime | None = None
+) -> bytes:
+    return orjson.dumps(
+        {
+            "schema": "ehl.readings/1",
+            "msg_id": msg_id or str(uuid.uuid4()),
+            "sent_at": (sent_at or datetime.now(UTC)).isoformat(),
+            "readings": readings,
+        }
+    )
+
+
+def bp(
+    seq: int, at: datetime, sys_: float = 130, dia: float = 85, unit: str = "mm[Hg]"
+) -> list[dict]:
+    stamp = at.isoformat()
+    return [
+        {"seq": seq, "metric": "bp_systolic", "value": sys_, "unit": unit, "at": stamp},
+        {"seq": seq + 1, "metric": "bp_diastolic", "value": dia, "unit": unit, "at": stamp},
+    ]
+
+
+class Pilot:
+    """A store, a broker with the platform role, and devices registered in both."""
+
+    def __init__(self, database_url: str, broker) -> None:
+        self.database_url = database_url
+        self.admin = BrokerAddress(
+            broker.host, broker.port, broker.admin_username, broker.admin_password
+        )
+        self.settings = Settings(
+            database_url=database_url,
+            mqtt_host=broker.host,
+            mqtt_port=broker.port,
+            mqtt_username=broker.admin_username,
+            mqtt_password=broker.admin_password,
+            state_dir="/nonexistent-ehealthlab-state",
+        )
+        with DynamicSecurity(self.admin) as dynsec:
+            dynsec.ensure_platform_role(broker.admin_username)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            self.startup = conn.execute(
+                "INSERT INTO organisations (kind, name) VALUES ('startup', 'Acme') RETURNING id"
+            ).fetchone()[0]
+        self.devices: list[str] = []
+
+    def register(self, device_type: str = "blood_pressure_monitor") -> tuple[str, str]:
+        device_id = f"bpm-{uuid.uuid4().hex[:10]}"
+        password = secrets.token_hex(16)
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO devices (device_id, organisation_id, device_type, model, serial)"
+                " VALUES (%s, %s, %s, 'M', %s)",
+                (device_id, self.startup, device_type, device_id),
+            )
+        with DynamicSecurity(self.admin) as dynsec:
+            dynsec.create_device_client(device_id, password)
+        self.devices.append(device_id)
+        return device_id, password
+
+    def device(
+        self, device_id: str, password: str, inbox: queue.Queue | None = None
+    ) -> MqttConnection:
+        connection = MqttConnection(
+            self.admin.as_user(device_id, password),
+            device_id,
+            on_message=inbox.put if inbox is not None else None,
+        )
+        connection.connect()
+        if inbox is not None:
+            connection.subscribe(feedback_topic(device_id))
+        return connection
+
+    def query(self, sql: str, *params):
+        with psycopg.connect(self.database_url) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def wait_for(self, sql: str, expected, *params, timeout: float = 15.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.query(sql, *params)
+            if got == expected or time.monotonic() > deadline:
+                return got
+            time.sleep(0.1)
+
+    def cleanup(self) -> None:
+        with DynamicSecurity(self.admin) as dynsec:
+            for device_id in self.devices:
+                dynsec.delete_device_client(device_id)
+
+
+@pytest.fixture
+def pilot(plain_admin_url, migrated_template, mosquitto_broker) -> Iterator[Pilot]:
+    name = create_database(plain_admin_url, template=migrated_template)
+    p = Pilot(with_database(plain_admin_url, name), mosquitto_broker)
+    try:
+        yield p
+    finally:
+        p.cleanup()
+        drop_database(plain_admin_url, name)
+
+
+class RunningWorker:
+    def __init__(self, settings: Settings, name: str, config: IngestConfig | None = None) -> None:
+        self.worker = IngestWorker(settings, name, config)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def workers(pilot) -> Iterator:
+    started: list[RunningWorker] = []
+
+    def start(name: str | None = None, config: IngestConfig | None = None) -> RunningWorker:
+        started.append(
+            RunningWorker(pilot.settings, name or f"ingest-{uuid.uuid4().hex[:6]}", config)
+        )
+        return started[-1]
+
+    yield start
+    for w in started:
+        w.close()
+
+
+def test_readings_land_and_a_wrong_unit_is_rejected_with_feedback(pilot, workers):
+    workers()
+    device_id, password = pilot.register()
+    feedback: queue.Queue[ReceivedMessage] = queue.Queue()
+    device = pilot.device(device_id, password, feedback)
+    try:
+        device.publish(readings_topic(device_id), message(bp(1, T0)))
+        later = T0 + timedelta(hours=1)
+        pulse = {
+            "seq": 5,
+            "metric": "heart_rate",
+            "value": 72,
+            "unit": "bpm",
+            "at": later.isoformat(),
+        }
+        bad = message([*bp(3, later), pulse], msg_id="with-a-bad-unit")
+        device.publish(readings_topic(device_id), bad)
+        answer = orjson.loads(feedback.get(timeout=15).payload)
+    finally:
+        device.close()
+    assert answer["msg_id"] == "with-a-bad-unit"
+    assert answer["accepted"] == 2
+    [rejected] = answer["rejected"]
+    assert (rejected["index"], rejected["seq"], rejected["reason"]) == (2, 5, "unit_mismatch")
+    assert "/min" in rejected["detail"]
+    stored = pilot.wait_for("SELECT count(*) FROM readings", [(4,)])
+    assert stored == [(4,)]
+    assert pilot.query("SELECT reason, seq, msg_id FROM rejected_readings") == [
+        ("unit_mismatch", 5, "with-a-bad-unit")
+    ]
+    assert pilot.query(
+        "SELECT qos, readings, accepted, rejected FROM device_messages ORDER BY id"
+    ) == [(1, 2, 2, 0), (1, 3, 2, 1)]
+    assert pilot.query(
+        "SELECT last_seen_at IS NOT NULL FROM devices WHERE device_id = %s", device_id
+    ) == [(True,)]
+
+
+def test_a_resent_message_collapses_to_one_set_of_readings(pilot, workers):
+    workers()
+    device_id, password = pilot.register()
+    device = pilot.device(device_id, password)
+    payload = message(bp(10, T0), msg_id="same-message")
+    try:
+        for _ in range(3):
+            device.publish(readings_topic(device_id), payload)
+    finally:
+        device.close()
+    assert pilot.wait_for("SELECT count(*) FROM duplicate_readings", [(4,)]) == [(4,)]
+    assert pilot.query("SELECT count(*) FROM readings") == [(2,)]
+
+
+# --- exactly once, whatever happens ----------------------------------------------------------
+
+
+def stream(device_id: str, count: int, per_message: int = 50, start_seq: int = 1) -> list[bytes]:
+    """`count` distinct heart-rate readings in messages of `per_message`, one per minute."""
+    messages = []
+    for first in range(0, count, per_message):
+        readings = [
+            {
+                "seq": start_seq + i,
+                "metric": "heart_rate",
+                "value": 60 + i % 40,
+                "unit": "/min",
+                "at": (T0 + timedelta(minutes=start_seq + i)).isoformat(),
+            }
+            for i in range(first, min(first + per_message, count))
+        ]
+        messages.append(message(readings, msg_id=f"{device_id}-{first}"))
+    return messages
+
+
+def publish_all(pilot: Pilot, device_id: str, password: str, payloads: list[bytes]) -> None:
+    with pilot.device(device_id, password) as device:
+        mids = [device.publish_nowait(readings_topic(device_id), p) for p in payloads]
+        for mid in mids:
+            assert device.wait_for(mid, timeout=30)
+
+
+def test_ten_thousand_readings_with_duplicates_and_redeliveries_are_stored_exactly_once(
+    pilot, workers
+):
+    workers(), workers()  # two workers share the subscription
+    device_id, password = pilot.register("multiparameter_monitor")
+    payloads = stream(device_id, 10_000)
+    resent = payloads[::7] + payloads[:20]  # a device resending part of its backlog
+    publish_all(pilot, device_id, password, payloads + resent)
+    resent_readings = sum(len(orjson.loads(p)["readings"]) for p in resent)
+    assert pilot.wait_for("SELECT count(*) FROM readings", [(10_000,)], timeout=60) == [(10_000,)]
+    assert pilot.wait_for("SELECT count(*) FROM duplicate_readings", [(resent_readings,)]) == [
+        (resent_readings,)
+    ]
+    assert pilot.query("SELECT count(DISTINCT seq), min(seq), max(seq) FROM readings") == [
+        (10_000, 1, 10_000)
+    ]
+    assert pilot.query("SELECT sum(readings) FROM readings_hourly") == [(10_000,)]

@@ -1,0 +1,248 @@
+"""Nothing is lost when a worker is killed, the database stops or the broker restarts.
+
+Each test here owns its servers (started for this module), so stopping them disturbs no
+other test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from conftest import create_database, with_database
+from test_ingest import Pilot, RunningWorker, publish_all, stream
+
+from ehealthlab.ingest.worker import IngestConfig
+from ehealthlab.stack.mosquitto import MosquittoBroker
+from ehealthlab.stack.ports import start_on_free_port
+from ehealthlab.stack.postgres import PostgresServer
+from ehealthlab.stack.programs import ServiceAccount, place_for
+from ehealthlab.store.migrate import migrate
+
+
+@pytest.fixture(scope="module")
+def own_postgres(tmp_path_factory) -> Iterator[PostgresServer]:
+    server = PostgresServer(
+        place_for(ServiceAccount.for_server("postgres"), tmp_path_factory.mktemp("pg") / "s"),
+        fsync=False,
+    )
+    start_on_free_port(server)
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory) -> Iterator[MosquittoBroker]:
+    broker = MosquittoBroker(
+        place_for(ServiceAccount.for_server("mosquitto"), tmp_path_factory.mktemp("mq") / "s")
+    )
+    start_on_free_port(broker)
+    yield broker
+    broker.remove()
+
+
+@pytest.fixture
+def pilot(own_postgres, own_broker) -> Iterator[Pilot]:
+    admin_url = own_postgres.url("postgres")
+    name = create_database(admin_url)
+    url = with_database(admin_url, name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+    p = Pilot(url, own_broker)
+    yield p
+    p.cleanup()
+
+
+class Publisher(threading.Thread):
+    """A device publishing in the background; join() re-raises what went wrong."""
+
+    def __init__(self, pilot: Pilot, device_id: str, password: str, payloads) -> None:
+        super().__init__(daemon=True)
+        self.args_ = (pilot, device_id, password, payloads)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            publish_all(*self.args_)
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
+
+
+def publish_in_background(pilot: Pilot, device_id: str, password: str, payloads) -> Publisher:
+    publisher = Publisher(pilot, device_id, password, payloads)
+    publisher.start()
+    return publisher
+
+
+def count(pilot: Pilot) -> int:
+    return pilot.query("SELECT count(*) FROM readings")[0][0]
+
+
+def wait_until(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+_LOGS: list = []
+
+
+@pytest.fixture(autouse=True)
+def _close_process_logs():
+    yield
+    while _LOGS:
+        _LOGS.pop().close()
+
+
+def ingest_process(pilot: Pilot) -> subprocess.Popen:
+    settings = pilot.settings
+    env = {
+        **os.environ,
+        "EHEALTHLAB_DATABASE_URL": settings.database_url.get_secret_value(),
+        "EHEALTHLAB_MQTT_HOST": settings.mqtt_host,
+        "EHEALTHLAB_MQTT_PORT": str(settings.mqtt_port),
+        "EHEALTHLAB_MQTT_USERNAME": settings.mqtt_username,
+        "EHEALTHLAB_MQTT_PASSWORD": settings.mqtt_password.get_secret_value(),
+        "EHEALTHLAB_STATE_DIR": "/nonexistent-ehealthlab-state",
+    }
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ehealthlab.cli", "ingest", "--first", "7"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    process.log = log  # type: ignore[attr-defined]
+    _LOGS.append(log)
+    return process
+
+
+def log_of(process: subprocess.Popen) -> str:
+    process.log.seek(0)  # type: ignore[attr-defined]
+    return process.log.read().decode(errors="replace")[-3000:]  # type: ignore[attr-defined]
+
+
+def started_ingest_process(pilot: Pilot, device_id: str, password: str) -> subprocess.Popen:
+    """A worker process, once it is subscribed: a probe message it stored says so (a
+    message published before any ingest session exists is, by MQTT's rules, for nobody)."""
+    worker = ingest_process(pilot)
+    probe = stream(device_id, 1, start_seq=0)
+    for _ in range(100):
+        publish_all(pilot, device_id, password, probe)
+        if wait_until(lambda: count(pilot) > 0, timeout=0.3):
+            return worker
+    worker.kill()
+    worker.wait()
+    pytest.fail(log_of(worker))
+
+
+def test_a_worker_killed_mid_stream_loses_nothing_once_restarted(pilot):
+    device_id, password = pilot.register("multiparameter_monitor")
+    worker = started_ingest_process(pilot, device_id, password)
+    try:
+        publisher = publish_in_background(pilot, device_id, password, stream(device_id, 20_000))
+        if not wait_until(lambda: count(pilot) > 2_000):
+            worker.kill()
+            worker.wait()
+            publisher.join()
+            pytest.fail(log_of(worker))
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        killed_at = count(pilot)
+        publisher.join()
+        time.sleep(0.5)
+        assert count(pilot) == killed_at  # nobody else is ingesting: the broker holds the rest
+        worker = ingest_process(pilot)  # the same name takes its session back
+        assert wait_until(lambda: count(pilot) == 20_001, timeout=60), count(pilot)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert pilot.query("SELECT count(DISTINCT seq) FROM readings") == [(20_001,)]
+
+
+def test_a_database_outage_loses_nothing_and_memory_stays_bounded(pilot, own_postgres):
+    device_id, password = pilot.register("multiparameter_monitor")
+    config = IngestConfig(receive_maximum=100, retry_max_s=0.5)
+    running = RunningWorker(pilot.settings, "ingest-outage", config)
+    held: list[int] = []
+    try:
+        publisher = publish_in_background(pilot, device_id, password, stream(device_id, 20_000))
+        assert wait_until(lambda: count(pilot) > 1_000)
+        own_postgres.stop()
+        for _ in range(30):  # three seconds without a database, the publisher going on
+            held.append(running.worker._inbox.qsize())
+            time.sleep(0.1)
+        assert not running.worker.stats.db_available
+        publisher.join()
+        own_postgres.start()
+        assert wait_until(lambda: count(pilot) == 20_000, timeout=60), count(pilot)
+        assert running.worker.stats.db_available
+    finally:
+        if not own_postgres.is_running():
+            own_postgres.start()
+        running.close()
+    # 400 messages were published during the outage; the worker held about receive_maximum
+    # of them and the broker the rest (Mosquitto 2.0.11 counts its inflight quota loosely,
+    # fixed upstream in 2.0.13, #2306: hence the slack)
+    assert max(held) <= config.receive_maximum * 1.5
+    assert pilot.query("SELECT count(*) FROM device_messages") == [(400,)]
+
+
+def test_workers_reconnect_and_resubscribe_by_themselves_after_a_broker_restart(pilot, own_broker):
+    device_id, password = pilot.register("multiparameter_monitor")
+    running = RunningWorker(pilot.settings, "ingest-restart", IngestConfig(retry_max_s=0.5))
+    try:
+        payloads = stream(device_id, 10_000)
+        publish_all(pilot, device_id, password, payloads[:100])
+        assert wait_until(lambda: count(pilot) == 5_000, timeout=30), count(pilot)
+        own_broker.stop()
+        own_broker.start()
+        probe = stream(device_id, 1, start_seq=0)
+        assert wait_until(
+            lambda: (publish_all(pilot, device_id, password, probe), count(pilot))[1] == 5_001,
+            timeout=30,
+        )
+        publish_all(pilot, device_id, password, payloads[100:])
+        assert wait_until(lambda: count(pilot) == 10_001, timeout=60), count(pilot)
+    finally:
+        running.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Mosquitto 2.0 does not persist shared subscriptions (src/persist_write.c saves "
+    "node->subs, not node->shared): what the broker held for the $share/ingest group when it "
+    "stopped, and what devices publish before the workers resubscribe, is lost. See "
+    "docs/ingest.md; this test passes once the broker keeps shared subscriptions.",
+)
+def test_a_broker_restart_mid_stream_loses_nothing(pilot, own_broker):
+    device_id, password = pilot.register("multiparameter_monitor")
+    running = RunningWorker(pilot.settings, "ingest-restart-2", IngestConfig(retry_max_s=0.5))
+    try:
+        payloads = stream(device_id, 10_000)
+        publish_all(pilot, device_id, password, payloads[:100])
+        own_broker.stop()
+        own_broker.start()
+        publish_all(pilot, device_id, password, payloads[100:])
+        assert wait_until(lambda: count(pilot) == 10_000, timeout=20), count(pilot)
+    finally:
+        running.close()
