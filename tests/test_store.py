@@ -20,15 +20,31 @@ from ehealthlab.store.rejections import RejectedRow, recent_rejections, write_re
 T0 = datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
 
 
-def reading(device: str = "cuff-0001", metric: str = "bp_systolic", *, at: datetime = T0,
-            value: float = 142.0, seq: int = 1, offset: float = 0.5,
-            corrected: bool = False, msg: str = "m-1") -> ReadingRow:  # fmt: skip
+def reading(
+    device: str = "cuff-0001",
+    metric: str = "bp_systolic",
+    *,
+    at: datetime = T0,
+    value: float = 142.0,
+    seq: int = 1,
+    offset: float = 0.5,
+    corrected: bool = False,
+    msg: str = "m-1",
+) -> ReadingRow:
     measured = at + timedelta(seconds=offset) if corrected else at
     return ReadingRow(
-        device_id=device, metric=metric, at=at, value=value, measured_at=measured,
-        received_at=at + timedelta(seconds=3), seq=seq, msg_id=msg, clock_offset_s=offset,
-        clock_corrected=corrected, reported_unit=None,
-    )  # fmt: skip
+        device_id=device,
+        metric=metric,
+        at=at,
+        value=value,
+        measured_at=measured,
+        received_at=at + timedelta(seconds=3),
+        seq=seq,
+        msg_id=msg,
+        clock_offset_s=offset,
+        clock_corrected=corrected,
+        reported_unit=None,
+    )
 
 
 def register_device(conn: psycopg.Connection, device: str = "cuff-0001") -> None:
@@ -158,8 +174,14 @@ def test_store_form_is_recorded_and_tables_have_one_shape(store_url, request):
                 (relation,),
             ).fetchall()
     assert [c for c, _ in shapes["readings_hourly"]] == [
-        "bucket", "device_id", "metric", "readings", "value_sum", "value_min", "value_max",
-    ]  # fmt: skip
+        "bucket",
+        "device_id",
+        "metric",
+        "readings",
+        "value_sum",
+        "value_min",
+        "value_max",
+    ]
     assert [c for c, _ in shapes["readings"]][:4] == ["device_id", "metric", "at", "value"]
     assert dict(shapes["readings"])["at"] == "timestamp with time zone"
 
@@ -194,11 +216,15 @@ def test_random_readings_round_trip_exactly(store_url):
         at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(0, 200 * 86400))
         at = at.astimezone(tz).replace(microsecond=rng.randrange(0, 1_000_000))
         row = reading(
-            device=f"dev-{rng.randrange(5):04d}", metric=rng.choice(metrics), at=at,
-            value=rng.uniform(-1e6, 1e6), seq=rng.randrange(0, 2**62),
-            offset=rng.uniform(-1e5, 1e5), corrected=rng.random() < 0.3,
+            device=f"dev-{rng.randrange(5):04d}",
+            metric=rng.choice(metrics),
+            at=at,
+            value=rng.uniform(-1e6, 1e6),
+            seq=rng.randrange(0, 2**62),
+            offset=rng.uniform(-1e5, 1e5),
+            corrected=rng.random() < 0.3,
             msg=f"msg-{rng.randrange(10**9)}",
-        )  # fmt: skip
+        )
         if row.key not in seen:
             seen.add(row.key)
             batch.append(row)
@@ -322,10 +348,20 @@ def test_rejections_are_kept_with_payload_and_reason(store_url):
     huge = b"{" * 200_000
     rows = [
         RejectedRow(received, "cuff-0001", "payload_too_large", "200000 bytes > 65536", huge),
-        RejectedRow(received + timedelta(seconds=1), "cuff-0001", "out_of_range",
-                    "heart_rate 900 /min outside 20-300", b'{"seq": 5}', msg_id="m-2",
-                    item_index=2, seq=5, metric="heart_rate", at=T0, measured_at=T0),
-    ]  # fmt: skip
+        RejectedRow(
+            received + timedelta(seconds=1),
+            "cuff-0001",
+            "out_of_range",
+            "heart_rate 900 /min outside 20-300",
+            b'{"seq": 5}',
+            msg_id="m-2",
+            item_index=2,
+            seq=5,
+            metric="heart_rate",
+            at=T0,
+            measured_at=T0,
+        ),
+    ]
     with psycopg.connect(store_url) as conn:
         write_rejections(conn, rows)
         latest = recent_rejections(conn, "cuff-0001")

@@ -37,7 +37,7 @@ _INSERT_NEW = """
     FROM staging_readings s
     ORDER BY s.device_id, s.metric, s.at, s.ord
     ON CONFLICT DO NOTHING
-    RETURNING device_id, metric, at
+    RETURNING device_id, metric, at, value, measured_at, received_at, patient_id
 """
 
 _STAGING_DDL = """
@@ -98,11 +98,25 @@ class Conflict:
     stored_seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class AttributedRow:
+    """A reading just stored with a patient: what the alert rules look at."""
+
+    patient_id: UUID
+    device_id: str
+    metric: str
+    at: datetime
+    value: float
+    measured_at: datetime
+    received_at: datetime
+
+
 @dataclass
 class WriteResult:
     inserted: int = 0
     duplicates: list[int] = field(default_factory=list)  # indexes into the batch
     conflicts: list[Conflict] = field(default_factory=list)
+    attributed: list[AttributedRow] = field(default_factory=list)
 
 
 class ReadingWriter:
@@ -145,8 +159,14 @@ class ReadingWriter:
                          r.reported_unit)
                     )  # fmt: skip
             cur.execute(_INSERT_NEW)
-            inserted_keys = {(d, m, a) for d, m, a in cur.fetchall()}
+            returned = cur.fetchall()
+            inserted_keys = {(d, m, a) for d, m, a, *_ in returned}
             result = WriteResult(inserted=len(inserted_keys))
+            result.attributed = [
+                AttributedRow(patient, device, metric, at, value, measured, received)
+                for device, metric, at, value, measured, received, patient in returned
+                if patient is not None
+            ]
             if len(inserted_keys) < len(batch):
                 self._classify_skipped(batch, inserted_keys, result)
             cur.execute("TRUNCATE staging_readings")
