@@ -18,6 +18,7 @@ from ehealthlab import __version__, demo
 from ehealthlab.api import commands as api_commands
 from ehealthlab.errors import ConfigurationError, EhealthlabError
 from ehealthlab.gateway import admin as gateway_admin
+from ehealthlab.gateway import conformance_command
 from ehealthlab.ingest import commands as ingest_commands
 from ehealthlab.settings import Settings
 from ehealthlab.stack import commands as stack_commands
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_commands.register(subparsers)
     gateway_admin.register(subparsers)
     api_commands.register(subparsers)
+    conformance_command.register(subparsers)
     demo.register(subparsers)
     return parser
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from uuid import UUID
 
@@ -44,7 +45,9 @@ from ehealthlab.errors import (
     ServiceUnavailableError,
 )
 from ehealthlab.gateway import pseudonyms, registry, schemas, tokens
+from ehealthlab.gateway.conformance import assess
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
+from ehealthlab.gateway.observations import observe
 from ehealthlab.gateway.registry import DeviceRow, EnrolmentRow
 from ehealthlab.mqtt import BrokerAddress, MqttError
 from ehealthlab.store.db import Connection
@@ -379,6 +382,44 @@ def device_rejects(
         )
         for r in rows
     ]
+
+
+@router.get(
+    "/devices/{device_id}/conformance",
+    tags=["devices"],
+    summary="Conformance check of a device over a window",
+    description="Judges what the device sent in [from, to) — by default the last `minutes` "
+    "minutes — against the device contract, point by point: credentials and client id, "
+    "topic, schema, metrics, units, clock, seq continuity, QoS 1, status and Last Will, "
+    "backlog, duplicates; each with what was seen and what to change. `ehealthlab "
+    "conformance DEVICE_ID --minutes N` watches the device for N minutes, then asks this.",
+    responses=responses(*_AUTH, 404, 422),
+)
+def device_conformance(
+    *,
+    caller: StartupOrOperatorDep,
+    device_id: DeviceIdDep,
+    context: ContextDep,
+    minutes: Annotated[float, Query(gt=0, le=7 * 24 * 60, description="the last N minutes")] = 60,
+    from_: Annotated[datetime | None, Query(alias="from", description="window start")] = None,
+    to: Annotated[datetime | None, Query(description="window end (default now)")] = None,
+) -> schemas.ConformanceReport:
+    until = to or datetime.now(UTC)
+    since = from_ or until - timedelta(minutes=minutes)
+    if since.tzinfo is None or until.tzinfo is None:
+        raise InvalidFieldError("from", "give times with their UTC offset")
+    if since >= until:
+        raise InvalidFieldError("from", "the window must start before it ends")
+    with context.transaction() as conn:
+        _visible_device(conn, caller, device_id)
+        report = assess(observe(conn, device_id, since, until))
+    return schemas.ConformanceReport(
+        device_id=report.device_id,
+        window_from=report.window_from,
+        window_to=report.window_to,
+        verdict=report.verdict,
+        checks=[schemas.ConformanceCheck(**vars(check)) for check in report.checks],
+    )
 
 
 # -- patients -------------------------------------------------------------------------------

@@ -236,6 +236,33 @@ class Reject(BaseModel):
     at: datetime | None
 
 
+class ConformanceCheck(BaseModel):
+    """One point of the device contract, as the device met it (or not) in the window."""
+
+    id: str
+    title: str
+    verdict: Annotated[
+        Literal["pass", "warn", "fail", "not_observed"],
+        Field(description="not_observed: nothing in the window exercised this point"),
+    ]
+    summary: str
+    details: list[str]
+    advice: Annotated[str | None, Field(description="what to change, when something is wrong")]
+
+
+class ConformanceReport(BaseModel):
+    """A device's behaviour over a window, judged against the device contract."""
+
+    device_id: str
+    window_from: datetime
+    window_to: datetime
+    verdict: Annotated[
+        Literal["conformant", "not_conformant", "not_enough_observed"],
+        Field(description="conformant: no check failed and the essential ones were observed"),
+    ]
+    checks: list[ConformanceCheck]
+
+
 # -- patients and enrolments ----------------------------------------------------------------
 
 
