@@ -256,6 +256,17 @@ def test_a_clean_device_passes_end_to_end(lab, capsys):
     assert by_id["status"]["summary"] == "online on connect, offline when it went away"
     assert by_id["backlog"]["verdict"] == "pass"
     assert by_id["seq"]["summary"] == "6 consecutive seq numbers, 1 to 6"
+    request = urllib.request.Request(
+        f"{lab['url']}/api/v1/devices/{device_id}/messages",
+        headers={"Authorization": f"Bearer {lab['token']}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        messages = json.loads(response.read())
+    assert [(m["readings"], m["accepted"], m["rejected"], m["qos"]) for m in messages] == [
+        (1, 1, 0, 1),
+        (2, 2, 0, 1),
+        (3, 3, 0, 1),
+    ]
 
 
 def test_a_device_with_known_defects_is_told_what_to_fix(lab, capsys):

@@ -385,6 +385,32 @@ def device_rejects(
 
 
 @router.get(
+    "/devices/{device_id}/messages",
+    tags=["devices"],
+    summary="A device's recent readings messages, newest first",
+    description="What ingest made of each message: how many readings were stored, already "
+    "there (duplicates) or rejected. The quickest way to see a reading accepted.",
+    responses=responses(*_AUTH, 404, 422),
+)
+def device_messages(
+    caller: StartupOrOperatorDep,
+    device_id: DeviceIdDep,
+    context: ContextDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many")] = 20,
+) -> list[schemas.ReceivedMessage]:
+    with context.transaction() as conn:
+        _visible_device(conn, caller, device_id)
+        rows = conn.execute(
+            "SELECT received_at, msg_id, qos, readings, accepted, duplicates, rejected,"
+            " clock_offset_s FROM device_messages WHERE device_id = %s"
+            " ORDER BY received_at DESC, id DESC LIMIT %s",
+            (device_id, limit),
+        ).fetchall()
+    fields = list(schemas.ReceivedMessage.model_fields)
+    return [schemas.ReceivedMessage(**dict(zip(fields, row, strict=True))) for row in rows]
+
+
+@router.get(
     "/devices/{device_id}/conformance",
     tags=["devices"],
     summary="Conformance check of a device over a window",

@@ -236,6 +236,19 @@ class Reject(BaseModel):
     at: datetime | None
 
 
+class ReceivedMessage(BaseModel):
+    """One readings message as ingest received it, and what became of its readings."""
+
+    received_at: datetime
+    msg_id: str | None
+    qos: int
+    readings: Annotated[int, Field(description="readings in the message")]
+    accepted: Annotated[int, Field(description="stored")]
+    duplicates: Annotated[int, Field(description="already stored: counted, not stored twice")]
+    rejected: Annotated[int, Field(description="see /rejects for the reasons")]
+    clock_offset_s: Annotated[float | None, Field(description="receive time - sent_at")]
+
+
 class ConformanceCheck(BaseModel):
     """One point of the device contract, as the device met it (or not) in the window."""
 
