@@ -19,9 +19,11 @@ from types import FrameType
 from typing import Any
 
 from ehealthlab.errors import ConfigurationError
+from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.ingest.metrics import WorkerMetrics, report_every_minute, serve_metrics
 from ehealthlab.ingest.worker import IngestConfig, IngestWorker
+from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
 from ehealthlab.stack.local import settings_with_stack
 
@@ -72,6 +74,12 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings_with_stack(settings)
     settings.require_database_url()
     settings.require_mqtt()
+    # the platform's client needs the platform role to read the shared subscription; the API
+    # gives it too, but ingest may well be started first
+    username = settings.mqtt_username
+    if username is not None:
+        with DynamicSecurity(BrokerAddress.from_settings(settings)) as dynsec:
+            dynsec.ensure_platform_role(username)
     rules = DEFAULT_RULES if args.alert_rules is None else load_rules(Path(args.alert_rules))
     config = IngestConfig(batch_max_wait_s=args.batch_wait_ms / 1000, rules=rules)
     names = [f"ingest-{args.first + i}" for i in range(args.workers)]
