@@ -410,6 +410,10 @@ ROUTES = [
     ("DELETE", "/api/v1/devices/{device_a}", None, {"operator": 403, "b": 404, "p": 403}),
     ("GET", "/api/v1/devices/{device_a}/rejects", None,
      {"operator": 200, "a": 200, "b": 404, "p": 403}),
+    ("GET", "/api/v1/devices/{device_a}/messages", None,
+     {"operator": 200, "a": 200, "b": 404, "p": 403}),
+    ("GET", "/api/v1/devices/{device_a}/conformance", None,
+     {"operator": 200, "a": 200, "b": 404, "p": 403, "q": 403}),
     ("POST", "/api/v1/patients", {"identifier": "X1", "label": "x"},
      {"operator": 403, "a": 403}),
     ("GET", "/api/v1/patients", None, {"operator": 403, "a": 403, "p": 200, "q": 200}),
@@ -493,7 +497,8 @@ def test_another_organisations_resource_looks_like_a_missing_one(client, cast, w
 )  # fmt: skip
 def test_an_invalid_device_id_in_a_path_is_not_found(client, cast, path):
     for method, suffix in (("GET", ""), ("DELETE", ""), ("POST", "/credentials"),
-                           ("GET", "/rejects")):  # fmt: skip
+                           ("GET", "/rejects"), ("GET", "/messages"),
+                           ("GET", "/conformance")):  # fmt: skip
         answer = client.request(method, f"/api/v1/devices/{path}{suffix}", headers=cast.h("a"))
         assert_problem(answer, 404)
 
