@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     #: an API token for commands that act through the HTTP API
     token: SecretStr | None = None
 
+    #: a TOML file overriding the default clinical alert rules (docs/ingest.md)
+    alert_rules: Path | None = None
+
     #: key of the keyed hash that replaces patient identifiers (never stored in clear)
     patient_key: SecretStr | None = None
 

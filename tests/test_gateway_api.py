@@ -423,6 +423,8 @@ ROUTES = [
       "start": "2026-01-01", "care_plan": {"spo2": 1}},
      {"operator": 403, "a": 403, "q": 404}),
     ("GET", "/api/v1/enrolments", None, {"operator": 403, "b": 403, "p": 200, "q": 200}),
+    ("GET", "/api/v1/alerts", None, {"operator": 200, "a": 403, "b": 403, "p": 200, "q": 200}),
+    ("POST", "/api/v1/alerts/{enrolment}/ack", None, {"operator": 403, "a": 403, "q": 404}),
     ("GET", "/api/v1/enrolments/{enrolment}", None,
      {"operator": 403, "a": 403, "p": 200, "q": 404}),
     ("POST", "/api/v1/enrolments/{enrolment}/end", {"end": "2026-12-31"},
@@ -681,6 +683,43 @@ def test_earlier_readings_are_attributed_when_the_enrolment_is_recorded(client, 
                       headers=cast.h("p"))  # fmt: skip
     assert end.status_code == 200
     assert attributed() == {0: None, 1: patient, 2: None, 3: None}
+
+
+# -- clinical alerts ------------------------------------------------------------------------
+
+
+def test_alerts_are_raised_listed_and_acknowledged_by_their_provider_only(client, cast, settings):
+    device = register_device(client, cast, "a")["device_id"]
+    early = datetime(2026, 5, 1, 7, 0, tzinfo=UTC)
+    high = [_reading(device, early + timedelta(hours=h), 60 + h) for h in range(3)]  # >= 180
+    with psycopg.connect(settings.require_database_url()) as conn:
+        ReadingWriter(conn).write(high)  # before the enrolment: unassigned, no alert yet
+    patient = register_patient(client, cast, "p")
+    made = enrol(client, cast, patient, device, start="2026-05-01")
+    assert made.status_code == 201 and made.json()["attributed_readings"] == 3
+
+    def alerts(who: str, status: str = "open") -> list[dict]:
+        answer = client.get(f"/api/v1/alerts?status={status}", headers=cast.h(who))
+        assert answer.status_code == 200, answer.text
+        return [a for a in answer.json() if a["patient_id"] == patient]
+
+    [alert] = alerts("p")  # one per patient, rule and day, raised by the first reading
+    assert (alert["rule"], alert["day"], alert["reading"]["value"]) == (
+        "bp_systolic_high", "2026-05-01", 190.0
+    )
+    assert alert["raised_at"] == "2026-05-01T07:00:02Z"
+    assert alerts("q") == []
+    assert [a["id"] for a in alerts("operator")] == [alert["id"]]
+    assert_problem(client.post(f"/api/v1/alerts/{alert['id']}/ack", headers=cast.h("q")), 404)
+    assert_problem(client.post(f"/api/v1/alerts/{alert['id']}/ack", headers=cast.h("a")), 403)
+    acked = client.post(f"/api/v1/alerts/{alert['id']}/ack", headers=cast.h("p"))
+    assert acked.status_code == 200 and acked.json()["acknowledged_at"] is not None
+    again = client.post(f"/api/v1/alerts/{alert['id']}/ack", headers=cast.h("p")).json()
+    assert again["acknowledged_at"] == acked.json()["acknowledged_at"]  # the first one stays
+    assert alerts("p") == []
+    assert [a["id"] for a in alerts("p", "all")] == [alert["id"]]
+    assert_problem(client.get("/api/v1/alerts?status=closed", headers=cast.h("p")), 422)
+    assert_problem(client.post("/api/v1/alerts/not-a-uuid/ack", headers=cast.h("p")), 404)
 
 
 # -- presence -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ehealthlab.errors import (
 from ehealthlab.gateway import routes
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.presence import Presence
+from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection, connect
@@ -141,4 +142,7 @@ def _open(settings: Settings) -> ApiContext:
     except ServiceUnavailableError:
         pool.close()
         raise
-    return ApiContext(settings=settings, pool=pool, broker=broker, patient_key=patient_key)
+    rules = DEFAULT_RULES if settings.alert_rules is None else load_rules(settings.alert_rules)
+    return ApiContext(
+        settings=settings, pool=pool, broker=broker, patient_key=patient_key, alert_rules=rules
+    )

@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 from ehealthlab.errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
 from ehealthlab.gateway import registry, tokens
 from ehealthlab.gateway.registry import OrganisationKind, TokenRole
+from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
 from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection
@@ -35,6 +36,7 @@ class ApiContext:
     pool: ConnectionPool[Connection]
     broker: BrokerAddress
     patient_key: bytes
+    alert_rules: AlertRules = DEFAULT_RULES
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -116,3 +118,4 @@ OperatorDep = Annotated[Principal, Depends(require_kind("operator"))]
 StartupDep = Annotated[Principal, Depends(require_kind("startup"))]
 ProviderDep = Annotated[Principal, Depends(require_kind("provider"))]
 StartupOrOperatorDep = Annotated[Principal, Depends(require_kind("startup", "operator"))]
+ProviderOrOperatorDep = Annotated[Principal, Depends(require_kind("provider", "operator"))]

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 import psycopg
@@ -24,6 +24,7 @@ from ehealthlab.api.auth import (
     Principal,
     PrincipalDep,
     ProviderDep,
+    ProviderOrOperatorDep,
     StartupDep,
     StartupOrOperatorDep,
 )
@@ -49,7 +50,10 @@ from ehealthlab.gateway.conformance import assess
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.observations import observe
 from ehealthlab.gateway.registry import DeviceRow, EnrolmentRow
+from ehealthlab.ingest.alerting import raise_alerts_for
 from ehealthlab.mqtt import BrokerAddress, MqttError
+from ehealthlab.store import alerts as store_alerts
+from ehealthlab.store.alerts import StoredAlert
 from ehealthlab.store.db import Connection
 from ehealthlab.store.readings import attribute_unassigned
 from ehealthlab.store.rejections import recent_rejections
@@ -89,6 +93,13 @@ def _patient_id(patient_id: str) -> UUID:
 DeviceIdDep = Annotated[str, Depends(_device_id)]
 EnrolmentIdDep = Annotated[UUID, Depends(_enrolment_id)]
 PatientIdDep = Annotated[UUID, Depends(_patient_id)]
+
+
+def _alert_id(alert_id: str) -> UUID:
+    return _uuid_in_path(alert_id, "alert")
+
+
+AlertIdDep = Annotated[UUID, Depends(_alert_id)]
 
 
 # -- the broker's dynamic security ---------------------------------------------------------
@@ -562,7 +573,8 @@ def enrol(
             care_plan=body.care_plan,
         )
         attributed = attribute_unassigned(conn, enrolment.id)
-    return schemas.EnrolmentCreated(id=enrolment.id, attributed_readings=attributed)
+        raise_alerts_for(conn, attributed, context.alert_rules)
+    return schemas.EnrolmentCreated(id=enrolment.id, attributed_readings=len(attributed))
 
 
 @router.get(
@@ -623,5 +635,65 @@ def end_enrolment(
                 "end", f"end {body.end} is before the enrolment's start {enrolment.start_date}"
             )
         updated = registry.set_enrolment_end(conn, enrolment, body.end)
-        attribute_unassigned(conn, enrolment.id)
+        raise_alerts_for(conn, attribute_unassigned(conn, enrolment.id), context.alert_rules)
     return _enrolment_view(updated)
+
+
+# -- alerts ---------------------------------------------------------------------------------
+
+
+def _alert_view(alert: StoredAlert) -> schemas.Alert:
+    return schemas.Alert(
+        id=alert.id,
+        patient_id=alert.patient_id,
+        rule=alert.rule,
+        day=alert.day,
+        raised_at=alert.raised_at,
+        acknowledged_at=alert.acknowledged_at,
+        reading=schemas.AlertReading(
+            device_id=alert.device_id,
+            metric=alert.metric,
+            value=alert.value,
+            at=alert.at,
+            measured_at=alert.measured_at,
+        ),
+    )
+
+
+@router.get(
+    "/alerts",
+    tags=["alerts"],
+    summary="Clinical alerts: a provider's own patients', or all for the operator",
+    description="Newest first. `status=open` lists those not acknowledged yet.",
+    responses=responses(*_AUTH, 422),
+)
+def list_alerts(
+    caller: ProviderOrOperatorDep,
+    context: ContextDep,
+    status: Annotated[Literal["open", "all"], Query(description="open or all")] = "all",
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many")] = 200,
+) -> list[schemas.Alert]:
+    organisation = None if caller.kind == "operator" else caller.organisation_id
+    with context.transaction() as conn:
+        rows = store_alerts.list_alerts(conn, organisation, only_open=status == "open", limit=limit)
+    return [_alert_view(row) for row in rows]
+
+
+@router.post(
+    "/alerts/{alert_id}/ack",
+    tags=["alerts"],
+    summary="Acknowledge an alert of one of the provider's patients",
+    description="Idempotent: the first acknowledgement's time stays, from which the response "
+    "time is measured.",
+    responses=responses(*_AUTH, 404),
+)
+def acknowledge_alert(
+    caller: ProviderDep, alert_id: AlertIdDep, context: ContextDep
+) -> schemas.Alert:
+    with context.transaction() as conn:
+        row = store_alerts.acknowledge_alert(
+            conn, alert_id, caller.organisation_id, caller.token_id
+        )
+    if row is None:
+        raise NotFoundError("no such alert among your patients'")
+    return _alert_view(row)

@@ -371,3 +371,28 @@ class Patient(BaseModel):
     label: str
     created_at: datetime
     enrolments: list[Enrolment]
+
+
+# -- alerts ---------------------------------------------------------------------------------
+
+
+class AlertReading(BaseModel):
+    """The accepted reading that raised an alert."""
+
+    device_id: str
+    metric: str
+    value: Annotated[float, Field(description="in the metric's canonical unit")]
+    at: datetime
+    measured_at: Annotated[datetime, Field(description="clock-corrected time of measurement")]
+
+
+class Alert(BaseModel):
+    """A clinical alert: at most one per patient, rule and day of measurement."""
+
+    id: UUID
+    patient_id: UUID
+    rule: Annotated[str, Field(description="e.g. bp_systolic_high, spo2_low, weight_gain")]
+    day: Annotated[date, Field(description="Europe/Rome day of measurement")]
+    raised_at: Annotated[datetime, Field(description="receive time of the reading")]
+    acknowledged_at: datetime | None
+    reading: AlertReading

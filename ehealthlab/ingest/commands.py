@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--alert-rules",
         default=None,
         metavar="FILE",
-        help="TOML file overriding the default alert rules",
+        help="TOML file overriding the default alert rules (default: EHEALTHLAB_ALERT_RULES)",
     )
     parser.set_defaults(handler=run_ingest)
 
@@ -80,7 +80,8 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if username is not None:
         with DynamicSecurity(BrokerAddress.from_settings(settings)) as dynsec:
             dynsec.ensure_platform_role(username)
-    rules = DEFAULT_RULES if args.alert_rules is None else load_rules(Path(args.alert_rules))
+    rules_file = Path(args.alert_rules) if args.alert_rules else settings.alert_rules
+    rules = DEFAULT_RULES if rules_file is None else load_rules(rules_file)
     config = IngestConfig(batch_max_wait_s=args.batch_wait_ms / 1000, rules=rules)
     names = [f"ingest-{args.first + i}" for i in range(args.workers)]
     ports = [

@@ -25,11 +25,11 @@ import psycopg
 
 from ehealthlab.contract.topics import INGEST_SHARED_SUBSCRIPTION, feedback_topic
 from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
-from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertCandidate, AlertRules, alert_candidates
+from ehealthlab.ingest.alerting import raise_alerts_for
+from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
 from ehealthlab.ingest.pipeline import JudgedMessage, MessageLog, Settled, judge, refuse, settle
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.settings import Settings
-from ehealthlab.store.alerts import AlertRow, raise_alerts, weight_history, weight_window
 from ehealthlab.store.db import Connection, connect
 from ehealthlab.store.readings import AttributedRow, Conflict, ReadingRow, ReadingWriter
 from ehealthlab.store.rejections import RejectedRow, write_rejections
@@ -271,17 +271,7 @@ class IngestWorker:
         return list(zip(judged, settled, strict=True))
 
     def _raise_alerts(self, conn: Connection, attributed: Sequence[AttributedRow]) -> int:
-        """Evaluate the alert rules on the readings this batch attributed to patients."""
-        if not attributed:
-            return 0
-        rules = self.config.rules
-        weights = [r for r in attributed if r.metric == rules.weight_gain.metric]
-        history = {}
-        if weights:
-            since, until = weight_window([r.measured_at for r in weights], rules.weight_gain.window)
-            history = weight_history(conn, sorted({r.patient_id for r in weights}), since, until)
-        candidates = alert_candidates(attributed, history, rules)
-        return raise_alerts(conn, [alert_row(c) for c in candidates])
+        return raise_alerts_for(conn, attributed, self.config.rules)
 
     # -- the broker ----------------------------------------------------------------------
 
@@ -349,21 +339,6 @@ class IngestWorker:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-def alert_row(candidate: AlertCandidate) -> AlertRow:
-    reading = candidate.reading
-    return AlertRow(
-        patient_id=candidate.patient_id,
-        rule=candidate.rule_id,
-        day=candidate.day,
-        device_id=reading.device_id,
-        metric=reading.metric,
-        at=reading.at,
-        value=reading.value,
-        measured_at=reading.measured_at,
-        raised_at=reading.received_at,
-    )
 
 
 def _write_message_logs(conn: Connection, logs: Sequence[MessageLog]) -> None:

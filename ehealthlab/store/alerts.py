@@ -65,3 +65,53 @@ def weight_history(
 def weight_window(measured: Sequence[datetime], window: timedelta) -> tuple[datetime, datetime]:
     """The span of history that covers every reading's preceding window."""
     return min(measured) - window, max(measured)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAlert:
+    id: UUID
+    patient_id: UUID
+    rule: str
+    day: date
+    device_id: str
+    metric: str
+    at: datetime
+    value: float
+    measured_at: datetime
+    raised_at: datetime
+    acknowledged_at: datetime | None
+
+
+_ALERT_COLUMNS = (
+    "a.id, a.patient_id, a.rule, a.day, a.device_id, a.metric, a.at, a.value, a.measured_at,"
+    " a.raised_at, a.acknowledged_at"
+)
+
+
+def list_alerts(
+    conn: Connection, organisation_id: UUID | None, *, only_open: bool, limit: int
+) -> list[StoredAlert]:
+    """Alerts of one provider's patients (organisation_id) or of everyone (None), newest first."""
+    rows = conn.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM alerts a JOIN patients p ON p.id = a.patient_id"  # noqa: S608 - constant columns
+        " WHERE (%(org)s::uuid IS NULL OR p.organisation_id = %(org)s)"
+        " AND (NOT %(open)s OR a.acknowledged_at IS NULL)"
+        " ORDER BY a.raised_at DESC, a.id LIMIT %(limit)s",
+        {"org": organisation_id, "open": only_open, "limit": limit},
+    ).fetchall()
+    return [StoredAlert(*row) for row in rows]
+
+
+def acknowledge_alert(
+    conn: Connection, alert_id: UUID, organisation_id: UUID, token_id: UUID
+) -> StoredAlert | None:
+    """Acknowledge one of a provider's alerts (idempotent: the first acknowledgement stays);
+    None when the alert is not among that provider's."""
+    row = conn.execute(
+        "UPDATE alerts a SET acknowledged_at = COALESCE(a.acknowledged_at, now()),"  # noqa: S608
+        " acknowledged_by = COALESCE(a.acknowledged_by, %s)"
+        " FROM patients p WHERE a.id = %s AND p.id = a.patient_id AND p.organisation_id = %s"
+        f" RETURNING {_ALERT_COLUMNS}",
+        (token_id, alert_id, organisation_id),
+    ).fetchone()
+    return None if row is None else StoredAlert(*row)

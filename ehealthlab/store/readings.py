@@ -229,20 +229,22 @@ class ReadingWriter:
         self._known_months.update(new)
 
 
-def attribute_unassigned(conn: Connection, enrolment_id: UUID) -> int:
-    """Attribute to an enrolment's patient the unassigned readings it covers; returns count.
+def attribute_unassigned(conn: Connection, enrolment_id: UUID) -> list[AttributedRow]:
+    """Attribute to an enrolment's patient the unassigned readings it covers; returns them.
 
     Readings received before the enrolment was recorded were kept as unassigned, never
-    dropped; this is the moment they find their patient.
+    dropped; this is the moment they find their patient (and the alert rules see them).
     """
-    cur = conn.execute(
+    rows = conn.execute(
         "UPDATE readings r SET patient_id = e.patient_id FROM enrolments e"
         " WHERE e.id = %s AND r.device_id = e.device_id AND r.patient_id IS NULL"
         " AND ehl_pilot_day(r.measured_at) >= e.start_date"
-        " AND (e.end_date IS NULL OR ehl_pilot_day(r.measured_at) <= e.end_date)",
+        " AND (e.end_date IS NULL OR ehl_pilot_day(r.measured_at) <= e.end_date)"
+        " RETURNING r.patient_id, r.device_id, r.metric, r.at, r.value, r.measured_at,"
+        " r.received_at",
         (enrolment_id,),
-    )
-    return cur.rowcount
+    ).fetchall()
+    return [AttributedRow(*row) for row in rows]
 
 
 def pilot_day(moment: datetime) -> date:

@@ -1,0 +1,44 @@
+"""Raising alerts for readings that just found their patient: the one glue between the pure
+rules (`ingest/alerts.py`) and the store (`store/alerts.py`), used by the ingest worker for
+new readings and by the gateway when an enrolment attributes earlier ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from uuid import UUID
+
+from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertCandidate, AlertRules, alert_candidates
+from ehealthlab.store.alerts import AlertRow, raise_alerts, weight_history, weight_window
+from ehealthlab.store.db import Connection
+from ehealthlab.store.readings import AttributedRow
+
+
+def raise_alerts_for(
+    conn: Connection, attributed: Sequence[AttributedRow], rules: AlertRules = DEFAULT_RULES
+) -> int:
+    """Evaluate the rules on readings just attributed to patients; returns alerts raised."""
+    if not attributed:
+        return 0
+    weights = [r for r in attributed if r.metric == rules.weight_gain.metric]
+    history: dict[UUID, list[tuple[datetime, float]]] = {}
+    if weights:
+        since, until = weight_window([r.measured_at for r in weights], rules.weight_gain.window)
+        history = weight_history(conn, sorted({r.patient_id for r in weights}), since, until)
+    candidates = alert_candidates(attributed, history, rules)
+    return raise_alerts(conn, [alert_row(c) for c in candidates])
+
+
+def alert_row(candidate: AlertCandidate) -> AlertRow:
+    reading = candidate.reading
+    return AlertRow(
+        patient_id=candidate.patient_id,
+        rule=candidate.rule_id,
+        day=candidate.day,
+        device_id=reading.device_id,
+        metric=reading.metric,
+        at=reading.at,
+        value=reading.value,
+        measured_at=reading.measured_at,
+        raised_at=reading.received_at,
+    )
