@@ -705,7 +705,9 @@ def test_alerts_are_raised_listed_and_acknowledged_by_their_provider_only(client
 
     [alert] = alerts("p")  # one per patient, rule and day, raised by the first reading
     assert (alert["rule"], alert["day"], alert["reading"]["value"]) == (
-        "bp_systolic_high", "2026-05-01", 190.0
+        "bp_systolic_high",
+        "2026-05-01",
+        190.0,
     )
     assert alert["raised_at"] == "2026-05-01T07:00:02Z"
     assert alerts("q") == []

@@ -310,7 +310,7 @@ def test_readings_before_their_enrolment_are_attributed_when_it_arrives(store_ur
             == 2
         )
         patient, enrolment = enrol(conn, "cuff-0001", date(2026, 3, 10), date(2026, 3, 31))
-        assert attribute_unassigned(conn, enrolment) == 1
+        assert [r.patient_id for r in attribute_unassigned(conn, enrolment)] == [patient]
         later = reading(at=datetime(2026, 3, 20, 7, 0, tzinfo=UTC), seq=3)
         after_end = reading(at=datetime(2026, 4, 1, 7, 0, tzinfo=UTC), seq=4)
         writer.write([later, after_end])
