@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ehealthlab {__version__}")
     subparsers = parser.add_subparsers(
-        title="commands", dest="command", required=True, parser_class=OneLineParser
+        title="commands",
+        dest="command",
+        required=True,
+        parser_class=OneLineParser,
+        metavar="COMMAND",
     )
     stack_commands.register(subparsers)
     store_commands.register(subparsers)

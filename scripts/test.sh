@@ -5,10 +5,11 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 status=0
-"$EHL_VENV/bin/python" -m pytest "$@" || status=$?
-if [ "$#" -eq 0 ]; then
-  "$EHL_VENV/bin/ruff" check . || status=1
-  "$EHL_VENV/bin/ruff" format --check . >/dev/null || { echo "ruff format: files need formatting" >&2; status=1; }
-  "$EHL_VENV/bin/mypy" || status=1
+if [ "$#" -eq 0 ]; then  # the whole suite: linters first, so pytest's summary closes the run
+  echo "== ruff";  "$EHL_VENV/bin/ruff" check . || status=1
+  "$EHL_VENV/bin/ruff" format --check --quiet . || { echo "ruff format: run 'ruff format .'"; status=1; }
+  echo "== mypy";  "$EHL_VENV/bin/mypy" || status=1
 fi
+echo "== pytest"
+"$EHL_VENV/bin/python" -m pytest "$@" || status=$?
 exit "$status"

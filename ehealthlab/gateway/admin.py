@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Administration that needs the database, not the API: the operator's "
         "first token, and creating or revoking API tokens.",
     )
-    commands = admin.add_subparsers(title="admin commands", dest="admin_command", required=True)
+    commands = admin.add_subparsers(
+        title="admin commands", dest="admin_command", required=True, metavar="COMMAND"
+    )
 
     bootstrap = commands.add_parser(
         "bootstrap",
@@ -38,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     bootstrap.set_defaults(handler=run_bootstrap)
 
     token = commands.add_parser("token", help="create or revoke API tokens")
-    token_commands = token.add_subparsers(title="token commands", dest="token_command",
-                                          required=True)  # fmt: skip
+    token_commands = token.add_subparsers(
+        title="token commands", dest="token_command", metavar="COMMAND", required=True
+    )
     create = token_commands.add_parser(
         "create",
         help="print a new API token for an organisation",
@@ -61,7 +64,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
-    settings = settings_with_stack(settings)
+    _print(bootstrap_operator(settings_with_stack(settings)))
+    return 0
+
+
+def bootstrap_operator(settings: Settings) -> dict[str, str]:
+    """The operator organisation (CMTo), created if missing, and a new admin token for it."""
     with connect(settings) as conn, conn.transaction():
         # serialise concurrent bootstraps, so two runs never race to create CMTo
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('ehl_admin_bootstrap'))")
@@ -69,8 +77,7 @@ def run_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
         if operator is None:
             operator = registry.create_organisation(conn, "operator", registry.OPERATOR_NAME)
         row, token = registry.create_token(conn, operator.id, "admin", "admin bootstrap")
-    _print({"organisation_id": str(operator.id), "token_id": str(row.id), "token": token})
-    return 0
+    return {"organisation_id": str(operator.id), "token_id": str(row.id), "token": token}
 
 
 def run_token_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -93,5 +100,5 @@ def run_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print(document: dict[str, object]) -> None:
+def _print(document: dict[str, str] | dict[str, object]) -> None:
     print(json.dumps(document))

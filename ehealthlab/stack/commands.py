@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "EHEALTHLAB_DATABASE_URL or EHEALTHLAB_MQTT_HOST is external: nothing is started "
         "for it.",
     )
-    commands = stack.add_subparsers(title="stack commands", dest="stack_command", required=True)
+    commands = stack.add_subparsers(
+        title="stack commands", dest="stack_command", required=True, metavar="COMMAND"
+    )
 
     up = commands.add_parser(
         "up",

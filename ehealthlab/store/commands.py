@@ -13,8 +13,15 @@ from ehealthlab.store.reference import load_municipalities
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    db = subparsers.add_parser("db", help="the time-series store")
-    db_commands = db.add_subparsers(title="db commands", dest="db_command", required=True)
+    db = subparsers.add_parser(
+        "db",
+        help="the time-series store",
+        description="The time-series store: TimescaleDB when the server has it, plain "
+        "PostgreSQL otherwise, with the same schema (docs/store.md).",
+    )
+    db_commands = db.add_subparsers(
+        title="db commands", dest="db_command", required=True, metavar="COMMAND"
+    )
     migrate_parser = db_commands.add_parser(
         "migrate",
         help="apply schema migrations and load reference data (safe to rerun)",
