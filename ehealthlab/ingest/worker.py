@@ -84,7 +84,10 @@ class IngestWorker:
         self.name = name or f"ingest-{uuid.uuid4().hex[:8]}"
         self.config = config or IngestConfig()
         self.stats = WorkerStats()
-        self._inbox: queue.Queue[_Delivery] = queue.Queue()
+        # The broker's receive maximum is the bound that matters; Mosquitto 2.0.11 overshoots
+        # it (its inflight accounting was fixed in 2.0.13), so the inbox has a hard bound too:
+        # past it, the network thread waits, and TCP tells the broker to hold on.
+        self._inbox: queue.Queue[_Delivery] = queue.Queue(maxsize=2 * self.config.receive_maximum)
         self._generation = 0
         self._mqtt: MqttConnection | None = None
         self._db: Connection | None = None
