@@ -109,6 +109,8 @@ class _Services:
         self._worker = IngestWorker(self.settings, "ingest-demo")
         self._ingest = threading.Thread(target=self._worker.run, args=(self._stop,), daemon=True)
         self._ingest.start()
+        if not self._worker.subscribed.wait(20):
+            raise StackError("the ingest worker could not subscribe; see the messages above")
         _say(f"api: {self.api_url} (OpenAPI at /docs); ingest: worker {self._worker.name}")
         return self
 

@@ -134,6 +134,8 @@ class RunningWorker:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
         self.thread.start()
+        # what is published before any ingest session exists is, by MQTT's rules, for nobody
+        assert self.worker.subscribed.wait(15), "the worker did not subscribe"
 
     def close(self) -> None:
         self.stop.set()

@@ -93,6 +93,9 @@ class IngestWorker:
         self._db: Connection | None = None
         self._writer: ReadingWriter | None = None
         self._device_types: dict[str, str] = {}
+        #: set once the worker is subscribed (again, after a reconnect): from then on what
+        #: devices publish is kept for the ingest group, whatever happens to this worker
+        self.subscribed = threading.Event()
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -281,6 +284,7 @@ class IngestWorker:
     def _ensure_broker(self, stop: threading.Event) -> None:
         if self._mqtt is not None and self._mqtt.is_connected:
             return
+        self.subscribed.clear()
         if self._mqtt is not None:
             log.warning("%s: broker connection lost; reconnecting", self.name)
             self._mqtt.close()
@@ -308,6 +312,7 @@ class IngestWorker:
                 delay = min(delay * 2, self.config.retry_max_s)
                 continue
             self._mqtt = connection
+            self.subscribed.set()
             return
 
     def _deliverer(self, generation: int) -> Callable[[ReceivedMessage], None]:
