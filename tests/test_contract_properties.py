@@ -183,7 +183,11 @@ def test_the_validator_and_the_models_agree_on_the_shape(document: dict[str, Any
         payload, device_type="multiparameter_monitor", received_at=RECEIVED_AT
     )
     shape_rejected = outcome.message_rejection is not None or any(
-        r.reason is ReasonCode.SCHEMA_VIOLATION for r in outcome.rejected
+        r.reason is ReasonCode.SCHEMA_VIOLATION
+        # a well-shaped `at` that the clock correction pushes below year 1 is refused too,
+        # for its time, not its shape (found by hypothesis: at 0001-01-01, sent_at ahead)
+        and "falls outside the years" not in r.detail
+        for r in outcome.rejected
     )
     try:
         ReadingsMessage.model_validate_json(payload)
