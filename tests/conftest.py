@@ -15,11 +15,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from ehealthlab.store.migrate import migrate
 from ehealthlab.store.reference import load_municipalities
 
 pytest_plugins = ["servers"]
+
+# In CI (CI=true) hypothesis replays a fixed sequence of examples, so a submission never fails
+# on a draw the author never saw; locally it keeps exploring (and its database remembers).
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") == "true":
+    hypothesis_settings.load_profile("ci")
 
 TIMESCALE_URL_VARIABLE = "EHEALTHLAB_TEST_TIMESCALE_URL"
 
