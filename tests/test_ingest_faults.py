@@ -20,6 +20,8 @@ import pytest
 from conftest import create_database, with_database
 from test_ingest import Pilot, RunningWorker, publish_all, stream
 
+from ehealthlab.contract.topics import readings_topic
+from ehealthlab.ingest.pipeline import partition_of
 from ehealthlab.ingest.worker import IngestConfig
 from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.stack.ports import start_on_free_port
@@ -245,3 +247,41 @@ def test_a_broker_restart_mid_stream_loses_nothing(pilot, own_broker):
         assert wait_until(lambda: count(pilot) == 10_000, timeout=20), count(pilot)
     finally:
         running.close()
+
+
+def test_partitioned_workers_lose_nothing_across_a_broker_restart(pilot, own_broker):
+    """Durable ordinary subscriptions, one partition of the devices each: Mosquitto keeps
+    them, and what it queued for them, across a restart."""
+    devices = [pilot.register("multiparameter_monitor") for _ in range(3)]
+    while len({partition_of(readings_topic(d), 2) for d, _ in devices}) < 2:
+        devices.append(pilot.register("multiparameter_monitor"))  # both partitions have work
+    workers = [
+        RunningWorker(
+            pilot.settings,
+            f"ingest-part-{i}",
+            IngestConfig(subscription="partitioned", partition=i, partitions=2, retry_max_s=0.5),
+        )
+        for i in range(2)
+    ]
+    try:
+        per_device = [stream(device_id, 2_000) for device_id, _ in devices]
+        for (device_id, password), payloads in zip(devices, per_device, strict=True):
+            publish_all(pilot, device_id, password, payloads[:20])
+        own_broker.stop()
+        own_broker.start()
+        for (device_id, password), payloads in zip(devices, per_device, strict=True):
+            publish_all(pilot, device_id, password, payloads[20:])
+        total = 2_000 * len(devices)
+        assert wait_until(lambda: count(pilot) == total, timeout=60), count(pilot)
+        time.sleep(0.5)
+        assert count(pilot) == total
+        # only what was in flight when the broker stopped comes again (and collapses): the
+        # second half is delivered once, to its partition's worker only
+        [(duplicates,)] = pilot.query("SELECT count(*) FROM duplicate_readings")
+        assert duplicates <= len(devices) * 20 * 50
+        late = pilot.query("SELECT count(*) FROM duplicate_readings WHERE seq > 1000")
+        assert late == [(0,)]
+        assert all(w.worker.stats.messages > 0 for w in workers)
+    finally:
+        for w in workers:
+            w.close()

@@ -82,17 +82,32 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
             dynsec.ensure_platform_role(username)
     rules_file = Path(args.alert_rules) if args.alert_rules else settings.alert_rules
     rules = DEFAULT_RULES if rules_file is None else load_rules(rules_file)
-    config = IngestConfig(batch_max_wait_s=args.batch_wait_ms / 1000, rules=rules)
+    partitions = args.partitions or args.workers
+    if args.subscription == "partitioned" and args.first + args.workers - 1 > partitions:
+        raise ConfigurationError(
+            f"workers {args.first}..{args.first + args.workers - 1} do not fit in "
+            f"{partitions} partitions: give --partitions"
+        )
     names = [f"ingest-{args.first + i}" for i in range(args.workers)]
+    configs = [
+        IngestConfig(
+            batch_max_wait_s=args.batch_wait_ms / 1000,
+            rules=rules,
+            subscription=args.subscription,
+            partition=args.first + i - 1,
+            partitions=partitions if args.subscription == "partitioned" else 1,
+        )
+        for i in range(args.workers)
+    ]
     ports = [
         None if args.metrics_port is None else args.metrics_port + i for i in range(args.workers)
     ]
     if args.workers == 1:
-        return run_worker(settings, names[0], config, ports[0])
+        return run_worker(settings, names[0], configs[0], ports[0])
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=run_worker, args=(settings, name, config, port), name=name)
-        for name, port in zip(names, ports, strict=True)
+        for name, config, port in zip(names, configs, ports, strict=True)
     ]
     for process in processes:
         process.start()

@@ -8,6 +8,7 @@ moves these values between the broker and the database.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -66,6 +67,18 @@ class Settled:
     log: MessageLog
     conflict_rejections: tuple[RejectedRow, ...]
     feedback: FeedbackMessage | None
+
+
+def partition_of(topic: str, partitions: int) -> int:
+    """Which of `partitions` workers owns a message, by its device (a SHA-256 of the id: the
+    same in every process and evenly spread — crc32's low bits are not, for ids that differ
+    only in a few hex digits); anything that is not a device's topic belongs to partition
+    0, so it is kept as a dead letter exactly once."""
+    parsed = parse_device_topic(topic)
+    if parsed is None or partitions <= 1:
+        return 0
+    digest = hashlib.sha256(parsed.device_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % partitions
 
 
 def judge(message: ReceivedMessage, device_type_of: Callable[[str], str | None]) -> JudgedMessage:

@@ -19,15 +19,28 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Literal
 
 import orjson
 import psycopg
 
-from ehealthlab.contract.topics import INGEST_SHARED_SUBSCRIPTION, feedback_topic
+from ehealthlab.contract.topics import (
+    INGEST_SHARED_SUBSCRIPTION,
+    READINGS_WILDCARD,
+    feedback_topic,
+)
 from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
 from ehealthlab.ingest.alerting import raise_alerts_for
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
-from ehealthlab.ingest.pipeline import JudgedMessage, MessageLog, Settled, judge, refuse, settle
+from ehealthlab.ingest.pipeline import (
+    JudgedMessage,
+    MessageLog,
+    Settled,
+    judge,
+    partition_of,
+    refuse,
+    settle,
+)
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection, connect
@@ -49,6 +62,18 @@ class IngestConfig:
     retry_initial_s: float = 0.25
     retry_max_s: float = 5.0
     rules: AlertRules = DEFAULT_RULES
+    #: "shared": the broker splits messages over the $share/ingest group (the contract's
+    #: way). "partitioned": every worker holds a durable ordinary subscription and keeps the
+    #: devices of its partition (a hash of device_id mod `partitions`), acknowledging the
+    #: others at once — N deliveries per message, but a broker restart loses nothing, since
+    #: Mosquitto 2.0 persists ordinary subscriptions and not shared ones (docs/ingest.md).
+    subscription: Literal["shared", "partitioned"] = "shared"
+    partition: int = 0
+    partitions: int = 1
+
+    @property
+    def topic_filter(self) -> str:
+        return INGEST_SHARED_SUBSCRIPTION if self.subscription == "shared" else READINGS_WILDCARD
 
 
 @dataclass
@@ -119,6 +144,12 @@ class IngestWorker:
         others instead of keeping it for a worker that may not come back."""
         connection = self._mqtt
         if connection is None or not connection.is_connected:
+            return
+        if self.config.subscription == "partitioned":
+            # nobody else takes this partition: keep the session, so the broker holds its
+            # messages until the worker is back
+            connection.close()
+            self._mqtt = None
             return
         try:
             connection.unsubscribe(INGEST_SHARED_SUBSCRIPTION)
@@ -293,6 +324,7 @@ class IngestWorker:
         while not stop.is_set():
             self._generation += 1
             generation = self._generation
+            holder: list[MqttConnection] = []
             connection = MqttConnection(
                 BrokerAddress.from_settings(self.settings),
                 self.name,
@@ -300,11 +332,16 @@ class IngestWorker:
                 session_expiry_s=self.config.session_expiry_s,
                 manual_ack=True,
                 receive_maximum=self.config.receive_maximum,
-                on_message=self._deliverer(generation),
+                on_message=self._deliverer(generation, holder),
             )
+            holder.append(connection)
             try:
                 connection.connect()
-                connection.subscribe(INGEST_SHARED_SUBSCRIPTION, qos=1)
+                # A session the broker kept still holds its ordinary subscription; subscribing
+                # again would make Mosquitto 2.0.11 deliver each message twice after a restart
+                # (measured). Shared subscriptions are never kept across a restart: renew them.
+                if not (connection.session_present and self.config.subscription == "partitioned"):
+                    connection.subscribe(self.config.topic_filter, qos=1)
             except EhealthlabError as exc:
                 log.warning("%s: broker unavailable (%s); retrying", self.name, exc)
                 connection.close()
@@ -315,8 +352,16 @@ class IngestWorker:
             self.subscribed.set()
             return
 
-    def _deliverer(self, generation: int) -> Callable[[ReceivedMessage], None]:
+    def _deliverer(
+        self, generation: int, holder: list[MqttConnection]
+    ) -> Callable[[ReceivedMessage], None]:
+        partition, partitions = self.config.partition, self.config.partitions
+        partitioned = self.config.subscription == "partitioned" and partitions > 1
+
         def deliver(message: ReceivedMessage) -> None:
+            if partitioned and partition_of(message.topic, partitions) != partition:
+                holder[0].ack(message)  # another worker's device: it has its own copy
+                return
             self._inbox.put(_Delivery(generation, message))
 
         return deliver
