@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from conftest import create_database, drop_database, with_database
 
+from ehealthlab import cli
 from ehealthlab.contract.topics import feedback_topic, readings_topic
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.worker import IngestConfig, IngestWorker
@@ -365,3 +366,10 @@ def test_a_corpus_of_bad_messages_is_kept_with_reasons_and_the_worker_goes_on(pi
     assert [(size, kept) for _, size, kept in rows][-1] == (
         len(CORPUS["10 MB"][0]),
     ) * 2  # all of it
+
+
+def test_partitioned_ingest_needs_the_number_of_partitions(capsys):
+    assert cli.main(["ingest", "--subscription", "partitioned"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ehealthlab: --subscription partitioned needs --partitions N, the same on every machine"
+    )

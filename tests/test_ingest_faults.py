@@ -275,13 +275,10 @@ def test_partitioned_workers_lose_nothing_across_a_broker_restart(pilot, own_bro
         assert wait_until(lambda: count(pilot) == total, timeout=60), count(pilot)
         time.sleep(0.5)
         assert count(pilot) == total
-        # only what was in flight when the broker stopped comes again (and collapses): the
-        # second half is delivered once, to its partition's worker only
-        [(duplicates,)] = pilot.query("SELECT count(*) FROM duplicate_readings")
-        assert duplicates <= len(devices) * 20 * 50
-        late = pilot.query("SELECT count(*) FROM duplicate_readings WHERE seq > 1000")
-        assert late == [(0,)]
+        # each partition's devices went to its own worker (what came twice after the
+        # restart collapsed on the idempotency key)
         assert all(w.worker.stats.messages > 0 for w in workers)
+        assert sum(w.worker.stats.readings for w in workers) == total
     finally:
         for w in workers:
             w.close()

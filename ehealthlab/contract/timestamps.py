@@ -8,7 +8,7 @@ through this one function: a device gets the same verdict from either.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ehealthlab.contract.wording import quote
 
@@ -30,7 +30,20 @@ class TimestampError(ValueError):
 
 
 def parse_timestamp(text: str) -> datetime:
-    """The aware datetime `text` denotes; TimestampError if it is not RFC 3339 with offset."""
+    """The aware datetime `text` denotes; TimestampError if it is not RFC 3339 with offset,
+    or if it cannot be expressed in UTC (0001-01-01T00:30+01:00 is before year 1 there)."""
+    return _representable(_parse(text), text)
+
+
+def _representable(moment: datetime, text: str) -> datetime:
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise TimestampError(f"{quote(text)} falls outside the years 1 to 9999 in UTC") from None
+    return moment
+
+
+def _parse(text: str) -> datetime:
     # the common shape, 2026-11-25T08:00:30+01:00, without the regex: fromisoformat checks
     # that every other position is an ASCII digit
     if (

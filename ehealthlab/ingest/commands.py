@@ -60,6 +60,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="longest wait to fill a batch (default 20)",
     )
     parser.add_argument(
+        "--subscription",
+        choices=("shared", "partitioned"),
+        default="shared",
+        help="shared: the broker splits messages over $share/ingest (default); partitioned: "
+        "each worker keeps the devices of its partition from a durable subscription of its "
+        "own, which survives a Mosquitto restart (docs/ingest.md)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --subscription partitioned: how many partitions in all, the same on every "
+        "machine (workers are numbered 1..N with --first)",
+    )
+    parser.add_argument(
         "--alert-rules",
         default=None,
         metavar="FILE",
@@ -71,6 +87,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers < 1 or args.workers > 64:
         raise ConfigurationError("--workers must be between 1 and 64")
+    if args.subscription == "partitioned" and args.partitions is None:
+        raise ConfigurationError(
+            "--subscription partitioned needs --partitions N, the same on every machine"
+        )
     settings = settings_with_stack(settings)
     settings.require_database_url()
     settings.require_mqtt()
@@ -82,7 +102,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
             dynsec.ensure_platform_role(username)
     rules_file = Path(args.alert_rules) if args.alert_rules else settings.alert_rules
     rules = DEFAULT_RULES if rules_file is None else load_rules(rules_file)
-    partitions = args.partitions or args.workers
+    partitions = args.partitions or 1
     if args.subscription == "partitioned" and args.first + args.workers - 1 > partitions:
         raise ConfigurationError(
             f"workers {args.first}..{args.first + args.workers - 1} do not fit in "

@@ -62,6 +62,7 @@ class IngestConfig:
     retry_initial_s: float = 0.25
     retry_max_s: float = 5.0
     rules: AlertRules = DEFAULT_RULES
+    drain_timeout_s: float = 30.0
     #: "shared": the broker splits messages over the $share/ingest group (the contract's
     #: way). "partitioned": every worker holds a durable ordinary subscription and keeps the
     #: devices of its partition (a hash of device_id mod `partitions`), acknowledging the
@@ -140,8 +141,10 @@ class IngestWorker:
 
     def _drain(self) -> None:
         """A clean stop: take no more messages, store and acknowledge every one already
-        delivered, then end the session so the broker sends this worker's share to the
-        others instead of keeping it for a worker that may not come back."""
+        delivered (for at most `drain_timeout_s`), then end the session so the broker sends
+        this worker's share to the others instead of keeping it for a worker that may not
+        come back. Whatever could not be stored in time stays with the broker: the session
+        is then kept."""
         connection = self._mqtt
         if connection is None or not connection.is_connected:
             return
@@ -156,10 +159,16 @@ class IngestWorker:
         except EhealthlabError as exc:
             log.warning("%s: could not unsubscribe (%s); the session is kept", self.name, exc)
             return
-        no_stop = threading.Event()
-        while batch := self._collect(no_stop, wait_s=0.3):
-            self._store(batch, no_stop)
-        connection.close(end_session=True)
+        give_up = threading.Event()
+        timer = threading.Timer(self.config.drain_timeout_s, give_up.set)
+        timer.start()
+        stored_all = True
+        try:
+            while batch := self._collect(give_up, wait_s=0.3):
+                stored_all = self._store(batch, give_up) and stored_all
+        finally:
+            timer.cancel()
+        connection.close(end_session=stored_all)
         self._mqtt = None
 
     def _collect(self, stop: threading.Event, wait_s: float = 0.2) -> list[_Delivery]:
@@ -185,45 +194,62 @@ class IngestWorker:
             readings += delivery.message.payload.count(b'"seq"')
         return batch
 
-    def _store(self, batch: list[_Delivery], stop: threading.Event) -> None:
-        """Write a batch, retrying while the database is away; then ack and answer."""
+    def _store(self, batch: list[_Delivery], stop: threading.Event) -> bool:
+        """Write a batch, retrying while the database is away; then ack and answer. False
+        when `stop` came before it could be stored (the broker keeps it, unacknowledged)."""
         delay = self.config.retry_initial_s
+        refused: str | None = None
         while True:
             try:
-                settled = self._write_batch(batch)
+                if refused is None:
+                    settled = self._write_batch(batch)
+                else:
+                    settled = self._write_one_by_one(batch, refused)
                 break
             except (psycopg.OperationalError, ServiceUnavailableError) as exc:
                 self._lost_database(exc)
-            except psycopg.Error as exc:
-                settled = self._write_one_by_one(batch, exc)
-                break
+            except Exception as exc:  # a worker must not die on one message
+                # refused for its content, or a defect of ours: the batch goes one by one and
+                # the message that trips it is kept whole as a dead letter with the error
+                if refused is None:
+                    if not isinstance(exc, psycopg.Error):
+                        log.exception("%s: unexpected error on a batch", self.name)
+                    refused = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    continue
+                log.exception("%s: even one by one the batch fails; retrying", self.name)
             if stop.is_set():
                 log.warning("%s: stopping with %d messages unstored; the broker keeps them",
                             self.name, len(batch))  # fmt: skip
-                return
+                return False
             time.sleep(delay)
             delay = min(delay * 2, self.config.retry_max_s)
         if not self.stats.db_available:
             log.warning("%s: database is back; resuming", self.name)
             self.stats.db_available = True
         self._acknowledge(batch, settled)
+        return True
 
     def _write_one_by_one(
-        self, batch: Sequence[_Delivery], error: psycopg.Error
+        self, batch: Sequence[_Delivery], error: str
     ) -> list[tuple[JudgedMessage, Settled]]:
-        """The database refused a batch for its content (not for being away): write its
-        messages one at a time, and keep any that is still refused as a dead letter."""
+        """The batch was refused for its content (not for the database being away): write
+        its messages one at a time, and keep any that is still refused as a dead letter.
+        A database that goes away meanwhile raises, and the caller retries it all (what
+        was already committed collapses on the idempotency key)."""
         log.error("%s: a batch was refused (%s); writing its messages one by one", self.name, error)
         self._reset_database()
         settled: list[tuple[JudgedMessage, Settled]] = []
         for delivery in batch:
             try:
                 settled.extend(self._write_batch([delivery]))
-            except psycopg.OperationalError:
+            except (psycopg.OperationalError, ServiceUnavailableError):
                 raise
-            except psycopg.Error as exc:
+            except Exception as exc:  # isolate the one message that trips it
                 self._reset_database()
-                settled.extend(self._write_batch([delivery], refused=str(exc)))
+                reason = (
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                )
+                settled.extend(self._write_batch([delivery], refused=reason))
         return settled
 
     def _reset_database(self) -> None:
@@ -337,11 +363,12 @@ class IngestWorker:
             holder.append(connection)
             try:
                 connection.connect()
-                # A session the broker kept still holds its ordinary subscription; subscribing
-                # again would make Mosquitto 2.0.11 deliver each message twice after a restart
-                # (measured). Shared subscriptions are never kept across a restart: renew them.
-                if not (connection.session_present and self.config.subscription == "partitioned"):
-                    connection.subscribe(self.config.topic_filter, qos=1)
+                # Always (re)subscribe: a kept session may lack the subscription (a first
+                # subscribe that timed out, a leftover session of the other mode), and a worker
+                # without it would silently lose its partition. After a broker restart
+                # Mosquitto 2.0.11 then delivers a partitioned worker's messages twice
+                # (measured); they collapse on the idempotency key.
+                connection.subscribe(self.config.topic_filter, qos=1)
             except EhealthlabError as exc:
                 log.warning("%s: broker unavailable (%s); retrying", self.name, exc)
                 connection.close()
