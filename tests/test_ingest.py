@@ -373,3 +373,19 @@ def test_partitioned_ingest_needs_the_number_of_partitions(capsys):
     assert capsys.readouterr().err.strip() == (
         "ehealthlab: --subscription partitioned needs --partitions N, the same on every machine"
     )
+
+
+def test_a_nul_byte_in_a_metric_never_sinks_its_neighbours(pilot, workers):
+    workers()
+    device_id, password = pilot.register("multiparameter_monitor")
+    stamp = T0.isoformat()
+    readings = [
+        {"seq": 1, "metric": "spo2", "value": 97, "unit": "%", "at": stamp},
+        {"seq": 2, "metric": "sp\u0000o2", "value": 97, "unit": "%", "at": stamp},
+    ]
+    with pilot.device(device_id, password) as device:
+        device.publish(readings_topic(device_id), message(readings))
+    assert pilot.wait_for("SELECT count(*) FROM readings", [(1,)]) == [(1,)]
+    assert pilot.query("SELECT reason, metric, seq FROM rejected_readings") == [
+        ("unknown_metric", None, 2)
+    ]

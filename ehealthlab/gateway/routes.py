@@ -563,6 +563,7 @@ def enrol(
                 f"device {device.device_id!r} is a {device.device_type}, which does not "
                 f"measure {', '.join(unmeasured)}; it measures {', '.join(sorted(measured))}",
             )
+        _serialise_with_ingest(conn, body.device_id)
         enrolment = registry.insert_enrolment(
             conn,
             patient_id=body.patient_id,
@@ -575,6 +576,15 @@ def enrol(
         attributed = attribute_unassigned(conn, enrolment.id)
         raise_alerts_for(conn, attributed, context.alert_rules)
     return schemas.EnrolmentCreated(id=enrolment.id, attributed_readings=len(attributed))
+
+
+def _serialise_with_ingest(conn: Connection, device_id: str) -> None:
+    """Lock the device's row as ingest does for each batch: a batch of its readings and
+    this enrolment then see each other, whichever commits first (else a reading could be
+    left unassigned, or attributed past a new end, for good). Also lets TimescaleDB
+    decompress as much as re-attribution needs."""
+    conn.execute("SELECT 1 FROM devices WHERE device_id = %s FOR UPDATE", (device_id,))
+    conn.execute("SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0")
 
 
 @router.get(
@@ -634,6 +644,7 @@ def end_enrolment(
             raise InvalidFieldError(
                 "end", f"end {body.end} is before the enrolment's start {enrolment.start_date}"
             )
+        _serialise_with_ingest(conn, enrolment.device_id)
         updated = registry.set_enrolment_end(conn, enrolment, body.end)
         raise_alerts_for(conn, attribute_unassigned(conn, enrolment.id), context.alert_rules)
     return _enrolment_view(updated)

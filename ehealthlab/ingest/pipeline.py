@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from ehealthlab.contract.catalogue import METRICS
 from ehealthlab.contract.messages import FeedbackMessage, ReasonCode
 from ehealthlab.contract.outcome import (
     MessageOutcome,
@@ -169,7 +170,9 @@ def _rejected_row(device_id: str, outcome: MessageOutcome, rejection: Rejection)
         msg_id=outcome.msg_id,
         item_index=rejection.index,
         seq=rejection.seq,
-        metric=rejection.metric,
+        # only a catalogue code: a device's free text (a NUL byte, say) would make the
+        # database refuse the whole batch, sinking the message's valid readings
+        metric=rejection.metric if rejection.metric in METRICS else None,
         at=rejection.at,
         measured_at=measured_at,
     )

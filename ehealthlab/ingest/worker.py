@@ -303,6 +303,10 @@ class IngestWorker:
         started = time.monotonic()
         writer.prepare(rows)
         with conn.transaction():
+            # first, and in one order: it locks the batch's devices, so an enrolment being
+            # recorded for one of them waits for this batch (and sees its readings) or this
+            # batch waits for it (and sees the enrolment) — never both miss each other
+            _touch_devices(conn, judged)
             result = writer.write_in_transaction(rows)
             duplicates = [0] * len(judged)
             for index in result.duplicates:
@@ -421,29 +425,36 @@ class IngestWorker:
             self._db = None
 
 
+def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
+    """Each device's last-seen time, rows updated in device order (no deadlock between
+    workers updating the same devices)."""
+    last_seen: dict[str, datetime] = {}
+    for item in judged:
+        seen = last_seen.get(item.device_id, item.outcome.received_at)
+        last_seen[item.device_id] = max(item.outcome.received_at, seen)
+    devices = sorted(last_seen)
+    conn.execute(
+        "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
+        " FROM (SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS u(device_id, seen)"
+        " ORDER BY device_id) AS s WHERE d.device_id = s.device_id",
+        (devices, [last_seen[d] for d in devices]),
+    )
+
+
 def _write_message_logs(conn: Connection, logs: Sequence[MessageLog]) -> None:
-    """One row per message (COPY: at thousands of messages a second, row by row is slow),
-    and each device's last-seen time."""
+    """One row per message (COPY: at thousands of messages a second, row by row is slow)."""
     if not logs:
         return
-    with conn.cursor() as cur:
-        with cur.copy(
+    with (
+        conn.cursor() as cur,
+        cur.copy(
             "COPY device_messages (device_id, received_at, msg_id, qos, payload_bytes, readings,"
             " accepted, duplicates, rejected, clock_offset_s, oldest_at, newest_at) FROM STDIN"
-        ) as copy:
-            for entry in logs:
-                copy.write_row(
-                    (entry.device_id, entry.received_at, entry.msg_id, entry.qos,
-                     entry.payload_bytes, entry.readings, entry.accepted, entry.duplicates,
-                     entry.rejected, entry.clock_offset_s, entry.oldest_at, entry.newest_at)
-                )  # fmt: skip
-        last_seen: dict[str, datetime] = {}
+        ) as copy,
+    ):
         for entry in logs:
-            seen = last_seen.get(entry.device_id, entry.received_at)
-            last_seen[entry.device_id] = max(entry.received_at, seen)
-        cur.execute(
-            "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
-            " FROM unnest(%s::text[], %s::timestamptz[]) AS s(device_id, seen)"
-            " WHERE d.device_id = s.device_id",
-            (list(last_seen), list(last_seen.values())),
-        )
+            copy.write_row(
+                (entry.device_id, entry.received_at, entry.msg_id, entry.qos,
+                 entry.payload_bytes, entry.readings, entry.accepted, entry.duplicates,
+                 entry.rejected, entry.clock_offset_s, entry.oldest_at, entry.newest_at)
+            )  # fmt: skip

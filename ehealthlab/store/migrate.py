@@ -92,10 +92,19 @@ def timescale_available(conn: Connection) -> bool:
     """True when this server can run the TimescaleDB form (installed and preloaded)."""
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),"
-        " current_setting('shared_preload_libraries')"
+        " EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
     ).fetchone()
-    available, preload = row if row is not None else (False, "")
-    return bool(available) and "timescaledb" in str(preload)
+    available, created = row if row is not None else (False, False)
+    if created:
+        return True
+    if not available:
+        return False
+    try:  # only superusers and pg_read_all_settings may read it
+        with conn.transaction():
+            preload = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    return preload is not None and "timescaledb" in str(preload[0])
 
 
 def recorded_form(conn: Connection) -> Form | None:
