@@ -113,6 +113,7 @@ class MqttConnection:
         self._lock = threading.Lock()
         self._acks: dict[int, threading.Event] = {}
         self._ack_reasons: OrderedDict[int, ReasonCode | list[ReasonCode]] = OrderedDict()
+        self._untracked: set[int] = set()
         self.session_present = False
 
         client = paho.Client(
@@ -244,13 +245,23 @@ class MqttConnection:
                 f"the broker refused the publication to {topic!r}: {reason.getName()}"
             )
 
-    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
-        """Queue a publication; returns its message id (see `wait_for`)."""
+    def publish_nowait(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *, track: bool = True
+    ) -> int:
+        """Queue a publication; returns its message id. With `track` (the default) its
+        PUBACK is kept for `wait_for`; without, it is dropped on arrival, so that a later
+        operation given the same 16-bit id never mistakes it for its own answer."""
         # never call paho holding our lock: its network thread holds paho's own lock when it
         # calls back into _settle, which takes ours (a PUBACK arriving before we look is
         # kept by _settle until _wait collects it)
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         self._check(info.rc, f"publish to {topic!r}")
+        if qos > 0 and not track:
+            with self._lock:
+                if self._ack_reasons.pop(info.mid, None) is not None:
+                    self._acks.pop(info.mid, None)  # it already came: forget it
+                else:
+                    self._untracked.add(info.mid)
         return info.mid
 
     def wait_for(self, mid: int, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
@@ -344,6 +355,9 @@ class MqttConnection:
 
     def _settle(self, mid: int, reason: ReasonCode | list[ReasonCode]) -> None:
         with self._lock:
+            if mid in self._untracked:
+                self._untracked.discard(mid)
+                return
             self._ack_reasons[mid] = reason
             event = self._acks.setdefault(mid, threading.Event())
             # answers nobody waits for (publish_nowait) must not pile up: message ids are

@@ -412,6 +412,7 @@ class IngestWorker:
                         feedback_topic(judged.device_id),
                         orjson.dumps(verdict.feedback.model_dump(mode="json")),
                         qos=1,
+                        track=False,
                     )
                 except EhealthlabError as exc:  # feedback is advice; the data are safe
                     log.warning("%s: feedback to %s not sent: %s", self.name, judged.device_id, exc)
