@@ -368,3 +368,17 @@ def test_rejections_are_kept_with_payload_and_reason(store_url):
         other = recent_rejections(conn, "other-device")
     assert latest == list(reversed(rows))
     assert other == []
+
+
+def test_timescale_policies_go_by_chunk_creation_not_by_device_clocks(store_url, request):
+    if request.node.callspec.params["store_url"] != "timescale":
+        pytest.skip("compression and retention policies exist only in the TimescaleDB form")
+    with psycopg.connect(store_url) as conn:
+        configs = dict(
+            conn.execute(
+                "SELECT proc_name, config::text FROM timescaledb_information.jobs"
+                " WHERE hypertable_name = 'readings'"
+            ).fetchall()
+        )
+    assert "compress_created_before" in configs["policy_compression"]
+    assert "drop_created_before" in configs["policy_retention"]
