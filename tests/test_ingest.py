@@ -263,7 +263,7 @@ def test_ten_thousand_readings_with_duplicates_and_redeliveries_are_stored_exact
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ehealthlab.ingest.pipeline import judge  # noqa: E402
+from ehealthlab.ingest.pipeline import judge, refuse  # noqa: E402
 from ehealthlab.mqtt import ReceivedMessage as Received  # noqa: E402
 
 NOW = datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
@@ -389,3 +389,10 @@ def test_a_nul_byte_in_a_metric_never_sinks_its_neighbours(pilot, workers):
     assert pilot.query("SELECT reason, metric, seq FROM rejected_readings") == [
         ("unknown_metric", None, 2)
     ]
+
+
+def test_a_message_the_store_could_not_keep_is_filed_as_the_platforms_failure():
+    judged = refuse(_received(b"{}"), "the store could not keep it: boom")
+    assert judged.platform_failure
+    assert [r.detail for r in judged.rejections] == ["the store could not keep it: boom"]
+    assert not judge(_received(b"{}"), lambda device: "thermometer").platform_failure

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from ehealthlab.contract.catalogue import METRICS
@@ -41,6 +41,9 @@ class JudgedMessage:
     outcome: MessageOutcome
     readings: tuple[ReadingRow, ...]  # parallel to outcome.accepted
     rejections: tuple[RejectedRow, ...]
+    #: kept whole because the platform could not store it, not for anything the device did:
+    #: no feedback goes to the device (it would only carry our database's error)
+    platform_failure: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +184,8 @@ def _rejected_row(device_id: str, outcome: MessageOutcome, rejection: Rejection)
 def refuse(message: ReceivedMessage, detail: str) -> JudgedMessage:
     """A message kept as a dead letter whole, for a reason outside the contract's checks."""
     topic = parse_device_topic(message.topic)
-    return _whole(message, topic.device_id if topic else UNKNOWN_DEVICE, detail)
+    judged = _whole(message, topic.device_id if topic else UNKNOWN_DEVICE, detail)
+    return replace(judged, platform_failure=True)
 
 
 def _whole(message: ReceivedMessage, device_id: str, detail: str) -> JudgedMessage:

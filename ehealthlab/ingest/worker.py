@@ -33,6 +33,7 @@ from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
 from ehealthlab.ingest.alerting import raise_alerts_for
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
 from ehealthlab.ingest.pipeline import (
+    UNKNOWN_DEVICE,
     JudgedMessage,
     MessageLog,
     Settled,
@@ -406,7 +407,11 @@ class IngestWorker:
             if delivery.generation == self._generation and connection.is_connected:
                 connection.ack(delivery.message)
         for judged, verdict in settled:
-            if verdict.feedback is not None and judged.device_id != "unknown":
+            if (
+                verdict.feedback is not None
+                and judged.device_id != UNKNOWN_DEVICE
+                and not judged.platform_failure
+            ):
                 try:
                     connection.publish_nowait(
                         feedback_topic(judged.device_id),
