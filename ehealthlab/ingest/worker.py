@@ -304,10 +304,11 @@ class IngestWorker:
         started = time.monotonic()
         writer.prepare(rows)
         with conn.transaction():
-            # first, and in one order: it locks the batch's devices, so an enrolment being
-            # recorded for one of them waits for this batch (and sees its readings) or this
-            # batch waits for it (and sees the enrolment) — never both miss each other
-            _touch_devices(conn, judged)
+            # first, and in one order: a share lock on the batch's devices, so an enrolment
+            # being recorded for one of them (FOR UPDATE) waits for this batch and sees its
+            # readings, or this batch waits for it and sees the enrolment — never both miss
+            # each other; two workers' share locks do not block each other
+            _share_lock_devices(conn, judged)
             result = writer.write_in_transaction(rows)
             duplicates = [0] * len(judged)
             for index in result.duplicates:
@@ -324,6 +325,7 @@ class IngestWorker:
             write_rejections(conn, rejected)
             _write_message_logs(conn, [s.log for s in settled])
             alerts = self._raise_alerts(conn, result.attributed)
+        _touch_devices(conn, judged)  # after commit: no row lock held across batches
         elapsed = time.monotonic() - started
         oldest = min(d.message.received_at for d in batch)
         lag = (datetime.now(UTC) - oldest).total_seconds()
@@ -431,20 +433,29 @@ class IngestWorker:
             self._db = None
 
 
+def _share_lock_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
+    devices = sorted({item.device_id for item in judged})
+    conn.execute(
+        "SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR KEY SHARE",
+        (devices,),
+    )
+
+
 def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
-    """Each device's last-seen time, rows updated in device order (no deadlock between
-    workers updating the same devices)."""
+    """Each device's last-seen time, in a short transaction of its own after the batch, rows
+    updated in device order (no deadlock between workers updating the same devices)."""
     last_seen: dict[str, datetime] = {}
     for item in judged:
         seen = last_seen.get(item.device_id, item.outcome.received_at)
         last_seen[item.device_id] = max(item.outcome.received_at, seen)
     devices = sorted(last_seen)
-    conn.execute(
-        "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
-        " FROM (SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS u(device_id, seen)"
-        " ORDER BY device_id) AS s WHERE d.device_id = s.device_id",
-        (devices, [last_seen[d] for d in devices]),
-    )
+    with conn.transaction():
+        conn.execute(
+            "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
+            " FROM (SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS u(device_id, seen)"
+            " ORDER BY device_id) AS s WHERE d.device_id = s.device_id",
+            (devices, [last_seen[d] for d in devices]),
+        )
 
 
 def _write_message_logs(conn: Connection, logs: Sequence[MessageLog]) -> None:

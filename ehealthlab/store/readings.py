@@ -28,13 +28,13 @@ _INSERT_NEW = """
                           clock_offset_s, clock_corrected, reported_unit, patient_id)
     SELECT DISTINCT ON (s.device_id, s.metric, s.at)
            s.device_id, s.metric, s.at, s.value, s.measured_at, s.received_at, s.seq, s.msg_id,
-           s.clock_offset_s, s.clock_corrected, s.reported_unit,
-           (SELECT e.patient_id FROM enrolments e
-            WHERE e.device_id = s.device_id
-              AND ehl_pilot_day(s.measured_at) >= e.start_date
-              AND (e.end_date IS NULL OR ehl_pilot_day(s.measured_at) <= e.end_date)
-            LIMIT 1)
+           s.clock_offset_s, s.clock_corrected, s.reported_unit, e.patient_id
     FROM staging_readings s
+    -- at most one enrolment matches: they may not overlap for a device (exclusion constraint)
+    LEFT JOIN enrolments e
+      ON e.device_id = s.device_id
+     AND ehl_pilot_day(s.measured_at) >= e.start_date
+     AND (e.end_date IS NULL OR ehl_pilot_day(s.measured_at) <= e.end_date)
     ORDER BY s.device_id, s.metric, s.at, s.ord
     ON CONFLICT DO NOTHING
     RETURNING device_id, metric, at, value, measured_at, received_at, patient_id
