@@ -10,41 +10,13 @@ from typing import Any
 import orjson
 import pytest
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from test_contract_messages import SPEC_EXAMPLE
 
 from ehealthlab.contract.catalogue import METRICS
 from ehealthlab.contract.schema import SCHEMA_MODELS, main, render
 from ehealthlab.contract.validation import validate_message
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
-
-SPEC_EXAMPLE: dict[str, Any] = {
-    "schema": "ehl.readings/1",
-    "msg_id": "6f1c2a9e-0b7d-4c55-9a51-2b8d1f0e7c11",
-    "sent_at": "2026-11-25T08:01:07+01:00",
-    "readings": [
-        {
-            "seq": 1041,
-            "metric": "bp_systolic",
-            "value": 142,
-            "unit": "mm[Hg]",
-            "at": "2026-11-25T08:00:30+01:00",
-        },
-        {
-            "seq": 1042,
-            "metric": "bp_diastolic",
-            "value": 91,
-            "unit": "mm[Hg]",
-            "at": "2026-11-25T08:00:30+01:00",
-        },
-        {
-            "seq": 1043,
-            "metric": "heart_rate",
-            "value": 72,
-            "unit": "/min",
-            "at": "2026-11-25T08:00:30+01:00",
-        },
-    ],
-}
 
 
 def shipped(name: str) -> Draft202012Validator:
