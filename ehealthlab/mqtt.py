@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,6 +30,9 @@ from ehealthlab.settings import Settings
 
 DEFAULT_TIMEOUT_S = 10.0
 _MAX_MESSAGE_IDS = 65_535
+# the user property our broker plugin (ehealthlab/stack/plugins/ehl_receive_stamp.c) appends:
+# the broker's receive time in milliseconds since the epoch; the last one of a message counts
+RECEIVE_STAMP_PROPERTY = "ehl-received-at"
 
 
 class MqttError(EhealthlabError):
@@ -57,7 +60,12 @@ class BrokerAddress:
 
 @dataclass(frozen=True, slots=True)
 class ReceivedMessage:
-    """A message as it arrived, before anything else touches it."""
+    """A message as it arrived, before anything else touches it.
+
+    `received_at` is when the broker received it when the broker stamps messages (our plugin),
+    else when this client read it; `broker_stamped` says which. They differ by the time the
+    message waited in the broker (a subscriber down, slow or restarting).
+    """
 
     topic: str
     payload: bytes
@@ -65,6 +73,24 @@ class ReceivedMessage:
     retain: bool
     mid: int
     received_at: datetime
+    broker_stamped: bool = False
+
+
+def broker_receive_time(user_properties: list[tuple[str, str]] | None) -> datetime | None:
+    """The broker's receive stamp among a message's user properties (the last one), if any.
+
+    The broker appends its stamp after whatever the publisher sent, so a publisher cannot
+    forge it: an earlier property of the same name is the publisher's and is ignored.
+    """
+    if not user_properties:
+        return None
+    for name, value in reversed(user_properties):
+        if name == RECEIVE_STAMP_PROPERTY:
+            try:
+                return datetime.fromtimestamp(int(value) / 1000, UTC)
+            except (ValueError, OverflowError, OSError):
+                return None
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,9 +260,11 @@ class MqttConnection:
         qos: int = 1,
         retain: bool = False,
         timeout: float = DEFAULT_TIMEOUT_S,
+        *,
+        user_properties: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Publish and, at QoS 1, wait for the PUBACK; a refusal raises PermissionDeniedError."""
-        mid = self.publish_nowait(topic, payload, qos, retain)
+        mid = self.publish_nowait(topic, payload, qos, retain, user_properties=user_properties)
         if qos == 0:
             return
         reason = self._wait(mid, timeout, f"publish to {topic!r}")
@@ -246,7 +274,14 @@ class MqttConnection:
             )
 
     def publish_nowait(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *, track: bool = True
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        track: bool = True,
+        user_properties: Sequence[tuple[str, str]] = (),
     ) -> int:
         """Queue a publication; returns its message id. With `track` (the default) its
         PUBACK is kept for `wait_for`; without, it is dropped on arrival, so that a later
@@ -254,7 +289,11 @@ class MqttConnection:
         # never call paho holding our lock: its network thread holds paho's own lock when it
         # calls back into _settle, which takes ours (a PUBACK arriving before we look is
         # kept by _settle until _wait collects it)
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        properties = None
+        if user_properties:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.UserProperty = list(user_properties)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         self._check(info.rc, f"publish to {topic!r}")
         if qos > 0 and not track:
             with self._lock:
@@ -340,6 +379,7 @@ class MqttConnection:
     def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         if self._on_message is None:
             return
+        stamped = broker_receive_time(getattr(msg.properties, "UserProperty", None))
         self._on_message(
             ReceivedMessage(
                 topic=msg.topic,
@@ -347,7 +387,8 @@ class MqttConnection:
                 qos=msg.qos,
                 retain=bool(msg.retain),
                 mid=msg.mid,
-                received_at=datetime.now(UTC),
+                received_at=stamped or datetime.now(UTC),
+                broker_stamped=stamped is not None,
             )
         )
 

@@ -2,7 +2,8 @@
 # Sourced by scripts/demo.sh and scripts/test.sh: brings a fresh Debian/Ubuntu machine or a
 # fresh clone to a working state. Idempotent: a second run does nothing that is already done.
 #   - Debian packages: PostgreSQL server, Mosquitto (with its dynamic security plugin and
-#     mosquitto_ctrl), Mosquitto's clients, Python's venv; installed when missing (as root),
+#     mosquitto_ctrl), Mosquitto's clients and plugin headers with a C compiler (for the
+#     broker's receive-stamp plugin), Python's venv; installed when missing (as root),
 #     otherwise one line saying what to run;
 #   - a virtualenv in .venv with ehealthlab and its dev tools, reinstalled when pyproject.toml
 #     changes.
@@ -31,6 +32,10 @@ ehl_missing_packages() {
   { [ -x /usr/sbin/mosquitto ] && command -v mosquitto_ctrl >/dev/null &&
     compgen -G '/usr/lib/*/mosquitto_dynamic_security.so' >/dev/null; } || missing+=(mosquitto)
   command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+  # the broker's receive-stamp plugin is compiled from ehealthlab/stack/plugins at stack start
+  { command -v cc >/dev/null || command -v gcc >/dev/null; } || missing+=(gcc libc6-dev)
+  [ -f /usr/include/mosquitto_broker.h ] || missing+=(mosquitto-dev)
+  [ -f /usr/include/mosquitto.h ] || missing+=(libmosquitto-dev)
   ehl_find_python >/dev/null || missing+=(python3 python3-venv)
   printf '%s\n' "${missing[@]}"
 }

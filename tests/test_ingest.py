@@ -17,7 +17,11 @@ import pytest
 from conftest import create_database, drop_database, with_database
 
 from ehealthlab import cli
-from ehealthlab.contract.topics import feedback_topic, readings_topic
+from ehealthlab.contract.topics import (
+    INGEST_SHARED_SUBSCRIPTION,
+    feedback_topic,
+    readings_topic,
+)
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.worker import IngestConfig, IngestWorker
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
@@ -396,3 +400,46 @@ def test_a_message_the_store_could_not_keep_is_filed_as_the_platforms_failure():
     assert judged.platform_failure
     assert [r.detail for r in judged.rejections] == ["the store could not keep it: boom"]
     assert not judge(_received(b"{}"), lambda device: "thermometer").platform_failure
+
+
+def test_receive_time_is_the_brokers_even_when_the_message_waited_there(pilot, workers):
+    """A message that waits in the broker while ingest is away keeps the time the platform
+    received it: its clock offset is not inflated by the wait, and a publisher cannot forge
+    the broker's stamp."""
+    name = f"ingest-{uuid.uuid4().hex[:6]}"
+    # an ingest session that went away without a word (a crash): the broker keeps its messages
+    crashed = MqttConnection(pilot.admin, name, clean_start=False, session_expiry_s=600)
+    crashed.connect()
+    crashed.subscribe(INGEST_SHARED_SUBSCRIPTION)
+    crashed.drop()
+    device_id, password = pilot.register()
+    device = pilot.device(device_id, password)
+    try:
+        sent = datetime.now(UTC)
+        device.publish(readings_topic(device_id), message(bp(1, T0), sent_at=sent))
+        forged = [("ehl-received-at", "0")]
+        device.publish(
+            readings_topic(device_id), message(bp(3, T0 + timedelta(hours=1))),
+            user_properties=forged,
+        )  # fmt: skip
+        published = datetime.now(UTC)
+        time.sleep(3)
+        restarted = datetime.now(UTC)
+        workers(name)
+        rows = pilot.wait_for(
+            "SELECT count(*) FROM readings WHERE device_id = %s", [(4,)], device_id
+        )
+        assert rows == [(4,)]
+        stored = pilot.query(
+            "SELECT seq, received_at, clock_offset_s FROM readings WHERE device_id = %s"
+            " ORDER BY seq",
+            device_id,
+        )
+    finally:
+        device.close()
+    for seq, received_at, offset in stored:
+        # the broker's time of receipt, not the worker's (3 s later) nor the forged epoch
+        assert sent - timedelta(seconds=1) <= received_at <= published + timedelta(seconds=1), seq
+        assert received_at < restarted - timedelta(seconds=2)
+        if seq == 1:
+            assert abs(offset) < 1.5, offset

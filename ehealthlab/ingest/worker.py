@@ -116,6 +116,7 @@ class IngestWorker:
         # past it, the network thread waits, and TCP tells the broker to hold on.
         self._inbox: queue.Queue[_Delivery] = queue.Queue(maxsize=2 * self.config.receive_maximum)
         self._generation = 0
+        self._warned_unstamped = False
         self._mqtt: MqttConnection | None = None
         self._db: Connection | None = None
         self._writer: ReadingWriter | None = None
@@ -396,6 +397,12 @@ class IngestWorker:
             if partitioned and partition_of(message.topic, partitions) != partition:
                 holder[0].ack(message)  # another worker's device: it has its own copy
                 return
+            if not message.broker_stamped and not self._warned_unstamped:
+                self._warned_unstamped = True
+                log.warning(
+                    "the broker does not stamp receive times (plugin ehl_receive_stamp not "
+                    "loaded): clock offsets and latencies include time spent in the broker"
+                )
             self._inbox.put(_Delivery(generation, message))
 
         return deliver

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ehealthlab.errors import StackError
+from ehealthlab.stack.plugin import build_receive_stamp_plugin
 from ehealthlab.stack.ports import LOOPBACK, PortTakenError, free_port
 from ehealthlab.stack.programs import (
     MosquittoPrograms,
@@ -126,11 +127,14 @@ class MosquittoBroker:
         self.dynsec_file.chmod(0o600)
 
     def _write_config(self) -> None:
+        stamp_plugin = build_receive_stamp_plugin(self.directory / "plugins")
         lines = [
             "# written by ehealthlab at every start: edit the stack, not this file",
             "per_listener_settings false",
             "allow_anonymous false",
             f"listener {self.port} {self.host}",
+            # the broker's receive time on every pilot message (clock offsets, latency)
+            f"plugin {stamp_plugin}",
             f"plugin {self.programs.dynsec_plugin}",
             f"plugin_opt_config_file {self.dynsec_file}",
             "persistence true",
