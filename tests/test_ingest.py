@@ -201,7 +201,10 @@ def test_readings_land_and_a_wrong_unit_is_rejected_with_feedback(pilot, workers
     ) == [(True,)]
 
 
-def test_a_resent_message_collapses_to_one_set_of_readings(pilot, workers):
+def test_a_message_delivered_again_is_stored_and_logged_once(pilot, workers):
+    """The same msg_id again is the same message (a broker redelivery, a device retrying a
+    publish): logged once with its delivery count, not counted as duplicates. Readings
+    re-sent in a new message are the device's duplicates, and counted."""
     workers()
     device_id, password = pilot.register()
     device = pilot.device(device_id, password)
@@ -209,10 +212,16 @@ def test_a_resent_message_collapses_to_one_set_of_readings(pilot, workers):
     try:
         for _ in range(3):
             device.publish(readings_topic(device_id), payload)
+        device.publish(readings_topic(device_id), message(bp(10, T0), msg_id="a-new-message"))
     finally:
         device.close()
-    assert pilot.wait_for("SELECT count(*) FROM duplicate_readings", [(4,)]) == [(4,)]
+    logged = "SELECT msg_id, deliveries, accepted, duplicates FROM device_messages ORDER BY msg_id"
+    expected = [("a-new-message", 1, 0, 2), ("same-message", 3, 2, 0)]
+    assert pilot.wait_for(logged, expected) == expected
     assert pilot.query("SELECT count(*) FROM readings") == [(2,)]
+    assert pilot.query("SELECT msg_id, count(*) FROM duplicate_readings GROUP BY 1") == [
+        ("a-new-message", 2)
+    ]
 
 
 # --- exactly once, whatever happens ----------------------------------------------------------
@@ -249,13 +258,23 @@ def test_ten_thousand_readings_with_duplicates_and_redeliveries_are_stored_exact
     workers(), workers()  # two workers share the subscription
     device_id, password = pilot.register("multiparameter_monitor")
     payloads = stream(device_id, 10_000)
-    resent = payloads[::7] + payloads[:20]  # a device resending part of its backlog
-    publish_all(pilot, device_id, password, payloads + resent)
-    resent_readings = sum(len(orjson.loads(p)["readings"]) for p in resent)
+    redelivered = payloads[::7] + payloads[:20]  # the same messages again (same msg_id)
+    # a device resending part of its backlog in new messages
+    resent = [orjson.loads(p) for p in payloads[3::11]]
+    for body in resent:
+        body["msg_id"] = f"resent-{body['msg_id']}"
+    publish_all(pilot, device_id, password,
+                payloads + redelivered + [orjson.dumps(b) for b in resent])  # fmt: skip
+    resent_readings = sum(len(b["readings"]) for b in resent)
     assert pilot.wait_for("SELECT count(*) FROM readings", [(10_000,)], timeout=60) == [(10_000,)]
     assert pilot.wait_for("SELECT count(*) FROM duplicate_readings", [(resent_readings,)]) == [
         (resent_readings,)
     ]
+    deliveries = len(payloads) + len(redelivered) + len(resent)
+    assert pilot.wait_for(
+        "SELECT count(*), sum(deliveries) FROM device_messages",
+        [(len(payloads) + len(resent), deliveries)],
+    ) == [(len(payloads) + len(resent), deliveries)]
     assert pilot.query("SELECT count(DISTINCT seq), min(seq), max(seq) FROM readings") == [
         (10_000, 1, 10_000)
     ]
@@ -398,7 +417,9 @@ def test_a_nul_byte_in_a_metric_never_sinks_its_neighbours(pilot, workers):
 def test_a_message_the_store_could_not_keep_is_filed_as_the_platforms_failure():
     judged = refuse(_received(b"{}"), "the store could not keep it: boom")
     assert judged.platform_failure
-    assert [r.detail for r in judged.rejections] == ["the store could not keep it: boom"]
+    assert [(r.reason, r.detail) for r in judged.rejections] == [
+        ("platform_error", "the store could not keep it: boom")
+    ]
     assert not judge(_received(b"{}"), lambda device: "thermometer").platform_failure
 
 

@@ -34,6 +34,7 @@ class WorkerMetrics:
                 ("readings", "readings stored"),
                 ("duplicates", "readings that arrived again (not stored twice)"),
                 ("rejected", "readings and messages rejected, kept with their reason"),
+                ("redeliveries", "messages delivered again (same msg_id), logged once"),
                 ("alerts", "clinical alerts raised"),
             )
         }

@@ -30,6 +30,9 @@ from ehealthlab.store.rejections import RejectedRow
 
 #: how a message from something that is not a registered device's readings topic is filed
 UNKNOWN_DEVICE = "unknown"
+#: the reason of a message kept whole because the platform could not store it (not a contract
+#: reason code: devices never see it)
+PLATFORM_ERROR = "platform_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +188,10 @@ def refuse(message: ReceivedMessage, detail: str) -> JudgedMessage:
     """A message kept as a dead letter whole, for a reason outside the contract's checks."""
     topic = parse_device_topic(message.topic)
     judged = _whole(message, topic.device_id if topic else UNKNOWN_DEVICE, detail)
-    return replace(judged, platform_failure=True)
+    # not one of the contract's reasons: nothing the device did, so it must not count in
+    # the device's rejected_share nor be sent to it
+    rows = tuple(replace(row, reason=PLATFORM_ERROR) for row in judged.rejections)
+    return replace(judged, rejections=rows, platform_failure=True)
 
 
 def _whole(message: ReceivedMessage, device_id: str, detail: str) -> JudgedMessage:

@@ -11,6 +11,7 @@ database is away; the worker retries with backoff and resumes by itself.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -86,6 +87,7 @@ class WorkerStats:
     readings: int = 0
     duplicates: int = 0
     rejected: int = 0
+    redeliveries: int = 0
     alerts: int = 0
     batches: int = 0
     last_batch_s: float = 0.0
@@ -297,19 +299,22 @@ class IngestWorker:
             judged = [judge(d.message, self._device_type) for d in batch]
         else:
             judged = [refuse(d.message, f"the store could not keep it: {refused}") for d in batch]
-        rows: list[ReadingRow] = []
-        owners: list[tuple[int, int]] = []  # (message, reading) of each row
-        for m, item in enumerate(judged):
-            rows.extend(item.readings)
-            owners.extend((m, r) for r in range(len(item.readings)))
         started = time.monotonic()
-        writer.prepare(rows)
+        writer.prepare([row for item in judged for row in item.readings])
         with conn.transaction():
             # first, and in one order: a share lock on the batch's devices, so an enrolment
             # being recorded for one of them (FOR UPDATE) waits for this batch and sees its
             # readings, or this batch waits for it and sees the enrolment — never both miss
             # each other; two workers' share locks do not block each other
             _share_lock_devices(conn, judged)
+            keys = [_message_key(item) for item in judged]
+            again = _claim_messages(conn, keys)
+            rows: list[ReadingRow] = []
+            owners: list[tuple[int, int]] = []  # (message, reading) of each row
+            for m, item in enumerate(judged):
+                if again[m] is None:  # a message delivered again was stored before
+                    rows.extend(item.readings)
+                    owners.extend((m, r) for r in range(len(item.readings)))
             result = writer.write_in_transaction(rows)
             duplicates = [0] * len(judged)
             for index in result.duplicates:
@@ -320,11 +325,15 @@ class IngestWorker:
                 conflicts[m].append(replace(conflict, index=r))
             settled = [settle(item, duplicates[m], conflicts[m]) for m, item in enumerate(judged)]
             rejected: list[RejectedRow] = []
-            for item, verdict in zip(judged, settled, strict=True):
-                rejected.extend(item.rejections)
-                rejected.extend(verdict.conflict_rejections)
+            logs: list[tuple[MessageLog, tuple[str, str, bytes] | None]] = []
+            for item, verdict, key, repeated in zip(judged, settled, keys, again, strict=True):
+                if repeated is None:
+                    rejected.extend(item.rejections)
+                    rejected.extend(verdict.conflict_rejections)
+                    logs.append((verdict.log, key))
             write_rejections(conn, rejected)
-            _write_message_logs(conn, [s.log for s in settled])
+            _write_message_logs(conn, logs)
+            _count_deliveries(conn, again)
             alerts = self._raise_alerts(conn, result.attributed)
         _touch_devices(conn, judged)  # after commit: no row lock held across batches
         elapsed = time.monotonic() - started
@@ -337,6 +346,7 @@ class IngestWorker:
             self.stats.readings += result.inserted
             self.stats.duplicates += len(result.duplicates)
             self.stats.rejected += len(rejected)
+            self.stats.redeliveries += sum(key is not None for key in again)
             self.stats.last_batch_s = elapsed
             self.stats.alerts += alerts
         return list(zip(judged, settled, strict=True))
@@ -448,6 +458,71 @@ def _share_lock_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> No
     )
 
 
+#: advisory-lock namespace of ingest's per-message locks ("EHLM"), apart from migrations'
+_MESSAGE_LOCK_CLASS = 0x45484C4D
+
+
+def _message_key(item: JudgedMessage) -> tuple[str, str, bytes] | None:
+    """A message's identity: device, msg_id and a digest of its bytes (a redelivery has the
+    same bytes; a msg_id reused for other content is another message)."""
+    if item.outcome.msg_id is None or item.device_id == UNKNOWN_DEVICE:
+        return None
+    digest = hashlib.sha256(item.message.payload).digest()[:16]
+    return item.device_id, item.outcome.msg_id, digest
+
+
+def _claim_messages(
+    conn: Connection, keys: Sequence[tuple[str, str, bytes] | None]
+) -> list[tuple[str, str, bytes] | None]:
+    """Each message's key when it was delivered before (in an earlier batch or earlier in
+    this one), else None. A lock per (device, msg_id), taken in one order, makes two workers
+    given the same message at once (a device retrying, in shared mode) agree."""
+    distinct = sorted({k for k in keys if k is not None})
+    stored: set[tuple[str, str, bytes]] = set()
+    if distinct:
+        columns = ([k[0] for k in distinct], [k[1] for k in distinct], [k[2] for k in distinct])
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT"
+            " hashtext(device_id || '/' || msg_id) AS h"
+            " FROM unnest(%s::text[], %s::text[]) AS k(device_id, msg_id)) AS s ORDER BY h",
+            (_MESSAGE_LOCK_CLASS, columns[0], columns[1]),
+        )
+        found = conn.execute(
+            "SELECT m.device_id, m.msg_id, m.payload_digest FROM device_messages m"
+            " JOIN unnest(%s::text[], %s::text[], %s::bytea[]) AS k(device_id, msg_id, digest)"
+            " ON m.device_id = k.device_id AND m.msg_id = k.msg_id"
+            " AND m.payload_digest = k.digest",
+            columns,
+        ).fetchall()
+        stored = {(d, m, bytes(h)) for d, m, h in found}
+    again: list[tuple[str, str, bytes] | None] = []
+    for key in keys:
+        again.append(key if key is not None and key in stored else None)
+        if key is not None:
+            stored.add(key)
+    return again
+
+
+def _count_deliveries(conn: Connection, again: Sequence[tuple[str, str, bytes] | None]) -> None:
+    """Add each repeated delivery to its message's log row (written now or before)."""
+    repeats: dict[tuple[str, str, bytes], int] = {}
+    for key in again:
+        if key is not None:
+            repeats[key] = repeats.get(key, 0) + 1
+    if not repeats:
+        return
+    keys = sorted(repeats)
+    conn.execute(
+        "UPDATE device_messages m SET deliveries = m.deliveries + k.n"
+        " FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::int[])"
+        " AS k(device_id, msg_id, digest, n)"
+        " WHERE m.device_id = k.device_id AND m.msg_id = k.msg_id"
+        " AND m.payload_digest = k.digest",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+         [repeats[k] for k in keys]),
+    )  # fmt: skip
+
+
 def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
     """Each device's last-seen time, in a short transaction of its own after the batch, rows
     updated in device order (no deadlock between workers updating the same devices)."""
@@ -465,7 +540,9 @@ def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
         )
 
 
-def _write_message_logs(conn: Connection, logs: Sequence[MessageLog]) -> None:
+def _write_message_logs(
+    conn: Connection, logs: Sequence[tuple[MessageLog, tuple[str, str, bytes] | None]]
+) -> None:
     """One row per message (COPY: at thousands of messages a second, row by row is slow)."""
     if not logs:
         return
@@ -473,12 +550,14 @@ def _write_message_logs(conn: Connection, logs: Sequence[MessageLog]) -> None:
         conn.cursor() as cur,
         cur.copy(
             "COPY device_messages (device_id, received_at, msg_id, qos, payload_bytes, readings,"
-            " accepted, duplicates, rejected, clock_offset_s, oldest_at, newest_at) FROM STDIN"
+            " accepted, duplicates, rejected, clock_offset_s, oldest_at, newest_at,"
+            " payload_digest) FROM STDIN"
         ) as copy,
     ):
-        for entry in logs:
+        for entry, key in logs:
             copy.write_row(
                 (entry.device_id, entry.received_at, entry.msg_id, entry.qos,
                  entry.payload_bytes, entry.readings, entry.accepted, entry.duplicates,
-                 entry.rejected, entry.clock_offset_s, entry.oldest_at, entry.newest_at)
+                 entry.rejected, entry.clock_offset_s, entry.oldest_at, entry.newest_at,
+                 key[2] if key is not None else None)
             )  # fmt: skip
