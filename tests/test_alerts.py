@@ -59,9 +59,13 @@ def test_threshold_rules_at_and_around_their_limits(metric, value, rules):
     assert [c.rule_id for c in found] == rules
 
 
-WEIGHTS = [
-    (T0 - timedelta(hours=h), kg) for h, kg in [(80, 70.0), (48, 72.0), (24, 73.5), (1, 74.0)]
-]
+def weights(*measured: tuple[datetime, float]) -> list[AttributedRow]:
+    return [reading("body_weight", kg, at=when) for when, kg in measured]
+
+
+WEIGHTS = weights(
+    *[(T0 - timedelta(hours=h), kg) for h, kg in [(80, 70.0), (48, 72.0), (24, 73.5), (1, 74.0)]]
+)
 
 
 @pytest.mark.parametrize(
@@ -70,9 +74,9 @@ WEIGHTS = [
         (74.0, WEIGHTS, True),  # lowest within 72 h is 72.0 (48 h ago): +2.0
         (73.9, WEIGHTS, False),  # 70.0 is 80 h ago: outside the window
         (76.0, [], False),  # nothing to compare with
-        (76.0, [(T0, 70.0)], False),  # the same instant does not precede
-        (76.0, [(T0 + timedelta(hours=1), 70.0)], False),  # later weights do not count
-        (72.0, [(T0 - timedelta(hours=72), 70.0)], True),  # the window includes 72 h exactly
+        (76.0, weights((T0, 70.0)), False),  # the same instant does not precede
+        (76.0, weights((T0 + timedelta(hours=1), 70.0)), False),  # later weights do not count
+        (72.0, weights((T0 - timedelta(hours=72), 70.0)), True),  # the window includes 72 h
     ],
 )
 def test_weight_gain_compares_with_the_lowest_weight_of_the_preceding_72_hours(
@@ -80,6 +84,47 @@ def test_weight_gain_compares_with_the_lowest_weight_of_the_preceding_72_hours(
 ):
     found = alert_candidates([reading("body_weight", value)], {PATIENT: history})
     assert [c.rule_id for c in found] == (["weight_gain"] if raised else [])
+
+
+@pytest.mark.parametrize(
+    ("later_hours", "later_kg", "raised"),
+    [(24, 72.0, True), (72, 72.0, True), (73, 72.0, False), (24, 71.9, False)],
+)
+def test_a_late_lower_weight_makes_an_earlier_arrived_higher_one_breach(
+    later_hours, later_kg, raised
+):
+    """Arrival order does not matter: the backlog's 70.0 kg (measured first, arriving last)
+    makes the 72.0 kg measured 24 h later breach the rule, raised when the 70.0 arrived."""
+    measured_later = T0 + timedelta(hours=later_hours)
+    higher = reading("body_weight", later_kg, at=measured_later, received=measured_later)
+    arrived = T0 + timedelta(hours=80)
+    lower = reading("body_weight", 70.0, at=T0, received=arrived)
+    found = alert_candidates([lower], {PATIENT: [lower, higher]})
+    assert [(c.rule_id, c.reading, c.raised_at) for c in found] == (
+        [("weight_gain", higher, arrived)] if raised else []
+    )
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 10 * 24), st.floats(60, 66)), min_size=1, max_size=12),
+    st.randoms(use_true_random=False),
+)
+def test_weight_gain_alerts_do_not_depend_on_arrival_order(measured, shuffler):
+    """Whatever the order in which weights arrive (one at a time, each seeing all stored so
+    far), the set of (day, rule) raised is the same as when they arrive in measurement order."""
+    readings = [reading("body_weight", kg, at=T0 + timedelta(hours=h)) for h, kg in measured]
+
+    def raised(order):
+        keys, stored = set(), []
+        for r in order:
+            stored.append(r)
+            keys |= {c.key for c in alert_candidates([r], {PATIENT: list(stored)})}
+        return keys
+
+    in_order = raised(sorted(readings, key=lambda r: r.measured_at))
+    shuffled = list(readings)
+    shuffler.shuffle(shuffled)
+    assert raised(shuffled) == in_order
 
 
 def test_one_alert_per_patient_rule_and_day_first_arrival_wins():

@@ -464,3 +464,48 @@ def test_receive_time_is_the_brokers_even_when_the_message_waited_there(pilot, w
         assert received_at < restarted - timedelta(seconds=2)
         if seq == 1:
             assert abs(offset) < 1.5, offset
+
+
+def test_a_backlog_lower_weight_raises_the_weight_gain_alert_of_a_later_measurement(pilot, workers):
+    """The scale's backlog arrives after a newer weight: the alert is raised all the same, for
+    the higher (later-measured) weight, when the lower one arrives."""
+    workers()
+    device_id, password = pilot.register("weighing_scale")
+    with psycopg.connect(pilot.database_url, autocommit=True) as conn:
+        provider = conn.execute(
+            "INSERT INTO organisations (kind, name) VALUES ('provider', 'ASL TO4') RETURNING id"
+        ).fetchone()[0]
+        patient = conn.execute(
+            "INSERT INTO patients (organisation_id, identifier_hash, label)"
+            " VALUES (%s, '\\x01', 'P1') RETURNING id",
+            (provider,),
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO enrolments (patient_id, device_id, municipality, start_date)"
+            " VALUES (%s, %s, '001003', '2026-03-01')",
+            (patient, device_id),
+        )
+
+    def weight(seq: int, at: datetime, kg: float) -> bytes:
+        item = {
+            "seq": seq,
+            "metric": "body_weight",
+            "value": kg,
+            "unit": "kg",
+            "at": at.isoformat(),
+        }
+        return message([item])
+
+    with pilot.device(device_id, password) as device:
+        device.publish(readings_topic(device_id), weight(2, T0 + timedelta(days=1), 72.5))
+        assert pilot.wait_for("SELECT count(*) FROM readings", [(1,)]) == [(1,)]
+        assert pilot.query("SELECT count(*) FROM alerts") == [(0,)]
+        device.publish(readings_topic(device_id), weight(1, T0, 70.0))  # the backlog
+    raised = pilot.wait_for("SELECT count(*) FROM alerts", [(1,)])
+    assert raised == [(1,)]
+    [(rule, value, day, raised_at, backlog_received)] = pilot.query(
+        "SELECT a.rule, a.value, a.day, a.raised_at, r.received_at FROM alerts a"
+        " JOIN readings r ON r.device_id = a.device_id AND r.seq = 1"
+    )
+    assert (rule, value, day) == ("weight_gain", 72.5, (T0 + timedelta(days=1)).date())
+    assert raised_at == backlog_received  # when the platform could first know

@@ -5,7 +5,6 @@ new readings and by the gateway when an enrolment attributes earlier ones."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from uuid import UUID
 
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertCandidate, AlertRules, alert_candidates
@@ -21,7 +20,7 @@ def raise_alerts_for(
     if not attributed:
         return 0
     weights = [r for r in attributed if r.metric == rules.weight_gain.metric]
-    history: dict[UUID, list[tuple[datetime, float]]] = {}
+    history: dict[UUID, list[AttributedRow]] = {}
     if weights:
         since, until = weight_window([r.measured_at for r in weights], rules.weight_gain.window)
         history = weight_history(conn, sorted({r.patient_id for r in weights}), since, until)
@@ -40,5 +39,5 @@ def alert_row(candidate: AlertCandidate) -> AlertRow:
         at=reading.at,
         value=reading.value,
         measured_at=reading.measured_at,
-        raised_at=reading.received_at,
+        raised_at=candidate.raised_at,
     )

@@ -96,12 +96,17 @@ class AttributedReading(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AlertCandidate:
-    """An alert to raise unless one already exists for (patient, rule, day)."""
+    """An alert to raise unless one already exists for (patient, rule, day).
+
+    `raised_at` is when the platform could first know: the reading's receive time, or later
+    when the evidence completing the rule arrived later (a backlog's lower weight).
+    """
 
     patient_id: UUID
     rule_id: str
     day: date
     reading: AttributedReading
+    raised_at: datetime
 
     @property
     def key(self) -> tuple[UUID, str, date]:
@@ -114,41 +119,66 @@ def pilot_day(moment: datetime) -> date:
 
 def alert_candidates(
     readings: Iterable[AttributedReading],
-    weight_history: Mapping[UUID, Sequence[tuple[datetime, float]]],
+    weight_history: Mapping[UUID, Sequence[AttributedReading]],
     rules: AlertRules = DEFAULT_RULES,
 ) -> list[AlertCandidate]:
     """The alerts these new readings raise, one per (patient, rule, day), first arrival first.
 
-    `weight_history` holds, per patient, accepted weights (measured_at, kg) around the new
-    ones — stored earlier or in this batch — from which the 72-hour minimum is taken.
+    `weight_history` holds, per patient, the accepted weights stored within the rule's window
+    before and after the new ones (this batch's included). A new weight can breach the rule
+    itself, or make a later-measured stored weight breach it: a backlog's lower weight that
+    arrives after the higher one still raises the alert, whatever the arrival order.
     """
     by_metric: dict[str, list[ThresholdRule]] = {}
     for rule in rules.thresholds:
         by_metric.setdefault(rule.metric, []).append(rule)
+    gain = rules.weight_gain
     found: dict[tuple[UUID, str, date], AlertCandidate] = {}
+
+    def add(rule_id: str, reading: AttributedReading, raised_at: datetime) -> None:
+        candidate = AlertCandidate(
+            reading.patient_id, rule_id, pilot_day(reading.measured_at), reading, raised_at
+        )
+        found.setdefault(candidate.key, candidate)
+
     ordered = sorted(readings, key=lambda r: (r.received_at, r.measured_at))
     for reading in ordered:
-        breached = [
-            r.rule_id for r in by_metric.get(reading.metric, ()) if r.breached_by(reading.value)
-        ]
-        if reading.metric == rules.weight_gain.metric and _gained_weight(
-            reading, weight_history.get(reading.patient_id, ()), rules.weight_gain
-        ):
-            breached.append(rules.weight_gain.rule_id)
-        for rule_id in breached:
-            candidate = AlertCandidate(
-                reading.patient_id, rule_id, pilot_day(reading.measured_at), reading
-            )
-            found.setdefault(candidate.key, candidate)
+        for rule in by_metric.get(reading.metric, ()):
+            if rule.breached_by(reading.value):
+                add(rule.rule_id, reading, reading.received_at)
+        if reading.metric != gain.metric:
+            continue
+        history = weight_history.get(reading.patient_id, ())
+        if _gained_weight(reading, history, gain):
+            add(gain.rule_id, reading, reading.received_at)
+        for later in _now_gained(reading, history, gain):
+            add(gain.rule_id, later, max(later.received_at, reading.received_at))
     return list(found.values())
 
 
 def _gained_weight(
-    reading: AttributedReading, history: Sequence[tuple[datetime, float]], rule: WeightGainRule
+    reading: AttributedReading, history: Sequence[AttributedReading], rule: WeightGainRule
 ) -> bool:
     start = reading.measured_at - rule.window
-    earlier = [kg for when, kg in history if start <= when < reading.measured_at]
+    earlier = [w.value for w in history if start <= w.measured_at < reading.measured_at]
     return bool(earlier) and reading.value - min(earlier) >= rule.gain_kg - 1e-9
+
+
+def _now_gained(
+    reading: AttributedReading, history: Sequence[AttributedReading], rule: WeightGainRule
+) -> list[AttributedReading]:
+    """Weights measured within the window after `reading` that are `gain_kg` above it, in
+    measurement order: each breaches the rule now that `reading` is known."""
+    end = reading.measured_at + rule.window
+    return sorted(
+        (
+            w
+            for w in history
+            if reading.measured_at < w.measured_at <= end
+            and w.value - reading.value >= rule.gain_kg - 1e-9
+        ),
+        key=lambda w: w.measured_at,
+    )
 
 
 def load_rules(path: Path) -> AlertRules:

@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 from uuid import UUID
 
 from ehealthlab.store.db import Connection
+from ehealthlab.store.readings import AttributedRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,25 +47,28 @@ def raise_alerts(conn: Connection, alerts: Sequence[AlertRow]) -> int:
 
 def weight_history(
     conn: Connection, patient_ids: Sequence[UUID], since: datetime, until: datetime
-) -> dict[UUID, list[tuple[datetime, float]]]:
-    """Accepted weights (measured_at, kg) of these patients measured in [since, until]."""
-    history: dict[UUID, list[tuple[datetime, float]]] = {}
+) -> dict[UUID, list[AttributedRow]]:
+    """Accepted weights of these patients measured in [since, until]."""
+    history: dict[UUID, list[AttributedRow]] = {}
     if not patient_ids:
         return history
     rows = conn.execute(
-        "SELECT patient_id, measured_at, value FROM readings"
+        "SELECT patient_id, device_id, metric, at, value, measured_at, received_at FROM readings"
         " WHERE patient_id = ANY(%s) AND metric = 'body_weight'"
         " AND measured_at BETWEEN %s AND %s",
         (list(patient_ids), since, until),
     ).fetchall()
-    for patient_id, measured_at, value in rows:
-        history.setdefault(patient_id, []).append((measured_at, float(value)))
+    for patient_id, device_id, metric, at, value, measured_at, received_at in rows:
+        history.setdefault(patient_id, []).append(
+            AttributedRow(patient_id, device_id, metric, at, float(value), measured_at, received_at)
+        )
     return history
 
 
 def weight_window(measured: Sequence[datetime], window: timedelta) -> tuple[datetime, datetime]:
-    """The span of history that covers every reading's preceding window."""
-    return min(measured) - window, max(measured)
+    """The span of history that covers every reading's window before and after it (a new
+    weight is compared with earlier ones, and later ones are compared with it)."""
+    return min(measured) - window, max(measured) + window
 
 
 @dataclass(frozen=True, slots=True)
