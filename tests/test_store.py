@@ -186,6 +186,21 @@ def test_store_form_is_recorded_and_tables_have_one_shape(store_url, request):
     assert dict(shapes["readings"])["at"] == "timestamp with time zone"
 
 
+def test_a_new_months_readings_are_written_while_a_long_query_reads(store_url):
+    """The first reading of a month not stored yet does not wait for readers of `readings`
+    (an evaluation, an export): a new partition or chunk must not need an exclusive lock."""
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        register_device(conn)
+        ReadingWriter(conn).write([reading()])
+    with psycopg.connect(store_url) as long_query:  # its transaction stays open
+        assert long_query.execute("SELECT count(*) FROM readings").fetchone() == (1,)
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '3s'")
+            later = [reading(at=datetime(2031, 5, 2, 9, 0, tzinfo=UTC), seq=2, msg="m-2")]
+            assert ReadingWriter(conn).write(later).inserted == 1
+            assert conn.execute("SELECT count(*) FROM readings").fetchone() == (2,)
+
+
 # --- reference data ------------------------------------------------------------------------
 
 
