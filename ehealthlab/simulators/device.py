@@ -1,0 +1,464 @@
+"""A simulated device: a real MQTT client with its own credentials, a clock, a battery and a
+store-and-forward buffer on disk, driven by simulated time.
+
+The caller decides what happens and when: `take(measurement)` when the patient measures,
+`pump(now, link_up)` as often as it likes (the broadband model says whether the link is up).
+The device stamps readings with its own clock, keeps them on disk with the next `seq`
+before anything touches the network, and publishes them oldest first at QoS 1, forgetting a
+message only when the broker acknowledges it. It never reads the wall clock itself, so an
+accelerated or backfill run can drive it; the network I/O is real.
+
+Many devices can be driven from one loop: `take` and `pump` never wait on the network except
+to connect (one CONNACK and one SUBACK on a connection's first pump). Each connected device
+does hold one network thread, paho's (see `MqttConnection`); a runner bounds how many are
+connected at once with `DeviceConfig.stay_connected=False` and `disconnect()`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pydantic import ValidationError
+
+from ehealthlab.contract.messages import MAX_READINGS, FeedbackMessage, StatusMessage
+from ehealthlab.contract.topics import feedback_topic, readings_topic, status_topic
+from ehealthlab.errors import EhealthlabError, InvalidInputError
+from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError, ReceivedMessage, Will
+from ehealthlab.simulators.buffer import StoreAndForward
+from ehealthlab.simulators.faults import FaultShares, apply_fault, choose_fault
+from ehealthlab.simulators.measurement import Measurement
+from ehealthlab.simulators.payloads import DeviceClock, ReadingsBuilder, readings_message
+
+log = logging.getLogger(__name__)
+
+ONLINE = StatusMessage(state="online").payload()
+OFFLINE = StatusMessage(state="offline").payload()
+
+#: paho gives QoS 1 messages 16-bit ids and stalls silently when they run out
+_MAX_IN_FLIGHT = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRegistration:
+    """What the gateway gave the device at registration: its id and MQTT credentials."""
+
+    device_id: str
+    device_type: str
+    host: str
+    port: int
+    password: str
+    username: str | None = None
+    client_id: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def from_api(cls, answer: Mapping[str, Any], device_type: str) -> DeviceRegistration:
+        """From the answer of `POST /api/v1/devices` (its type is what was asked for)."""
+        mqtt = answer["mqtt"]
+        return cls(
+            device_id=str(answer["device_id"]),
+            device_type=device_type,
+            host=str(mqtt["host"]),
+            port=int(mqtt["port"]),
+            password=str(mqtt["password"]),
+            username=str(mqtt["username"]),
+            client_id=str(mqtt["client_id"]),
+            tls=bool(mqtt.get("tls", False)),
+        )
+
+    def broker(self) -> BrokerAddress:
+        return BrokerAddress(
+            self.host, self.port, self.username or self.device_id, self.password, self.tls
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Battery:
+    """How long the device runs between charges; by default for ever.
+
+    It is empty after `capacity_measurements` measurements or `capacity_days` since it was
+    charged (the first use counts as a charge), whichever comes first. An empty device
+    dies at once (its connection drops, so the Last Will says offline), takes nothing and
+    sends nothing until it is recharged: `recharge_after` later on its own, or when the
+    caller calls `Device.recharge`. What it had buffered stays on disk.
+    """
+
+    capacity_measurements: int | None = None
+    capacity_days: float | None = None
+    recharge_after: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.capacity_measurements is not None and self.capacity_measurements < 0:
+            raise InvalidInputError("a battery's capacity in measurements is 0 or more")
+        if self.capacity_days is not None and not self.capacity_days > 0:
+            raise InvalidInputError("a battery's capacity in days is more than 0")
+
+    @property
+    def limited(self) -> bool:
+        return self.capacity_measurements is not None or self.capacity_days is not None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """How one simulated device behaves; the defaults are a well-behaved device."""
+
+    clock: DeviceClock = field(default_factory=DeviceClock)
+    #: metric → accepted unit the device is set to (canonical when absent)
+    units: Mapping[str, str] = field(default_factory=dict)
+    battery: Battery = field(default_factory=Battery)
+    faults: FaultShares = field(default_factory=FaultShares)
+    #: QoS 1 messages published and not yet acknowledged, at most
+    max_in_flight: int = 1000
+    #: readings per message when sending a backlog (the contract allows 500)
+    max_batch_readings: int = MAX_READINGS
+    #: False: connect only while there is something to send, then disconnect cleanly
+    stay_connected: bool = True
+    #: > 0: a persistent session, so feedback published while disconnected still arrives
+    session_expiry_s: int = 0
+    #: how long (simulated) after a failed connection attempt the device tries again
+    retry_after: timedelta = timedelta(seconds=30)
+    connect_timeout_s: float = 10.0
+    #: feedback messages kept for the caller to read (the newest)
+    feedback_kept: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.max_in_flight <= _MAX_IN_FLIGHT:
+            raise InvalidInputError(f"max_in_flight is from 2 to {_MAX_IN_FLIGHT}")
+        if not 1 <= self.max_batch_readings <= MAX_READINGS:
+            raise InvalidInputError(f"max_batch_readings is from 1 to {MAX_READINGS}")
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What the device recorded of one measurement: its readings' seqs and its own `at`."""
+
+    seqs: range
+    at: str
+
+
+class _InFlight(NamedTuple):
+    mid: int
+    msg_id: str
+
+
+_CHARGED_AT = "battery_charged_at"
+_USED = "battery_used"
+_DEAD_SINCE = "battery_dead_since"
+
+
+class Device:
+    """One simulated device over its state directory (a new object over the same directory
+    resumes its `seq`, battery and buffer: a restarted simulator loses nothing it took).
+
+    Use from one thread; `feedback()` may be read from any.
+    """
+
+    def __init__(
+        self,
+        registration: DeviceRegistration,
+        state_dir: Path,
+        config: DeviceConfig | None = None,
+    ) -> None:
+        self.registration = registration
+        self.config = config or DeviceConfig()
+        self.device_id = registration.device_id
+        self._builder = ReadingsBuilder(
+            registration.device_type, self.config.clock, self.config.units
+        )
+        self._buffer = StoreAndForward(state_dir, registration.device_id)
+        self._readings_topic = readings_topic(self.device_id)
+        self._status_topic = status_topic(self.device_id)
+        self._feedback_topic = feedback_topic(self.device_id)
+        self._connection: MqttConnection | None = None
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
+        #: last seq published on the current connection; the next message starts after it
+        self._sent_through = 0
+        self._retry_at: datetime | None = None
+        self._feedback: collections.deque[FeedbackMessage] = collections.deque(
+            maxlen=self.config.feedback_kept
+        )
+        #: the most messages ever in flight at once (the window's bound holds)
+        self.peak_in_flight = 0
+        #: why the last connection attempt or publication failed, if one did
+        self.last_error: str | None = None
+        #: connections made (a reconnection after an outage counts)
+        self.connections = 0
+
+    # -- what the caller sees -------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and self._connection.is_connected
+
+    @property
+    def dead(self) -> bool:
+        """The battery is empty and has not been recharged."""
+        return bool(self._buffer.get(_DEAD_SINCE))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def next_seq(self) -> int:
+        return self._buffer.next_seq
+
+    def pending_readings(self) -> int:
+        """Readings taken that the broker has not acknowledged yet (in flight included)."""
+        return self._buffer.pending_readings()
+
+    def pending_seqs(self) -> list[int]:
+        return self._buffer.pending_seqs()
+
+    def feedback(self) -> list[FeedbackMessage]:
+        """What the platform said about messages with rejected readings, oldest first."""
+        return list(self._feedback)
+
+    # -- measuring ------------------------------------------------------------------------
+
+    def take(self, measurement: Measurement, now: datetime | None = None) -> Taken | None:
+        """Record a measurement: stamp it with the device clock, give its readings the next
+        seqs and keep them on disk. None when the battery is empty (nothing is kept) or the
+        measurement had no finite value. `now` (default: the measurement's time) is the
+        simulated time the battery is judged at."""
+        now = measurement.taken_at if now is None else now
+        if not self._battery_alive(now, measuring=True):
+            return None
+        readings = self._buffer.append(lambda first: self._builder.readings(measurement, first))
+        if not readings:
+            return None
+        if self.config.battery.limited:
+            self._buffer.set(_USED, str(int(self._buffer.get(_USED) or 0) + 1))
+        return Taken(range(readings[0]["seq"], readings[-1]["seq"] + 1), readings[0]["at"])
+
+    def recharge(self, now: datetime) -> None:
+        """A charged battery: the device runs again (and reconnects on the next pump)."""
+        self._buffer.set(_CHARGED_AT, now.isoformat())
+        self._buffer.set(_USED, "0")
+        self._buffer.set(_DEAD_SINCE, "")
+        self._retry_at = None
+
+    # -- the network ----------------------------------------------------------------------
+
+    def pump(
+        self, now: datetime, link_up: bool = True, *, wall_now: datetime | None = None
+    ) -> None:
+        """Do what the device would do now: collect acknowledgements, and publish more of
+        the buffer while the link is up; drop the connection when it is not.
+
+        `now` is the simulated true time. `wall_now` is the real time the messages leave,
+        when it differs (accelerated and backfill runs): the platform computes the device's
+        clock offset from `sent_at` against its own receive time, so `sent_at` is the wall
+        clock plus this device's clock error at `now`.
+        """
+        if not self._battery_alive(now, measuring=False):
+            return
+        if not link_up:
+            if self._connection is not None:
+                self._let_go(abruptly=True)
+            return
+        if self._connection is not None and not self._connection.is_connected:
+            self.last_error = "the broker closed the connection"
+            self._let_go(abruptly=True)
+        if self._connection is None:
+            wanted = self.config.stay_connected or self._buffer.pending_readings() > 0
+            if not wanted or (self._retry_at is not None and now < self._retry_at):
+                return
+            if not self._connect(now):
+                return
+        self._collect_acks()
+        self._publish_more(now, wall_now)
+        if (
+            not self.config.stay_connected
+            and not self._in_flight
+            and self._buffer.pending_readings() == 0
+        ):
+            self.disconnect()
+
+    def drain(
+        self, now: datetime, *, wall_now: datetime | None = None, timeout_s: float = 60.0
+    ) -> None:
+        """Pump, with the link up, until the broker has acknowledged everything buffered,
+        waiting on acknowledgements rather than spinning (tests; the end of a backfill).
+        Raises MqttError when that does not happen within `timeout_s` (real seconds)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.pump(now, True, wall_now=wall_now)
+            if not self._in_flight and self._buffer.pending_readings() == 0:
+                return
+            if self._connection is None or time.monotonic() > deadline:
+                raise MqttError(
+                    f"{self.device_id}: {self._buffer.pending_readings()} readings not "
+                    f"delivered ({self.last_error or 'no acknowledgement in time'})"
+                )
+            self._collect_acks(wait_s=min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def drop(self) -> None:
+        """Lose the connection abruptly (no DISCONNECT: the broker sends the Last Will)."""
+        if self._connection is not None:
+            self._let_go(abruptly=True)
+
+    def disconnect(self) -> None:
+        """Say offline and disconnect cleanly; the buffer keeps what was not acknowledged."""
+        if self._connection is not None:
+            self._let_go(abruptly=False)
+
+    def close(self) -> None:
+        """Disconnect cleanly (status offline) and close the buffer; the state stays on disk."""
+        self.disconnect()
+        self._buffer.close()
+
+    # -- inside ---------------------------------------------------------------------------
+
+    def _connect(self, now: datetime) -> bool:
+        persistent = self.config.session_expiry_s > 0
+        connection = MqttConnection(
+            self.registration.broker(),
+            self.registration.client_id or self.device_id,
+            clean_start=not persistent,
+            session_expiry_s=self.config.session_expiry_s,
+            will=Will(self._status_topic, OFFLINE),
+            on_message=self._on_message,
+            max_inflight=self.config.max_in_flight,
+        )
+        try:
+            connection.connect(self.config.connect_timeout_s)
+            connection.publish_nowait(self._status_topic, ONLINE, retain=True, track=False)
+            connection.subscribe(self._feedback_topic, timeout=self.config.connect_timeout_s)
+        except EhealthlabError as exc:
+            connection.drop()
+            self.last_error = str(exc)
+            self._retry_at = now + self.config.retry_after
+            log.info("%s could not connect: %s", self.device_id, exc)
+            return False
+        self._connection = connection
+        self._retry_at = None
+        self._sent_through = 0
+        self.connections += 1
+        return True
+
+    def _let_go(self, *, abruptly: bool) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        self._collect_acks()  # what arrived before the end still counts
+        if abruptly:
+            connection.drop()
+        else:
+            try:
+                if connection.is_connected:
+                    connection.publish(
+                        self._status_topic,
+                        OFFLINE,
+                        retain=True,
+                        timeout=self.config.connect_timeout_s,
+                    )
+            except EhealthlabError as exc:
+                self.last_error = str(exc)
+            connection.close()
+        self._connection = None
+        self._in_flight.clear()  # their readings stay buffered and go again, same msg_id
+        self._sent_through = 0
+
+    def _collect_acks(self, wait_s: float = 0.0) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        delivered: list[str] = []
+        refused = False
+        while self._in_flight:
+            head = self._in_flight[0]
+            try:
+                accepted = connection.wait_for(head.mid, timeout=wait_s)
+            except MqttError:
+                break  # not acknowledged yet, or the connection is gone
+            wait_s = 0.0
+            self._in_flight.popleft()
+            if accepted:
+                delivered.append(head.msg_id)
+            else:
+                refused = True
+                self.last_error = f"the broker refused message {head.msg_id}"
+                break
+        self._buffer.delivered(delivered)
+        if refused:  # not authorised any more (revoked?): stop, try again later
+            self._let_go(abruptly=True)
+
+    def _publish_more(self, now: datetime, wall_now: datetime | None) -> None:
+        connection = self._connection
+        room = self.config.max_in_flight - len(self._in_flight)
+        if connection is None or room <= 0:
+            return
+        batches = self._buffer.next_batches(
+            self._sent_through, room, max_readings=self.config.max_batch_readings
+        )
+        if not batches:
+            return
+        sent_at = self._builder.sent_at(wall_now or now, clock_at=now)
+        for batch in batches:
+            message = readings_message(batch.msg_id, sent_at, batch.readings)
+            payloads = apply_fault(choose_fault(self.config.faults, batch.msg_id), message)
+            if len(payloads) > room:
+                break
+            try:
+                for payload in payloads:
+                    mid = connection.publish_nowait(self._readings_topic, payload)
+                    self._in_flight.append(_InFlight(mid, batch.msg_id))
+            except MqttError as exc:
+                self.last_error = str(exc)
+                self._let_go(abruptly=True)
+                return
+            room -= len(payloads)
+            self._sent_through = batch.last_seq
+        self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
+
+    def _on_message(self, message: ReceivedMessage) -> None:
+        # on paho's network thread: parse and keep, nothing more
+        if message.topic != self._feedback_topic:
+            return
+        try:
+            self._feedback.append(FeedbackMessage.model_validate_json(message.payload))
+        except ValidationError:
+            log.warning("%s: unreadable feedback %r", self.device_id, message.payload[:200])
+
+    # -- battery --------------------------------------------------------------------------
+
+    def _battery_alive(self, now: datetime, *, measuring: bool) -> bool:
+        battery = self.config.battery
+        if not battery.limited:
+            return True
+        dead_since = self._buffer.get(_DEAD_SINCE)
+        if dead_since:
+            recharge_at = (
+                datetime.fromisoformat(dead_since) + battery.recharge_after
+                if battery.recharge_after is not None
+                else None
+            )
+            if recharge_at is None or now < recharge_at:
+                return False
+            self.recharge(recharge_at)
+        charged = self._buffer.get(_CHARGED_AT)
+        if charged is None:
+            self._buffer.set(_CHARGED_AT, now.isoformat())
+            charged = now.isoformat()
+        used = int(self._buffer.get(_USED) or 0)
+        empty = (
+            battery.capacity_days is not None
+            and now - datetime.fromisoformat(charged) >= timedelta(days=battery.capacity_days)
+        ) or (
+            measuring
+            and battery.capacity_measurements is not None
+            and used >= battery.capacity_measurements
+        )
+        if empty:
+            self._buffer.set(_DEAD_SINCE, now.isoformat())
+            self.drop()
+            return False
+        return True
