@@ -126,6 +126,15 @@ def test_backlog_oldest_first_passes_and_out_of_order_warns():
     assert verdicts(observations(messages=backwards))["backlog"] == "warn"
 
 
+def test_a_skewed_clock_alone_does_not_look_like_a_backlog():
+    """A device 15 minutes behind sends fresh readings whose `at` is 15 minutes before the
+    receive time: the age that counts is on the device's clock (sent_at - at)."""
+    fresh_but_skewed = [seen(i, offset=900, age_s=905) for i in range(3)]
+    assert verdicts(observations(messages=fresh_but_skewed))["backlog"] == "not_observed"
+    old_and_skewed = [seen(0, offset=900, age_s=900 + 3600)]
+    assert verdicts(observations(messages=old_and_skewed))["backlog"] == "pass"
+
+
 def test_nothing_observed_is_not_enough_to_judge():
     report = assess(observations(messages=[], seqs=[], status_events=[]))
     assert report.verdict == "not_enough_observed"

@@ -354,13 +354,19 @@ _STATUS_ADVICE = (
 )
 
 
+def _age_when_sent(message: MessageSeen) -> timedelta:
+    """How old the message's oldest reading was when the device sent it, on the device's own
+    clock (sent_at - at = received_at - offset - at): a device with a skewed clock does not
+    make every message look like a backlog."""
+    if message.oldest_at is None:
+        return timedelta(0)
+    offset = timedelta(seconds=message.clock_offset_s or 0.0)
+    return message.received_at - offset - message.oldest_at
+
+
 def _backlog(obs: Observations) -> Check:
     title = "Backlog after a reconnect"
-    backlog = [
-        m
-        for m in obs.messages
-        if m.oldest_at is not None and m.received_at - m.oldest_at > BACKLOG_AGE
-    ]
+    backlog = [m for m in obs.messages if _age_when_sent(m) > BACKLOG_AGE]
     if not backlog:
         return Check(
             "backlog",
