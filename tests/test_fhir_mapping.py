@@ -496,6 +496,8 @@ def test_different_rows_never_share_an_id_or_identifier(
         f"{DEVICE}.heart-rate.99999999999999999999",  # after year 9999
         f"Device/{DEVICE}.heart-rate.1",
         f"{DEVICE}.heart-rate.1.2",
+        f"{DEVICE}.heart-rate.01795590030000000",  # not how the id is written
+        f"{DEVICE}.heart-rate.-0",
     ],
 )
 def test_ids_that_are_not_ours_are_refused(resource_id: str) -> None:

@@ -76,7 +76,11 @@ def parse_observation_id(resource_id: str) -> ObservationKey:
         at = _EPOCH + int(match["micros"]) * _MICROSECOND
     except OverflowError:
         raise InvalidInputError(f"{resource_id!r} names a time outside years 1-9999") from None
-    return ObservationKey(match["device"], code, at)
+    key = ObservationKey(match["device"], code, at)
+    # one resource, one id: "...heart-rate.0072" is not the id of "...heart-rate.72"
+    if observation_id(*key) != resource_id:
+        raise InvalidInputError(f"{resource_id!r} is not an Observation id of this server")
+    return key
 
 
 def observation_identifier(resource_id: str) -> str:
