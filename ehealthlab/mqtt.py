@@ -33,6 +33,9 @@ _MAX_MESSAGE_IDS = 65_535
 # the user property our broker plugin (ehealthlab/stack/plugins/ehl_receive_stamp.c) appends:
 # the broker's receive time in milliseconds since the epoch; the last one of a message counts
 RECEIVE_STAMP_PROPERTY = "ehl-received-at"
+# what a simulated device (our simulators) says the receive time is in simulated time; only
+# honoured for devices registered as simulated (a publisher's word, not the broker's)
+SIMULATED_RECEIVE_PROPERTY = "ehl-simulated-received-at"
 
 
 class MqttError(EhealthlabError):
@@ -74,6 +77,15 @@ class ReceivedMessage:
     mid: int
     received_at: datetime
     broker_stamped: bool = False
+    #: the publisher's claim of a simulated receive time (see SIMULATED_RECEIVE_PROPERTY)
+    simulated_received_at: datetime | None = None
+
+
+def _milliseconds(value: str) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def broker_receive_time(user_properties: list[tuple[str, str]] | None) -> datetime | None:
@@ -82,14 +94,17 @@ def broker_receive_time(user_properties: list[tuple[str, str]] | None) -> dateti
     The broker appends its stamp after whatever the publisher sent, so a publisher cannot
     forge it: an earlier property of the same name is the publisher's and is ignored.
     """
-    if not user_properties:
-        return None
-    for name, value in reversed(user_properties):
+    for name, value in reversed(user_properties or ()):
         if name == RECEIVE_STAMP_PROPERTY:
-            try:
-                return datetime.fromtimestamp(int(value) / 1000, UTC)
-            except (ValueError, OverflowError, OSError):
-                return None
+            return _milliseconds(value)
+    return None
+
+
+def simulated_receive_time(user_properties: list[tuple[str, str]] | None) -> datetime | None:
+    """A simulated device's claimed receive time (milliseconds since the epoch), if any."""
+    for name, value in user_properties or ():
+        if name == SIMULATED_RECEIVE_PROPERTY:
+            return _milliseconds(value)
     return None
 
 
@@ -379,7 +394,8 @@ class MqttConnection:
     def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         if self._on_message is None:
             return
-        stamped = broker_receive_time(getattr(msg.properties, "UserProperty", None))
+        user_properties = getattr(msg.properties, "UserProperty", None)
+        stamped = broker_receive_time(user_properties)
         self._on_message(
             ReceivedMessage(
                 topic=msg.topic,
@@ -389,6 +405,7 @@ class MqttConnection:
                 mid=msg.mid,
                 received_at=stamped or datetime.now(UTC),
                 broker_stamped=stamped is not None,
+                simulated_received_at=simulated_receive_time(user_properties),
             )
         )
 

@@ -825,3 +825,16 @@ def test_the_api_command_names_what_is_missing_before_serving(settings, change, 
     args = parser.parse_args(["api", "--port", "1"])
     with pytest.raises(EhealthlabError, match=says):
         args.handler(args, settings.model_copy(update=change))
+
+
+def test_a_simulator_is_registered_as_simulated_and_shown_as_such(client, cast):
+    real = register_device(client, cast, "a")["device_id"]
+    simulated = register_device(client, cast, "a", simulated=True)["device_id"]
+    shown = {
+        d["device_id"]: d["simulated"]
+        for d in client.get("/api/v1/devices", headers=cast.h("a")).json()
+    }
+    assert (shown[real], shown[simulated]) == (False, True)
+    body = {"type": "thermometer", "model": "T", "serial": "x", "simulated": "maybe"}
+    bad = client.post("/api/v1/devices", headers=cast.h("a"), json=body)
+    assert bad.status_code == 422

@@ -286,7 +286,7 @@ def test_ten_thousand_readings_with_duplicates_and_redeliveries_are_stored_exact
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ehealthlab.ingest.pipeline import judge, refuse  # noqa: E402
+from ehealthlab.ingest.pipeline import KnownDevice, judge, refuse  # noqa: E402
 from ehealthlab.mqtt import ReceivedMessage as Received  # noqa: E402
 
 NOW = datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
@@ -311,7 +311,7 @@ def _received(payload: bytes, topic: str = "ehl/v1/devices/bpm-0001/readings") -
 )
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 def test_any_payload_is_judged_without_raising_and_every_rejection_has_a_reason(payload):
-    judged = judge(_received(payload), lambda device: "multiparameter_monitor")
+    judged = judge(_received(payload), lambda device: KnownDevice("multiparameter_monitor"))
     outcome = judged.outcome
     assert outcome.accepted or outcome.rejected
     assert all(r.reason and r.detail for r in judged.rejections)
@@ -420,7 +420,7 @@ def test_a_message_the_store_could_not_keep_is_filed_as_the_platforms_failure():
     assert [(r.reason, r.detail) for r in judged.rejections] == [
         ("platform_error", "the store could not keep it: boom")
     ]
-    assert not judge(_received(b"{}"), lambda device: "thermometer").platform_failure
+    assert not judge(_received(b"{}"), lambda device: KnownDevice("thermometer")).platform_failure
 
 
 def test_receive_time_is_the_brokers_even_when_the_message_waited_there(pilot, workers):
@@ -509,3 +509,30 @@ def test_a_backlog_lower_weight_raises_the_weight_gain_alert_of_a_later_measurem
     )
     assert (rule, value, day) == ("weight_gain", 72.5, (T0 + timedelta(days=1)).date())
     assert raised_at == backlog_received  # when the platform could first know
+
+
+def test_only_a_simulated_device_may_state_its_receive_time(pilot, workers):
+    """A simulator running on simulated time states the receive time in a user property;
+    a real device saying the same is not believed (the broker's stamp counts)."""
+    workers()
+    real_id, real_password = pilot.register()
+    simulated_id, simulated_password = pilot.register()
+    with psycopg.connect(pilot.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE devices SET simulated = true WHERE device_id = %s", (simulated_id,))
+    claimed = T0 + timedelta(seconds=30)
+    claim = [("ehl-simulated-received-at", str(int(claimed.timestamp() * 1000)))]
+    for device_id, password in ((real_id, real_password), (simulated_id, simulated_password)):
+        with pilot.device(device_id, password) as device:
+            device.publish(
+                readings_topic(device_id), message(bp(1, T0), sent_at=T0 + timedelta(seconds=29)),
+                user_properties=claim,
+            )  # fmt: skip
+    stored = "SELECT device_id, received_at, clock_corrected FROM readings WHERE seq = 1"
+    deadline = time.monotonic() + 15
+    while len(pilot.query(stored)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    got = {d: (r, c) for d, r, c in pilot.query(stored)}
+    assert got[simulated_id] == (claimed, False)  # simulated time, clock judged right
+    real_received, real_corrected = got[real_id]
+    assert real_received > datetime.now(UTC) - timedelta(minutes=1)  # the broker's time
+    assert real_corrected  # sent_at in March, received now: its clock is wrong

@@ -195,6 +195,7 @@ class DeviceRow:
     model: str
     serial: str
     firmware: str | None
+    simulated: bool
     created_at: datetime
     revoked_at: datetime | None
     status: DeviceStatus
@@ -204,8 +205,8 @@ class DeviceRow:
 
 
 _DEVICE_COLUMNS = _columns(
-    "device_id", "organisation_id", "device_type", "model", "serial", "firmware", "created_at",
-    "revoked_at", "status", "status_at", "last_seen_at", "password_set_at",
+    "device_id", "organisation_id", "device_type", "model", "serial", "firmware", "simulated",
+    "created_at", "revoked_at", "status", "status_at", "last_seen_at", "password_set_at",
 )  # fmt: skip
 
 
@@ -218,16 +219,17 @@ def insert_device(
     model: str,
     serial: str,
     firmware: str | None,
+    simulated: bool = False,
 ) -> DeviceRow:
     try:
         with conn.transaction(), conn.cursor(row_factory=class_row(DeviceRow)) as cur:
             cur.execute(
                 sql.SQL(
                     "INSERT INTO devices (device_id, organisation_id, device_type, model, serial,"
-                    " firmware, password_set_at) VALUES (%s, %s, %s, %s, %s, %s, now())"
-                    " RETURNING {cols}"
+                    " firmware, simulated, password_set_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, now()) RETURNING {cols}"
                 ).format(cols=_DEVICE_COLUMNS),
-                (device_id, organisation_id, device_type, model, serial, firmware),
+                (device_id, organisation_id, device_type, model, serial, firmware, simulated),
             )
             return _one(cur.fetchone())
     except psycopg.errors.UniqueViolation as exc:

@@ -147,6 +147,7 @@ def _device_view(row: DeviceRow) -> schemas.Device:
         model=row.model,
         serial=row.serial,
         firmware=row.firmware,
+        simulated=row.simulated,
         created_at=row.created_at,
         revoked=row.revoked_at is not None,
         revoked_at=row.revoked_at,
@@ -273,6 +274,7 @@ def register_device(
                 model=body.model,
                 serial=body.serial,
                 firmware=body.firmware,
+                simulated=body.simulated,
             )
             with _dynsec(context.broker) as dynsec:
                 dynsec.create_device_client(device_id, password)

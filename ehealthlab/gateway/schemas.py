@@ -147,6 +147,14 @@ class DeviceCreate(_Request):
     model: Annotated[str, _text(100, "the start-up's model name", "BP-200")]
     serial: Annotated[str, _text(100, "unique per model within the start-up", "SN-000123")]
     firmware: Annotated[str | None, _text(100, "firmware version", "1.4.2")] = None
+    simulated: Annotated[
+        bool,
+        Field(
+            description="a simulator, not a device used by a patient: its data are labelled "
+            "simulated and its messages may carry a simulated receive time "
+            "(user property ehl-simulated-received-at)"
+        ),
+    ] = False
 
 
 class MqttTopics(BaseModel):
@@ -206,6 +214,7 @@ class Device(BaseModel):
     model: str
     serial: str
     firmware: str | None
+    simulated: bool
     created_at: datetime
     revoked: bool
     revoked_at: datetime | None

@@ -88,16 +88,33 @@ def partition_of(topic: str, partitions: int) -> int:
     return int.from_bytes(digest[:8], "big") % partitions
 
 
-def judge(message: ReceivedMessage, device_type_of: Callable[[str], str | None]) -> JudgedMessage:
-    """Validate one message from the broker; never raises on what the device sent."""
+@dataclass(frozen=True, slots=True)
+class KnownDevice:
+    """What ingest needs to know of a registered device."""
+
+    device_type: str
+    simulated: bool = False
+
+
+def judge(
+    message: ReceivedMessage, device_of: Callable[[str], KnownDevice | None]
+) -> JudgedMessage:
+    """Validate one message from the broker; never raises on what the device sent.
+
+    The receive time is the broker's; a device registered as simulated may state its own in
+    simulated time (an accelerated or backfilled pilot), which is then used instead.
+    """
     topic = parse_device_topic(message.topic)
-    received_at = message.received_at
     if topic is None or topic.kind is not TopicKind.READINGS:
         return _whole(message, UNKNOWN_DEVICE, f"not a device readings topic: {message.topic!r}")
-    device_type = device_type_of(topic.device_id)
-    if device_type is None:
+    device = device_of(topic.device_id)
+    if device is None:
         return _whole(message, topic.device_id, f"device {topic.device_id!r} is not registered")
-    outcome = validate_message(message.payload, device_type=device_type, received_at=received_at)
+    if device.simulated and message.simulated_received_at is not None:
+        message = replace(message, received_at=message.simulated_received_at)
+    outcome = validate_message(
+        message.payload, device_type=device.device_type, received_at=message.received_at
+    )
     offset = outcome.clock_offset_s if outcome.clock_offset_s is not None else 0.0
     readings = tuple(
         _reading_row(topic.device_id, outcome, reading, offset) for reading in outcome.accepted

@@ -36,6 +36,7 @@ from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
 from ehealthlab.ingest.pipeline import (
     UNKNOWN_DEVICE,
     JudgedMessage,
+    KnownDevice,
     MessageLog,
     Settled,
     judge,
@@ -122,7 +123,7 @@ class IngestWorker:
         self._mqtt: MqttConnection | None = None
         self._db: Connection | None = None
         self._writer: ReadingWriter | None = None
-        self._device_types: dict[str, str] = {}
+        self._devices: dict[str, KnownDevice] = {}
         #: set once the worker is subscribed (again, after a reconnect): from then on what
         #: devices publish is kept for the ingest group, whatever happens to this worker
         self.subscribed = threading.Event()
@@ -278,25 +279,25 @@ class IngestWorker:
             self._writer = ReadingWriter(self._db)
         return self._db, self._writer
 
-    def _device_type(self, device_id: str) -> str | None:
-        known = self._device_types.get(device_id)
+    def _device(self, device_id: str) -> KnownDevice | None:
+        known = self._devices.get(device_id)
         if known is not None:
             return known
         conn, _ = self._ensure_database()
-        row = conn.execute("SELECT device_type FROM devices WHERE device_id = %s",
+        row = conn.execute("SELECT device_type, simulated FROM devices WHERE device_id = %s",
                            (device_id,)).fetchone()  # fmt: skip
         conn.rollback()
         if row is None:
             return None
-        self._device_types[device_id] = str(row[0])
-        return self._device_types[device_id]
+        self._devices[device_id] = KnownDevice(str(row[0]), bool(row[1]))
+        return self._devices[device_id]
 
     def _write_batch(
         self, batch: Sequence[_Delivery], refused: str | None = None
     ) -> list[tuple[JudgedMessage, Settled]]:
         conn, writer = self._ensure_database()
         if refused is None:
-            judged = [judge(d.message, self._device_type) for d in batch]
+            judged = [judge(d.message, self._device) for d in batch]
         else:
             judged = [refuse(d.message, f"the store could not keep it: {refused}") for d in batch]
         started = time.monotonic()
