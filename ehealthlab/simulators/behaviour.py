@@ -54,25 +54,38 @@ MEASURED_TOGETHER: Mapping[str, frozenset[str]] = MappingProxyType(
 
 _LUNCH, _DINNER = MEALS[1][0], MEALS[2][0]
 
-#: preferred moments of the day per device type, as (anchor, hours after it); a plan with n
-#: readings a day uses the first n, and one with more than listed spreads them evenly
-_SLOTS: Mapping[str, tuple[tuple[str, float], ...]] = MappingProxyType(
+#: preferred moments of the day per device type: (anchor, hours after it, and for a reading
+#: that must come before a meal, the latest hour after the anchor). A plan with n readings a
+#: day uses the first n; one with more than listed spreads them evenly over the waking day.
+_SLOTS: Mapping[str, tuple[tuple[str, float, float | None], ...]] = MappingProxyType(
     {
-        # ESH: morning before drugs and breakfast, and evening
-        "blood_pressure_monitor": (("wake", 0.5), ("bed", -1.5), ("breakfast", 5.0)),
+        # ESH: morning (before drugs and breakfast) and evening
+        "blood_pressure_monitor": (
+            ("wake", 0.5, None),
+            ("bed", -1.5, None),
+            ("breakfast", 5.0, None),
+        ),
         # after waking and voiding, before breakfast
-        "weighing_scale": (("wake", 0.25), ("bed", -1.0)),
+        "weighing_scale": (("wake", 0.25, None), ("bed", -1.0, None)),
         # fasting, 2 h after lunch, before dinner, 2 h after dinner
         "glucometer": (
-            ("breakfast", -0.25),
-            ("breakfast", _LUNCH + 2.0),
-            ("breakfast", _DINNER - 0.25),
-            ("breakfast", _DINNER + 2.0),
+            ("breakfast", -0.25, -0.05),
+            ("breakfast", _LUNCH + 2.0, None),
+            ("breakfast", _DINNER - 0.25, _DINNER - 0.05),
+            ("breakfast", _DINNER + 2.0, None),
         ),
-        "pulse_oximeter": (("wake", 1.5), ("bed", -3.0), ("breakfast", 5.0)),
-        "thermometer": (("wake", 1.0), ("bed", -2.5), ("breakfast", 5.5)),
+        "pulse_oximeter": (("wake", 1.5, None), ("bed", -3.0, None), ("breakfast", 5.0, None)),
+        "thermometer": (("wake", 1.0, None), ("bed", -2.5, None), ("breakfast", 5.5, None)),
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A habitual moment of use, local hours; `latest`: it must come before a meal."""
+
+    hour: float
+    latest: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,8 +113,9 @@ class BehaviourAssumptions:
     late_share_mean: float = 0.08
     #: how much later, minutes (log-normal median; sigma 0.5)
     late_delay_median_minutes: float = 150.0
-    #: a patient's habitual shift of every slot (normal sd) and day-to-day scatter (median sd)
-    habit_offset_sd_minutes: float = 30.0
+    #: a patient's habitual shift of every slot (normal sd; the slots already follow their own
+    #: waking and meal times) and day-to-day scatter (median sd)
+    habit_offset_sd_minutes: float = 15.0
     jitter_median_minutes: float = 20.0
     #: a forgotten reading not remembered by this local hour is not taken at all
     last_reading_local_hour: float = 23.5
@@ -221,16 +235,23 @@ class DeviceMeasurement:
         return self.measurement.taken_at
 
 
-def slot_hours(device_type: str, count: int, baseline: Baseline) -> list[float]:
-    """Local hours at which a patient with `baseline` habitually uses the device."""
-    anchors = {"wake": baseline.wake_hour, "breakfast": baseline.breakfast_hour}
-    anchors["bed"] = baseline.bed_hour
+def slot_hours(device_type: str, count: int, baseline: Baseline) -> list[Slot]:
+    """When a patient with `baseline` habitually uses the device, `count` times a day."""
+    anchors = {
+        "wake": baseline.wake_hour,
+        "breakfast": baseline.breakfast_hour,
+        "bed": baseline.bed_hour,
+    }
     preferred = _SLOTS.get(device_type, ())
     if count <= len(preferred):
-        return sorted(anchors[anchor] + offset for anchor, offset in preferred[:count])
+        slots = [
+            Slot(anchors[anchor] + offset, None if latest is None else anchors[anchor] + latest)
+            for anchor, offset, latest in preferred[:count]
+        ]
+        return sorted(slots, key=lambda s: s.hour)
     first, last = baseline.wake_hour + 0.5, baseline.bed_hour - 1.0
     step = (last - first) / max(count - 1, 1)
-    return [first + i * step for i in range(count)]
+    return [Slot(first + i * step) for i in range(count)]
 
 
 class PatientSimulation:
@@ -307,11 +328,12 @@ class PatientSimulation:
         metrics = plan.measured_metrics
         for slot in slot_hours(plan.device_type, plan.readings_per_day, b):
             skipped, late = rng.random() < a.reading_skip, rng.random() < a.late_share
-            minutes = a.habit_offset_minutes + float(rng.normal(0.0, a.jitter_minutes))
+            hour = slot.hour + (a.habit_offset_minutes + rng.normal(0.0, a.jitter_minutes)) / 60
+            if slot.latest is not None:
+                hour = min(hour, slot.latest)
             if late:
                 median = self.behaviour.late_delay_median_minutes
-                minutes += median * math.exp(float(rng.normal(0.0, 0.5)))
-            hour = slot + minutes / 60
+                hour += median * math.exp(float(rng.normal(0.0, 0.5))) / 60
             if skipped or hour >= last_hour:
                 continue
             at = self._at(midnight, max(hour, 0.05))

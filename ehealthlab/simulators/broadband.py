@@ -269,9 +269,10 @@ def outage_schedule(
         median = profile.outage_median_minutes * 60
         t = start - _WARM_UP
         while True:
-            t += timedelta(seconds=float(rng.exponential(mean_up)))
-            if t >= end:
+            gap = float(rng.exponential(mean_up))
+            if gap >= (end - t).total_seconds():
                 break
+            t += timedelta(seconds=gap)
             length = median * math.exp(float(rng.normal(0.0, profile.outage_sigma)))
             down = Outage(t, t + timedelta(seconds=min(length, cap)))
             outages.append(down)

@@ -92,16 +92,16 @@ _HT, _HF, _COPD, _DM = (
 #: per kind: rate per patient-month, who has it, onset / plateau / recovery (days), magnitude
 _EPISODE_TABLE: dict[EpisodeKind, tuple[float, frozenset[Condition] | None, tuple[float, ...]]] = {
     EpisodeKind.HYPERTENSIVE_SURGE: (
-        0.30,
+        0.35,
         frozenset({_HT}),
         (0.3, 1.0, 0.5, 2.0, 0.5, 1.5, 38, 58),
     ),
     EpisodeKind.HYPOTENSION: (0.03, frozenset({_HT, _HF}), (0.2, 0.5, 0.5, 1.5, 0.5, 1.0, 30, 48)),
     EpisodeKind.DECOMPENSATION: (0.10, frozenset({_HF}), (2.0, 4.0, 1.0, 4.0, 2.0, 4.0, 2.4, 4.0)),
-    EpisodeKind.EXACERBATION: (0.12, frozenset({_COPD}), (1.0, 2.0, 2.0, 5.0, 5.0, 12.0, 3.5, 7.0)),
+    EpisodeKind.EXACERBATION: (0.15, frozenset({_COPD}), (1.0, 2.0, 2.0, 5.0, 5.0, 12.0, 3.5, 7.0)),
     EpisodeKind.HYPERGLYCAEMIA: (0.10, frozenset({_DM}), (0.5, 1.0, 0.5, 2.0, 0.5, 1.0, 0.7, 1.1)),
     EpisodeKind.HYPOGLYCAEMIA: (
-        0.60,
+        0.80,
         frozenset({_DM}),
         (
             20 * _MINUTE,
@@ -114,7 +114,7 @@ _EPISODE_TABLE: dict[EpisodeKind, tuple[float, frozenset[Condition] | None, tupl
             68,
         ),
     ),
-    EpisodeKind.FEVER: (0.05, None, (0.2, 0.5, 1.0, 3.0, 0.5, 1.5, 1.6, 2.8)),
+    EpisodeKind.FEVER: (0.06, None, (0.2, 0.5, 1.0, 3.0, 0.5, 1.5, 1.6, 2.8)),
     EpisodeKind.TACHYARRHYTHMIA: (
         0.03,
         frozenset({_HF, _HT}),

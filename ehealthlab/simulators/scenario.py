@@ -70,7 +70,6 @@ EXAMPLE_SCENARIO = Path(__file__).parent / "scenarios" / "example.toml"
 IstatCode = Annotated[str, StringConstraints(pattern=r"^\d{6}$")]
 SnaiClass = Literal["A", "B", "C", "D", "E", "F"]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
-FaultMode = Literal["wrong_unit", "missing_seq", "malformed_json", "duplicates"]
 
 #: which device type serves each planned metric (heart rate: see `_device_for_heart_rate`)
 METRIC_DEVICE: Mapping[str, str] = MappingProxyType(
@@ -147,13 +146,21 @@ class ConditionShare(_Model):
         return value
 
 
-class FaultShares(_Model):
-    """Share of messages each fault mode spoils (for conformance testing)."""
+class FaultSettings(_Model):
+    """Share of messages each fault mode spoils, for conformance testing (exclusive: a message
+    has at most one). Names match simulators.faults.FaultMode."""
 
-    wrong_unit: Share = 0.0
+    wrong_units: Share = 0.0
     missing_seq: Share = 0.0
     malformed_json: Share = 0.0
-    duplicates: Share = 0.0
+    duplicate: Share = 0.0
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> Self:
+        total = self.wrong_units + self.missing_seq + self.malformed_json + self.duplicate
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault shares are exclusive: together at most 1, got {total:g}")
+        return self
 
 
 class DeviceSettings(_Model):
@@ -166,7 +173,7 @@ class DeviceSettings(_Model):
     battery_life_days: DaysRange = (60.0, 365.0)
     #: days before a flat battery is replaced
     battery_replacement_days: DaysRange = (1.0, 5.0)
-    faults: FaultShares = FaultShares()
+    faults: FaultSettings = FaultSettings()
 
 
 class Startup(_Model):
@@ -446,12 +453,19 @@ def assign_devices(care_plan: Mapping[str, int]) -> dict[str, dict[str, int]]:
 
 @dataclass(frozen=True, slots=True)
 class DeviceTraits:
-    """A simulated device's own imperfections, drawn once (seeded) from its start-up's settings."""
+    """A simulated device's own imperfections, drawn once (seeded) from its start-up's settings.
+
+    They map onto the device simulator's configuration: `payloads.DeviceClock(offset_s,
+    drift_ppm, set_at=enrolment start)`, `device.Battery(capacity_days=battery_life_days,
+    recharge_after=battery_replacement_days)` and `faults.FaultShares(..., seed=fault_seed)`.
+    """
 
     clock_drift_ppm: float
     #: 0 unless the device's clock is badly set
     clock_offset_s: float
     battery_life_days: float
+    battery_replacement_days: float
+    fault_seed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,8 +539,13 @@ def _draw_traits(rng: np.random.Generator, settings: DeviceSettings) -> DeviceTr
     drift = _uniform(rng, settings.clock_drift_ppm)
     bad = rng.random() < settings.bad_clock_share
     offset = _uniform(rng, settings.bad_clock_offset_hours) * 3600
-    battery = _uniform(rng, settings.battery_life_days)
-    return DeviceTraits(drift, offset if bad else 0.0, battery)
+    return DeviceTraits(
+        clock_drift_ppm=drift,
+        clock_offset_s=offset if bad else 0.0,
+        battery_life_days=_uniform(rng, settings.battery_life_days),
+        battery_replacement_days=_uniform(rng, settings.battery_replacement_days),
+        fault_seed=int(rng.integers(2**63)),
+    )
 
 
 def _patient(scenario: Scenario, municipality: str, number: int) -> SimulatedPatient:
