@@ -25,6 +25,7 @@ from ehealthlab.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
+from ehealthlab.fhir import routes as fhir_routes
 from ehealthlab.gateway import routes
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.presence import Presence
@@ -82,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.context = None
     problems.install(app)
     app.include_router(routes.router)
+    fhir_routes.install(app)  # /fhir, with OperationOutcomes for its errors
     return app
 
 

@@ -1,0 +1,708 @@
+"""The SQL behind /fhir: reads by id, searches confined to the caller's tenant, totals, keyset
+pages and $lastn. Returns the records of rows.py (and audit.py); JSON is built elsewhere.
+
+Every value reaches PostgreSQL as a bound parameter; the SQL text depends only on which
+criteria a search has, so psycopg prepares each shape of search once per connection.
+
+Observations. One Observation is one stored reading, except blood pressure: the systolic and
+diastolic readings of one inflation (same device and `at`) are one panel. Each panel is
+represented by one *principal* row, its systolic reading (the diastolic one only when there
+is no systolic), fetched with its partner through a primary-key lookup; the principal's
+measured_at is the panel's effectiveDateTime. So searches, counts and keyset pages work on
+principal rows, and a page boundary can never split a pair. A partner is joined only when it
+belongs to the same patient (a pair split across an enrolment boundary, if clock corrections
+ever put one there, shows its systolic alone rather than reveal the other patient's value).
+
+Pages are keyset pages: rows after (or before) the sort key of the last (first) row shown,
+so page 1,000 costs what page 1 costs. Sort keys are unique: Observations by (measured_at,
+device_id, metric, at), audit events by (recorded, id), everything else by id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+from uuid import UUID
+
+from ehealthlab.contract.catalogue import METRICS
+from ehealthlab.fhir.access import Tenant
+from ehealthlab.fhir.codes import DIASTOLIC, FHIR_BASE, SYSTOLIC
+from ehealthlab.fhir.ids import ObservationKey
+from ehealthlab.fhir.rows import (
+    BloodPressureReadings,
+    DeviceRecord,
+    MunicipalityRecord,
+    OrganisationRecord,
+    PatientRecord,
+    ReadingRecord,
+)
+from ehealthlab.fhir.search import (
+    Clause,
+    Cursor,
+    CursorKey,
+    DateRange,
+    EntityRef,
+    MetricMatch,
+    OrganisationTypeMatch,
+    SearchParameterError,
+    StringMatch,
+    from_micros,
+    micros,
+)
+from ehealthlab.store.db import Connection
+
+#: the name space of Observation identifiers, as ids.py defines it (a test checks that an
+#: identifier search finds what ids.observation_identifier names)
+OBSERVATION_IDENTIFIER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, f"{FHIR_BASE}/Observation")
+
+ObservationSource = ReadingRecord | BloodPressureReadings
+
+
+class AuditRow(NamedTuple):
+    """SELECT id, recorded, organisation_id, token_id, action, interaction, resource_type,
+    resource_id, operation, query, patient_ids, outcome, http_status, detail, results
+    FROM fhir_audit_events"""
+
+    id: UUID
+    recorded: datetime
+    organisation_id: UUID
+    token_id: UUID
+    action: str
+    interaction: str
+    resource_type: str
+    resource_id: str | None
+    operation: str | None
+    query: str | None
+    patient_ids: list[UUID]
+    outcome: int
+    http_status: int
+    detail: str
+    results: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a search: records in display order, each with its sort key."""
+
+    records: list[Any]
+    keys: list[CursorKey]
+    has_next: bool
+    has_previous: bool
+
+
+class _Sql:
+    """Conditions and their bound parameters, collected while a query is written."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.conditions: list[str] = []
+        self.uses_device_type = False
+
+    def bind(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f"%({name})s"
+
+    def where(self, condition: str) -> None:
+        self.conditions.append(condition)
+
+    def condition(self) -> str:
+        return " AND ".join(f"({c})" for c in self.conditions) or "TRUE"
+
+
+# -- Observations ---------------------------------------------------------------------------
+
+_OBSERVATION_SELECT = """
+SELECT r.device_id, dv.device_type, r.metric, r.at, r.value, r.measured_at, r.received_at,
+       r.clock_corrected, r.patient_id, p.organisation_id AS provider_id,
+       d.value AS d_value, d.measured_at AS d_measured_at, d.received_at AS d_received_at,
+       d.clock_corrected AS d_clock_corrected
+FROM readings r
+JOIN devices dv ON dv.device_id = r.device_id
+LEFT JOIN patients p ON p.id = r.patient_id
+LEFT JOIN LATERAL (
+    -- LIMIT keeps the subquery apart, so the metric test gates the lookup
+    SELECT d.value, d.measured_at, d.received_at, d.clock_corrected FROM readings d
+    WHERE r.metric = 'bp_systolic' AND d.device_id = r.device_id
+      AND d.metric = 'bp_diastolic' AND d.at = r.at
+      AND d.patient_id IS NOT DISTINCT FROM r.patient_id
+    LIMIT 1
+) d ON TRUE
+"""
+#: a row stands for an Observation: any reading but a diastolic one whose systolic exists
+_PRINCIPAL = (
+    "r.metric <> 'bp_diastolic' OR NOT EXISTS (SELECT 1 FROM readings s"
+    " WHERE s.device_id = r.device_id AND s.metric = 'bp_systolic' AND s.at = r.at)"
+)
+_OBSERVATION_ID = (
+    "r.device_id || '.' || CASE WHEN r.metric IN ('bp_systolic', 'bp_diastolic')"
+    " THEN 'blood-pressure' ELSE replace(r.metric, '_', '-') END || '.'"
+    " || ((extract(epoch FROM r.at) * 1000000)::bigint)::text"
+)
+_OBSERVATION_KEY = ("r.measured_at", "r.device_id", "r.metric", "r.at")
+
+
+def _observation_tenant(sql: _Sql, tenant: Tenant) -> None:
+    if tenant.kind == "provider":
+        sql.where(
+            "r.patient_id IN (SELECT id FROM patients WHERE organisation_id = "  # noqa: S608 - values are bound
+            f"{sql.bind(tenant.organisation_id)})"
+        )
+    elif tenant.kind == "startup":
+        sql.where(
+            "r.device_id IN (SELECT device_id FROM devices WHERE organisation_id = "  # noqa: S608 - values are bound
+            f"{sql.bind(tenant.organisation_id)})"
+        )
+
+
+def _metric_condition(sql: _Sql, matches: Sequence[MetricMatch]) -> str:
+    alternatives = []
+    for match in matches:
+        condition = f"r.metric = ANY({sql.bind(sorted(match.metrics))})"
+        if match.device_types is not None:
+            sql.uses_device_type = True
+            condition += f" AND dv.device_type = ANY({sql.bind(sorted(match.device_types))})"
+        alternatives.append(f"({condition})")
+    return " OR ".join(alternatives) or "FALSE"
+
+
+def _date_condition(sql: _Sql, column: str, ranges: Sequence[DateRange]) -> str:
+    """FHIR date semantics for a point in time against a search value's range."""
+    alternatives = []
+    for value in ranges:
+        lower = None if value.lower is None else sql.bind(value.lower)
+        upper = None if value.upper is None else sql.bind(value.upper)
+        within = (
+            " AND ".join(
+                [f"{column} >= {lower}"] * (lower is not None)
+                + [f"{column} < {upper}"] * (upper is not None)
+            )
+            or "TRUE"
+        )
+        condition = {
+            "eq": within,
+            "ne": f"NOT ({within})",
+            "lt": f"{column} < {lower}" if lower else "FALSE",
+            "eb": f"{column} < {lower}" if lower else "FALSE",
+            "gt": f"{column} >= {upper}" if upper else "FALSE",
+            "sa": f"{column} >= {upper}" if upper else "FALSE",
+            "le": f"{column} < {upper}" if upper else "TRUE",
+            "ge": f"{column} >= {lower}" if lower else "TRUE",
+        }[value.prefix]
+        alternatives.append(f"({condition})")
+    return " OR ".join(alternatives) or "FALSE"
+
+
+def _observation_clause(sql: _Sql, clause: Clause) -> None:
+    name, values = clause.name, clause.values
+    if name in ("patient", "subject"):
+        if clause.missing is not None:
+            sql.where(f"r.patient_id IS {'' if clause.missing else 'NOT '}NULL")
+        else:
+            sql.where(f"r.patient_id = ANY({sql.bind(list(values))})")
+    elif name == "device":
+        sql.where(f"r.device_id = ANY({sql.bind(list(values))})")
+    elif name in ("code", "component-code", "combo-code", "category"):
+        sql.where(_metric_condition(sql, values))
+    elif name == "date":
+        sql.where(_date_condition(sql, "r.measured_at", values))
+    elif name == "identifier":
+        sql.where(
+            f"uuid_generate_v5({sql.bind(OBSERVATION_IDENTIFIER_NAMESPACE)}::uuid,"
+            f" {_OBSERVATION_ID}) = ANY({sql.bind(list(values))}::uuid[])"
+        )
+    elif name == "_id":
+        keys: Sequence[ObservationKey] = values
+        sql.where(
+            " OR ".join(
+                f"(r.device_id = {sql.bind(k.device_id)} AND r.at = {sql.bind(k.at)}"
+                f" AND r.metric = ANY({sql.bind(list(k.metrics))}))"
+                for k in keys
+            )
+            or "FALSE"
+        )
+    else:  # a parameter declared in search.py but not written here is a bug
+        raise NotImplementedError(f"Observation search parameter {name}")
+
+
+def _observation_filters(clauses: Sequence[Clause], tenant: Tenant) -> _Sql:
+    sql = _Sql()
+    _observation_tenant(sql, tenant)
+    for clause in clauses:
+        _observation_clause(sql, clause)
+    sql.where(_PRINCIPAL)
+    return sql
+
+
+def _observation_source(row: Sequence[Any]) -> ObservationSource:
+    reading = ReadingRecord(*row[:10])
+    if row[10] is None:
+        return reading
+    partner = ReadingRecord(
+        reading.device_id,
+        reading.device_type,
+        DIASTOLIC,
+        reading.at,
+        row[10],
+        row[11],
+        row[12],
+        row[13],
+        reading.patient_id,
+        reading.provider_id,
+    )
+    return BloodPressureReadings(reading, partner)
+
+
+def _observation_key(row: Sequence[Any]) -> CursorKey:
+    return (micros(row[5]), row[0], row[2], micros(row[3]))
+
+
+def _observation_key_values(key: CursorKey) -> tuple[Any, ...]:
+    if len(key) != 4 or not isinstance(key[0], int) or not isinstance(key[3], int):
+        raise SearchParameterError("_cursor", "not a page of this search")
+    return (from_micros(key[0]), key[1], key[2], from_micros(key[3]))
+
+
+def read_observation(
+    conn: Connection, key: ObservationKey, tenant: Tenant
+) -> ObservationSource | None:
+    """The Observation an id names, if the tenant may see it."""
+    sql = _observation_filters([Clause("_id", (key,))], tenant)
+    row = conn.execute(_OBSERVATION_SELECT + " WHERE " + sql.condition(), sql.params).fetchone()
+    return None if row is None else _observation_source(row)
+
+
+def search_observations(
+    conn: Connection,
+    clauses: Sequence[Clause],
+    tenant: Tenant,
+    *,
+    descending: bool,
+    limit: int,
+    cursor: Cursor | None,
+) -> Page:
+    """One page of Observations (ReadingRecord or BloodPressureReadings)."""
+    sql = _observation_filters(clauses, tenant)
+    key = None if cursor is None else _observation_key_values(cursor.key)
+    return _page(
+        conn,
+        sql,
+        select=_OBSERVATION_SELECT,
+        key_columns=_OBSERVATION_KEY,
+        key=key,
+        descending=descending,
+        limit=limit,
+        cursor=cursor,
+        convert=lambda row: (_observation_source(row), _observation_key(row)),
+    )
+
+
+def count_observations(conn: Connection, clauses: Sequence[Clause], tenant: Tenant) -> int:
+    sql = _observation_filters(clauses, tenant)
+    join = " JOIN devices dv ON dv.device_id = r.device_id" if sql.uses_device_type else ""
+    row = conn.execute(
+        f"SELECT count(*) FROM readings r{join} WHERE {sql.condition()}",  # noqa: S608 - conditions are ours, values bound
+        sql.params,
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def lastn_observations(
+    conn: Connection, clauses: Sequence[Clause], tenant: Tenant, maximum: int
+) -> list[ObservationSource]:
+    """The `maximum` most recent Observations of each code, most recent first within a
+    code: one short index scan per stored metric (a panel's two merged)."""
+    metrics = set(METRICS)
+    for clause in clauses:
+        if clause.name in ("code", "component-code", "combo-code", "category"):
+            metrics &= {m for match in clause.values for m in match.metrics}
+    if not metrics:
+        return []
+    sql = _observation_filters(clauses, tenant)
+    sql.where("r.metric = m.metric")
+    query = (
+        "SELECT x.* FROM unnest("  # noqa: S608 - our conditions, values bound
+        + sql.bind(sorted(metrics))
+        + "::text[]) AS m(metric)"
+        " CROSS JOIN LATERAL ("
+        + _OBSERVATION_SELECT
+        + " WHERE "
+        + sql.condition()
+        + " ORDER BY r.measured_at DESC, r.device_id DESC, r.at DESC"
+        " LIMIT " + sql.bind(maximum) + ") x"
+    )
+    by_code: dict[str, list[tuple[CursorKey, ObservationSource]]] = {}
+    for row in conn.execute(query, sql.params).fetchall():
+        code = "blood_pressure" if row[2] in (SYSTOLIC, DIASTOLIC) else row[2]
+        by_code.setdefault(code, []).append((_observation_key(row), _observation_source(row)))
+    result: list[ObservationSource] = []
+    for code in sorted(by_code):
+        newest = sorted(by_code[code], key=lambda entry: entry[0], reverse=True)[:maximum]
+        result.extend(source for _, source in newest)
+    return result
+
+
+# -- keyset pages -----------------------------------------------------------------------------
+
+
+def _page(
+    conn: Connection,
+    sql: _Sql,
+    *,
+    select: str,
+    key_columns: Sequence[str],
+    key: tuple[Any, ...] | None,
+    descending: bool,
+    limit: int,
+    cursor: Cursor | None,
+    convert: Callable[[Sequence[Any]], tuple[Any, CursorKey]],
+) -> Page:
+    """limit rows after (or, for a cursor going back, before) `key` in the sort order."""
+    backwards = cursor is not None and not cursor.after
+    # the order rows are fetched in: reversed when walking back
+    fetch_descending = descending != backwards
+    if key is not None:
+        operator = "<" if fetch_descending else ">"
+        columns = ", ".join(key_columns)
+        bound = ", ".join(sql.bind(value) for value in key)
+        # the first column alone as well: an index on it can seek there
+        sql.where(f"{key_columns[0]} {operator}= {sql.bind(key[0])}")
+        sql.where(f"({columns}) {operator} ({bound})")
+    direction = " DESC" if fetch_descending else ""
+    order = ", ".join(column + direction for column in key_columns)
+    query = f"{select} WHERE {sql.condition()} ORDER BY {order} LIMIT {sql.bind(limit + 1)}"
+    rows = conn.execute(query, sql.params).fetchall()
+    more = len(rows) > limit
+    converted = [convert(row) for row in rows[:limit]]
+    if backwards:
+        converted.reverse()
+        return Page(
+            [r for r, _ in converted], [k for _, k in converted], has_next=True, has_previous=more
+        )
+    return Page(
+        [r for r, _ in converted],
+        [k for _, k in converted],
+        has_next=more,
+        has_previous=cursor is not None,
+    )
+
+
+# -- the other resources: one table each, sorted by id ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    select: str
+    key_columns: tuple[str, ...]
+    key_values: Callable[[CursorKey], tuple[Any, ...]]
+    row_key: Callable[[Sequence[Any]], CursorKey]
+    record: Callable[[Sequence[Any]], Any]
+    tenant: Callable[[_Sql, Tenant], None]
+    clause: Callable[[_Sql, Clause], None]
+
+
+def _in(sql: _Sql, column: str, values: Sequence[Any], cast: str = "") -> str:
+    return f"{column} = ANY({sql.bind(list(values))}{cast})"
+
+
+def _string_condition(sql: _Sql, column: str, matches: Sequence[StringMatch]) -> str:
+    alternatives = []
+    for match in matches:
+        if match.mode == "exact":
+            alternatives.append(f"{column} = {sql.bind(match.text)}")
+            continue
+        escaped = match.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = (escaped + "%") if match.mode == "starts" else f"%{escaped}%"
+        alternatives.append(f"{_FOLD.format(column)} LIKE {sql.bind(pattern)}")
+    return " OR ".join(f"({a})" for a in alternatives) or "FALSE"
+
+
+#: lower case without the accents of Latin-1 letters, as search._folded folds a value
+_FOLD = "translate(lower({}), 'àáâãäåèéêëìíîïòóôõöùúûüýÿçñ', 'aaaaaaeeeeiiiiooooouuuuyycn')"
+
+
+def _text_key(key: CursorKey) -> tuple[Any, ...]:
+    if len(key) != 1 or not isinstance(key[0], str):
+        raise SearchParameterError("_cursor", "not a page of this search")
+    return (key[0],)
+
+
+def _uuid_key(key: CursorKey) -> tuple[Any, ...]:
+    try:
+        return (UUID(str(_text_key(key)[0])),)
+    except ValueError:
+        raise SearchParameterError("_cursor", "not a page of this search") from None
+
+
+def _patient_tenant(sql: _Sql, tenant: Tenant) -> None:
+    if tenant.kind == "provider":
+        sql.where(f"pt.organisation_id = {sql.bind(tenant.organisation_id)}")
+    elif tenant.kind != "operator":
+        sql.where("FALSE")
+
+
+def _patient_clause(sql: _Sql, clause: Clause) -> None:
+    column = {
+        "_id": "pt.id",
+        "identifier": "pt.identifier_hash",
+        "organization": "pt.organisation_id",
+    }
+    sql.where(_in(sql, column[clause.name], clause.values))
+
+
+def _device_tenant(sql: _Sql, tenant: Tenant) -> None:
+    if tenant.kind == "startup":
+        sql.where(f"dv.organisation_id = {sql.bind(tenant.organisation_id)}")
+    elif tenant.kind == "provider":
+        sql.where(
+            "EXISTS (SELECT 1 FROM enrolments e JOIN patients p ON p.id = e.patient_id"  # noqa: S608 - values are bound
+            " WHERE e.device_id = dv.device_id AND p.organisation_id = "
+            f"{sql.bind(tenant.organisation_id)})"
+        )
+
+
+def _device_clause(sql: _Sql, clause: Clause) -> None:
+    name, values = clause.name, clause.values
+    if name in ("_id", "identifier"):
+        sql.where(_in(sql, "dv.device_id", values))
+    elif name == "type":
+        sql.where(_in(sql, "dv.device_type", values))
+    elif name == "organization":
+        sql.where(_in(sql, "dv.organisation_id", values))
+    elif name == "status":
+        states = set(values)
+        if not states:
+            sql.where("FALSE")
+        elif states == {"active"}:
+            sql.where("dv.revoked_at IS NULL")
+        elif states == {"inactive"}:
+            sql.where("dv.revoked_at IS NOT NULL")
+    else:
+        raise NotImplementedError(f"Device search parameter {name}")
+
+
+def _everyone(sql: _Sql, tenant: Tenant) -> None:
+    """Municipalities are public reference data."""
+
+
+def _location_clause(sql: _Sql, clause: Clause) -> None:
+    if clause.name in ("_id", "identifier"):
+        sql.where(_in(sql, "m.istat_code", clause.values))
+    elif clause.name == "name":
+        sql.where(_string_condition(sql, "m.name", clause.values))
+    else:
+        raise NotImplementedError(f"Location search parameter {clause.name}")
+
+
+def _organisation_tenant(sql: _Sql, tenant: Tenant) -> None:
+    """Itself, and the organisations what it may read refers to: a provider, the start-ups
+    owning devices its patients were enrolled with; a start-up, the providers of the patients
+    its devices were enrolled with (its Observations name them as performers)."""
+    me = sql.bind(tenant.organisation_id)
+    if tenant.kind == "provider":
+        sql.where(
+            f"o.id = {me} OR o.id IN (SELECT dv.organisation_id FROM devices dv"  # noqa: S608 - values are bound
+            " JOIN enrolments e ON e.device_id = dv.device_id"
+            f" JOIN patients p ON p.id = e.patient_id WHERE p.organisation_id = {me})"
+        )
+    elif tenant.kind == "startup":
+        sql.where(
+            f"o.id = {me} OR o.id IN (SELECT p.organisation_id FROM patients p"  # noqa: S608 - values are bound
+            " JOIN enrolments e ON e.patient_id = p.id"
+            f" JOIN devices dv ON dv.device_id = e.device_id WHERE dv.organisation_id = {me})"
+        )
+
+
+def _organisation_clause(sql: _Sql, clause: Clause) -> None:
+    name, values = clause.name, clause.values
+    if name == "_id":
+        sql.where(_in(sql, "o.id", values))
+    elif name == "identifier":
+        sql.where(_in(sql, "o.fls_code", values))
+    elif name == "name":
+        sql.where(_string_condition(sql, "o.name", values))
+    elif name == "type":
+        types: Sequence[OrganisationTypeMatch] = values
+        kinds = sorted({kind for t in types for kind in t.kinds})
+        asl = any(t.asl for t in types)
+        sql.where(_in(sql, "o.kind", kinds) + (" OR o.fls_code IS NOT NULL" if asl else ""))
+    else:
+        raise NotImplementedError(f"Organization search parameter {name}")
+
+
+def _audit_tenant(sql: _Sql, tenant: Tenant) -> None:
+    if not tenant.sees_everything:
+        sql.where("FALSE")
+
+
+def _audit_clause(sql: _Sql, clause: Clause) -> None:
+    name, values = clause.name, clause.values
+    if name == "_id":
+        sql.where(_in(sql, "a.id", values))
+    elif name == "date":
+        sql.where(_date_condition(sql, "a.recorded", values))
+    elif name == "agent":
+        sql.where(_in(sql, "a.organisation_id", values))
+    elif name == "patient":
+        sql.where(f"a.patient_ids && {sql.bind(list(values))}::uuid[]")
+    elif name == "entity":
+        entities: Sequence[EntityRef] = values
+        alternatives = []
+        for entity in entities:
+            same = (
+                f"a.resource_type = {sql.bind(entity.resource_type)}"
+                f" AND a.resource_id = {sql.bind(entity.resource_id)}"
+            )
+            patient = _as_uuid(entity.resource_id) if entity.resource_type == "Patient" else None
+            if patient is not None:
+                same += f" OR {sql.bind(patient)}::uuid = ANY(a.patient_ids)"
+            alternatives.append(f"({same})")
+        sql.where(" OR ".join(alternatives) or "FALSE")
+    elif name == "outcome":
+        sql.where(_in(sql, "a.outcome", [int(v) for v in values]))
+    elif name == "subtype":
+        sql.where(_in(sql, "a.interaction", values))
+    elif name == "action":
+        sql.where(_in(sql, "a.action::text", values))
+    else:
+        raise NotImplementedError(f"AuditEvent search parameter {name}")
+
+
+def _as_uuid(text: str) -> UUID | None:
+    try:
+        return UUID(text)
+    except ValueError:
+        return None
+
+
+def _audit_key(key: CursorKey) -> tuple[Any, ...]:
+    if len(key) != 2 or not isinstance(key[0], int) or not isinstance(key[1], str):
+        raise SearchParameterError("_cursor", "not a page of this search")
+    try:
+        return (from_micros(key[0]), UUID(key[1]))
+    except ValueError:
+        raise SearchParameterError("_cursor", "not a page of this search") from None
+
+
+_TABLES: dict[str, _Table] = {
+    "Patient": _Table(
+        "SELECT pt.id, pt.organisation_id, pt.identifier_hash FROM patients pt",
+        ("pt.id",),
+        _uuid_key,
+        lambda row: (str(row[0]),),
+        lambda row: PatientRecord(*row),
+        _patient_tenant,
+        _patient_clause,
+    ),
+    "Device": _Table(
+        "SELECT dv.device_id, dv.organisation_id, dv.device_type, dv.model, dv.serial,"
+        " dv.firmware, dv.revoked_at FROM devices dv",
+        ("dv.device_id",),
+        _text_key,
+        lambda row: (row[0],),
+        lambda row: DeviceRecord(*row),
+        _device_tenant,
+        _device_clause,
+    ),
+    "Location": _Table(
+        "SELECT m.istat_code, m.name, m.latitude, m.longitude, m.snai_class::text,"
+        " m.snai_class_label FROM municipalities m",
+        ("m.istat_code",),
+        _text_key,
+        lambda row: (row[0],),
+        lambda row: MunicipalityRecord(*row),
+        _everyone,
+        _location_clause,
+    ),
+    "Organization": _Table(
+        "SELECT o.id, o.kind, o.name, o.fls_code FROM organisations o",
+        ("o.id",),
+        _uuid_key,
+        lambda row: (str(row[0]),),
+        lambda row: OrganisationRecord(*row),
+        _organisation_tenant,
+        _organisation_clause,
+    ),
+    "AuditEvent": _Table(
+        "SELECT a.id, a.recorded, a.organisation_id, a.token_id, a.action, a.interaction,"
+        " a.resource_type, a.resource_id, a.operation, a.query, a.patient_ids, a.outcome,"
+        " a.http_status, a.detail, a.results FROM fhir_audit_events a",
+        ("a.recorded", "a.id"),
+        _audit_key,
+        lambda row: (micros(row[1]), str(row[0])),
+        lambda row: AuditRow(*row),
+        _audit_tenant,
+        _audit_clause,
+    ),
+}
+
+#: what a read by id looks up, per type: the id column and how a path id becomes its value
+_ID_COLUMNS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "Patient": ("pt.id", UUID),
+    "Device": ("dv.device_id", str),
+    "Location": ("m.istat_code", str),
+    "Organization": ("o.id", UUID),
+    "AuditEvent": ("a.id", UUID),
+}
+
+
+def _filters(resource_type: str, clauses: Sequence[Clause], tenant: Tenant) -> _Sql:
+    table = _TABLES[resource_type]
+    sql = _Sql()
+    table.tenant(sql, tenant)
+    for clause in clauses:
+        table.clause(sql, clause)
+    return sql
+
+
+def read(conn: Connection, resource_type: str, resource_id: str, tenant: Tenant) -> Any | None:
+    """The record of a Patient, Device, Location, Organization or AuditEvent, if the tenant
+    may see it (an id that cannot be one is simply not found)."""
+    table = _TABLES[resource_type]
+    column, convert = _ID_COLUMNS[resource_type]
+    try:
+        value = convert(resource_id)
+    except ValueError:
+        return None
+    sql = _Sql()
+    table.tenant(sql, tenant)
+    sql.where(f"{column} = {sql.bind(value)}")
+    row = conn.execute(f"{table.select} WHERE {sql.condition()}", sql.params).fetchone()
+    return None if row is None else table.record(row)
+
+
+def search(
+    conn: Connection,
+    resource_type: str,
+    clauses: Sequence[Clause],
+    tenant: Tenant,
+    *,
+    descending: bool,
+    limit: int,
+    cursor: Cursor | None,
+) -> Page:
+    table = _TABLES[resource_type]
+    sql = _filters(resource_type, clauses, tenant)
+    key = None if cursor is None else table.key_values(cursor.key)
+    return _page(
+        conn,
+        sql,
+        select=table.select,
+        key_columns=table.key_columns,
+        key=key,
+        descending=descending,
+        limit=limit,
+        cursor=cursor,
+        convert=lambda row: (table.record(row), table.row_key(row)),
+    )
+
+
+def count(conn: Connection, resource_type: str, clauses: Sequence[Clause], tenant: Tenant) -> int:
+    table = _TABLES[resource_type]
+    sql = _filters(resource_type, clauses, tenant)
+    from_part = table.select[table.select.index(" FROM ") :]
+    row = conn.execute(f"SELECT count(*){from_part} WHERE {sql.condition()}", sql.params).fetchone()
+    return int(row[0]) if row else 0
