@@ -757,10 +757,11 @@ def _entry_response(
         issue = Issue("error", refusal.code, refusal.diagnostics, (refusal.expression,))
         return {"status": _STATUS_TEXT[refusal.status], "outcome": operation_outcome(issue)}
     readings = result.readings if result is not None else []
-    issues: list[Issue] = []
-    for reading in readings:
-        issues.append(_issue(reading, entry))
+    # every reading stored anew needs no word, unless others of the entry were not
+    mixed = any(r.verdict != "created" for r in readings)
+    issues = [_issue(r, entry) for r in readings if mixed or r.verdict != "created"]
     issues.extend(entry.notes)
+    issues.sort(key=lambda issue: _SEVERITY_ORDER[issue.severity])
     rejected = [r for r in readings if r.verdict == "rejected"]
     kept = [r for r in readings if r.verdict != "rejected"]
     if rejected:
@@ -787,6 +788,7 @@ def _location(entry: EntryPlan, reading: ReadingResult) -> str | None:
     return f"Observation/{observation_id(entry.device_id, code, reading.at)}"
 
 
+_SEVERITY_ORDER = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
 _KEPT_TEXT = {
     "created": "stored",
     "duplicate": "already stored with the same value: counted as a duplicate, not stored twice",
