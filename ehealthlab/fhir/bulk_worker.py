@@ -60,6 +60,8 @@ from ehealthlab.store.db import Connection, connect
 
 log = logging.getLogger("ehealthlab.fhir.export")
 
+#: resources written to a file at once
+_WRITE_LINES = 1000
 #: a job is tried this many times (a process stopping or dying counts), then failed
 MAX_ATTEMPTS = 3
 
@@ -129,13 +131,18 @@ class NdjsonFiles:
         self._lines = 0
         self.files: list[ExportFile] = []
 
-    def write(self, line: bytes) -> None:
-        out = self._out
-        if out is None or self._lines == self._file_lines:
-            out = self._next_file()
-        out.write(line)
-        out.write(b"\n")
-        self._lines += 1
+    def write(self, lines: list[bytes]) -> None:
+        """Write these lines (one resource each), in as few writes as the files allow."""
+        start = 0
+        while start < len(lines):
+            out = self._out
+            if out is None or self._lines == self._file_lines:
+                out = self._next_file()
+            part = lines[start : start + self._file_lines - self._lines]
+            out.write(b"\n".join(part))
+            out.write(b"\n")
+            self._lines += len(part)
+            start += len(part)
 
     def _next_file(self) -> IO[bytes]:
         self.close()
@@ -160,9 +167,13 @@ class ExportJobRun:
     """One attempt at one job, in the calling thread, with a pulse thread beside it."""
 
     def __init__(
-        self, settings: Settings, job_id: UUID, worker: str, stop: threading.Event,
+        self,
+        settings: Settings,
+        job_id: UUID,
+        worker: str,
+        stop: threading.Event,
         config: ExportConfig,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.settings = settings
         self.job_id = job_id
         self.worker = worker
@@ -191,8 +202,9 @@ class ExportJobRun:
             if job is None:  # someone else's, finished, or cancelled
                 return
             directory = job_directory(self.settings, job.id)
-            pulse = threading.Thread(target=self._pulse, name=f"ehl-export-pulse-{job.id}",
-                                     daemon=True)  # fmt: skip
+            pulse = threading.Thread(
+                target=self._pulse, name=f"ehl-export-pulse-{job.id}", daemon=True
+            )
             pulse.start()
             try:
                 self._export(job, directory, control)
@@ -206,6 +218,15 @@ class ExportJobRun:
                 log.exception("export %s failed", job.id)
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 bulk_store.fail_job(control, job.id, self.worker, f"the export failed: {reason}")
+            except Exception:  # a bug: retrying would only meet it again
+                shutil.rmtree(directory, ignore_errors=True)
+                log.exception("export %s: unexpected failure", job.id)
+                bulk_store.fail_job(
+                    control,
+                    job.id,
+                    self.worker,
+                    "the export failed: an internal error (the operator has the details)",
+                )
             finally:
                 self._done.set()
                 pulse.join()
@@ -276,10 +297,16 @@ class ExportJobRun:
             source, resource_type, job.scope, job.since, batch_rows=self.config.batch_rows
         )
         out = NdjsonFiles(directory, resource_type, self.config.file_lines)
+        lines: list[bytes] = []
         try:
             for resource in resources(resource_type, self._checked(batches)):
-                out.write(dumps(resource))
-                self.written += 1
+                lines.append(dumps(resource))
+                if len(lines) == _WRITE_LINES:
+                    out.write(lines)
+                    self.written += len(lines)
+                    lines.clear()
+            out.write(lines)
+            self.written += len(lines)
         finally:
             out.close()
         return out.files
@@ -295,8 +322,7 @@ class ExportJobRun:
         if not outcomes:
             return []
         out = NdjsonFiles(directory, OUTCOME_TYPE, self.config.file_lines)
-        for outcome in outcomes:
-            out.write(dumps(outcome))
+        out.write([dumps(outcome) for outcome in outcomes])
         out.close()
         return out.files
 
@@ -316,8 +342,9 @@ class ExportRunner:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pending: set[UUID] = set()
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="ehl-export-sweep",
-                                         daemon=True)  # fmt: skip
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, name="ehl-export-sweep", daemon=True
+        )
 
     def start(self) -> None:
         self._sweeper.start()
