@@ -10,6 +10,7 @@ the SQL under test.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ import httpx2
 import psycopg
 import pytest
 import uvicorn
-from conftest import create_database, drop_database, with_database
+from conftest import TIMESCALE_URL_VARIABLE, create_database, drop_database, with_database
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
@@ -35,7 +36,7 @@ from test_gateway_api import run_admin
 
 from ehealthlab.api.app import create_app
 from ehealthlab.errors import PermissionDeniedError
-from ehealthlab.fhir import access, fast
+from ehealthlab.fhir import access, fast, queries
 from ehealthlab.fhir.ids import observation_identifier
 from ehealthlab.fhir.rows import BloodPressureReadings, ReadingRecord, group_measurements
 from ehealthlab.fhir.search import (
@@ -45,6 +46,7 @@ from ehealthlab.fhir.search import (
     SearchParameterError,
     decode_cursor,
     encode_cursor,
+    micros,
     parse_date,
     parse_lastn,
     parse_search,
@@ -52,7 +54,9 @@ from ehealthlab.fhir.search import (
 )
 from ehealthlab.settings import Settings
 from ehealthlab.stack.ports import free_port
+from ehealthlab.store.migrate import migrate
 from ehealthlab.store.readings import ReadingRow, ReadingWriter
+from ehealthlab.store.reference import load_municipalities
 
 FHIR_JSON = "application/fhir+json"
 LOINC = "http://loinc.org"
@@ -386,6 +390,11 @@ def _measurements(devices: dict[str, str]) -> list[ReadingRow]:
                 _reading(devices["bp"], "bp_diastolic", at, 75 + i % 15, next(seq), skew=skew)
             )
         rows.append(_reading(devices["bp"], "heart_rate", at, 60 + i % 20, next(seq), skew=skew))
+    # one inflation whose halves came with different clock corrections: a day apart
+    rows.append(_reading(devices["bp"], "bp_systolic", SPLIT, 140, next(seq)))
+    rows.append(
+        _reading(devices["bp"], "bp_diastolic", SPLIT, 90, next(seq), skew=timedelta(days=1))
+    )
     for i in range(40):  # P1's oximeter, at the cuff's times: ties on effective time
         at = T0 + timedelta(hours=9 * i, minutes=i % 7)
         rows.append(_reading(devices["ox"], "spo2", at, 95 + i % 4, next(seq)))
@@ -407,6 +416,8 @@ def _measurements(devices: dict[str, str]) -> list[ReadingRow]:
     return rows
 
 
+#: the `at` of a panel whose diastolic half was clock-corrected by a day
+SPLIT = utc(2026, 3, 20, 8)
 #: oximeter readings around Europe/Rome's 10 March 2026 (UTC+1), for date precision
 BOUNDARY = {
     "B1": utc(2026, 3, 9, 22, 59, 59),  # Rome 9 March 23:59:59
@@ -417,12 +428,23 @@ BOUNDARY = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["plain", "timescale"])
 def world(
-    plain_admin_url, migrated_template, mosquitto_broker, tmp_path_factory
+    request, plain_admin_url, migrated_template, mosquitto_broker, tmp_path_factory
 ) -> Iterator[World]:
-    name = create_database(plain_admin_url, template=migrated_template)
-    database_url = with_database(plain_admin_url, name)
+    """The API over a store of each physical form (TimescaleDB only when available)."""
+    if request.param == "plain":
+        admin_url = plain_admin_url
+        name = create_database(admin_url, template=migrated_template)
+    else:
+        admin_url = os.environ.get(TIMESCALE_URL_VARIABLE, "")
+        if not admin_url:
+            pytest.skip(f"{TIMESCALE_URL_VARIABLE} is not set: TimescaleDB form not tested")
+        name = create_database(admin_url)
+        with psycopg.connect(with_database(admin_url, name), autocommit=True) as conn:
+            migrate(conn, "timescale")
+            load_municipalities(conn)
+    database_url = with_database(admin_url, name)
     b = mosquitto_broker
     settings_ = Settings(
         state_dir=tmp_path_factory.mktemp("no-stack"),
@@ -450,7 +472,7 @@ def world(
         http.close()
         server.should_exit = True
         thread.join(timeout=10)
-        drop_database(plain_admin_url, name)
+        drop_database(admin_url, name)
 
 
 def _populate(url: str, http: httpx2.Client, settings_: Settings, database_url: str) -> World:
@@ -732,7 +754,7 @@ def test_a_patients_observations_are_the_oracles_newest_first(world):
     assert bundle["entry"][0]["fullUrl"] == f"{world.fhir}/Observation/{expected[0].id}"
     # each blood-pressure measurement is one panel: lone halves too, never split
     panels = [e for e in expected if e.code == "blood_pressure"]
-    assert len(panels) == 80
+    assert len(panels) == 81
     absent = [c for e in panels for c in e.resource["component"] if "dataAbsentReason" in c]
     assert len(absent) == 4 + 5  # i % 19 == 7 (4 times) and i % 17 == 5 (5 times), i < 80
 
@@ -850,6 +872,30 @@ def test_date_prefixes_and_precision(world, date, labels):
     assert set(ids(bundle)) == expected and bundle["total"] == len(expected)
 
 
+def test_a_panel_matches_when_either_half_does(world):
+    panel_id = f"{world.devices['bp']}.blood-pressure.{micros(SPLIT)}"
+    [panel] = [e for e in of_patient(world, "P1") if e.id == panel_id]
+    assert [c["valueQuantity"]["value"] for c in panel.resource["component"]] == [140, 90]
+    for day, found in (("2026-03-20", [panel.resource]), ("2026-03-21", [panel.resource]),
+                       ("2026-03-22", [])):  # fmt: skip
+        bundle = world.ok("p", "/Observation", {"patient": world.patients["P1"],
+                                               "code": "85354-9", "date": day})  # fmt: skip
+        assert [e["resource"] for e in bundle.get("entry", [])] == found, day
+        assert bundle["total"] == len(found)
+
+
+def test_totals_over_a_whole_tenant_are_counted_up_to_a_cap(world, monkeypatch):
+    monkeypatch.setattr(queries, "TOTAL_CAP", 50)
+    everything = len(oracle(world))
+    broad = world.ok("operator", "/Observation", {"_count": "10"})
+    assert "total" not in broad and len(ids(broad)) == 10
+    assert world.ok("operator", "/Observation", {"_total": "accurate"})["total"] == everything
+    assert world.ok("operator", "/Observation", {"_summary": "count"})["total"] == everything
+    narrowed = world.ok("operator", "/Observation", {"patient": world.patients["P1"]})
+    assert narrowed["total"] == len(of_patient(world, "P1"))  # a patient's: always exact
+    assert world.ok("q", "/Observation", {"_count": "10"})["total"] == 30  # under the cap
+
+
 def test_identifier_id_and_sort_and_counts(world):
     expected = of_patient(world, "P1")
     panel = next(e for e in expected if e.code == "blood_pressure")
@@ -908,7 +954,7 @@ def test_malformed_parameters_are_400_operation_outcomes(world, params, paramete
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    resource_type=st.sampled_from(["Observation", "Patient", "Device", "Location", "Organization"]),
+    resource_type=st.sampled_from(sorted(PARAMETERS)),
     items=st.lists(st.tuples(st.sampled_from(PARAMETER_NAMES), SAFE_TEXT), min_size=1, max_size=3),
 )
 def test_generated_parameters_never_fail_the_server(world, resource_type, items):
@@ -973,6 +1019,11 @@ def test_another_tenants_data_is_not_found(world):
     assert_outcome(world.get("p", f"/Observation/{q1_observation}"), 404)
     assert world.ok("q", "/Observation", {"patient": world.patients["P1"]})["total"] == 0
     assert ids(world.ok("q", "/Observation/$lastn", {"patient": world.patients["P1"]})) == []
+    assert ids(world.ok("b", "/Observation/$lastn", {"patient": world.patients["P1"]})) == []
+    lastn = {"patient": world.patients["P1"], "max": "2"}
+    assert ids(world.ok("a", "/Observation/$lastn", lastn)) == ids(
+        world.ok("p", "/Observation/$lastn", lastn)
+    )  # start-up a's devices are all P1 wears
     assert_outcome(world.get("q", f"/Patient/{world.patients['P1']}"), 404)
     assert world.ok("p", f"/Patient/{world.patients['P1']}")["id"] == world.patients["P1"]
     assert {e["resource"]["id"] for e in world.ok("p", "/Patient")["entry"]} == {

@@ -41,6 +41,7 @@ from ehealthlab.fhir.queries import ObservationSource
 from ehealthlab.fhir.rows import BloodPressureReadings, PatientRecord
 from ehealthlab.fhir.search import (
     SORTS,
+    Clause,
     Cursor,
     CursorKey,
     SearchQuery,
@@ -235,6 +236,7 @@ def _read_json(
                 key = parse_observation_id(resource_id)
             except InvalidInputError:
                 raise missing from None
+            queries.choose_plans(conn, "Observation", [Clause("_id", (key,))])
             source = queries.read_observation(conn, key, tenant)
             if source is None:
                 raise missing
@@ -287,6 +289,7 @@ def _search_json(
     observations = resource_type == "Observation"
     trail.patients = _named_patients(query.clauses, ("patient", "subject", "_id"))
     with context.transaction() as conn:
+        queries.choose_plans(conn, resource_type, query.clauses)
         if query.summary_count:
             matches = _count(conn, query, tenant)
             trail.success(conn, matches)
@@ -328,18 +331,19 @@ def _search_json(
     return fast.dumps(_bundle(base, resources, total, _self_link(base, query), links))
 
 
-def _count(conn: Any, query: SearchQuery, tenant: Tenant) -> int:
+def _count(conn: Any, query: SearchQuery, tenant: Tenant) -> int | None:
+    accurate = query.total == "accurate"
     if query.resource_type == "Observation":
-        return queries.count_observations(conn, query.clauses, tenant)
-    return queries.count(conn, query.resource_type, query.clauses, tenant)
+        return queries.count_observations(conn, query.clauses, tenant, accurate=accurate)
+    return queries.count(conn, query.resource_type, query.clauses, tenant, accurate=accurate)
 
 
 def _link_params(query: SearchQuery) -> list[tuple[str, str]]:
     params = list(query.used)
     if query.sort != _default_sort(query):
         params.append(("_sort", query.sort))
-    if not query.with_total:
-        params.append(("_total", "none"))
+    if query.total != "estimate" and not query.summary_count:
+        params.append(("_total", query.total))
     if query.summary_count:
         params.append(("_summary", "count"))
     else:
@@ -431,6 +435,7 @@ def lastn(request: Request, caller: PrincipalDep, context: ContextDep) -> Respon
         trail.patients = _named_patients(query.clauses, ("patient", "subject"))
         tenant = Tenant(caller.kind, caller.organisation_id)
         with context.transaction() as conn:
+            queries.choose_plans(conn, "Observation", query.clauses)
             sources = queries.lastn_observations(conn, query.clauses, tenant, query.max)
             trail.patients |= _patients_of(sources)
             trail.success(conn, len(sources))

@@ -664,6 +664,10 @@ SORTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 # -- the query ------------------------------------------------------------------------------
 
 
+TotalMode = Literal["none", "estimate", "accurate"]
+_TOTALS: dict[str, TotalMode] = {"none": "none", "estimate": "estimate", "accurate": "accurate"}
+
+
 @dataclass(frozen=True, slots=True)
 class SearchQuery:
     """A search as the server understood it."""
@@ -675,14 +679,19 @@ class SearchQuery:
     sort: str
     #: `_summary=count` (or `_count=0`): the total, no entries
     summary_count: bool
-    #: False with `_total=none`
-    with_total: bool
+    #: `_total`: none (no total), estimate (the default: exact when cheap, see
+    #: queries.TOTAL_CAP) or accurate (always counted); `_summary=count` counts accurately
+    total: TotalMode
     #: the raw `_cursor`, checked by decode_cursor against this search
     cursor: str | None
     #: the filter parameters as understood, in order: the self link, the fingerprint
     used: tuple[tuple[str, str], ...]
     #: parameters ignored (lenient handling), for the OperationOutcome-free self link
     ignored: tuple[str, ...] = ()
+
+    @property
+    def with_total(self) -> bool:
+        return self.total != "none"
 
     @property
     def descending(self) -> bool:
@@ -756,9 +765,11 @@ def parse_search(
     sort = controls.get("_sort", sorts[0])
     if sort not in sorts:
         raise SearchParameterError("_sort", f"{sort!r} is not supported; use {' or '.join(sorts)}")
-    total = controls.get("_total", "accurate")
-    if total not in ("none", "estimate", "accurate"):
-        raise SearchParameterError("_total", f"{total!r} is not none, estimate or accurate")
+    total = _TOTALS.get(controls.get("_total", "estimate"))
+    if total is None:
+        raise SearchParameterError(
+            "_total", f"{controls['_total']!r} is not none, estimate or accurate"
+        )
     cursor = controls.get("_cursor")
     if cursor is not None and summary_count:
         raise SearchParameterError("_cursor", "a count has no pages")
@@ -768,7 +779,7 @@ def parse_search(
         count=0 if summary_count else count,
         sort=sort,
         summary_count=summary_count,
-        with_total=total != "none" or summary_count,
+        total="accurate" if summary_count else total,
         cursor=cursor,
         used=tuple(used),
         ignored=tuple(ignored),

@@ -13,12 +13,15 @@ CREATE UNIQUE INDEX organisations_fls_code_idx ON organisations (fls_code)
     WHERE fls_code IS NOT NULL;
 
 -- A patient's Observations of some codes, newest first ($lastn: one short backward scan per
--- code; code-filtered patient searches). readings_patient_idx (patient_id, measured_at)
--- already serves a patient's searches by date alone.
-CREATE INDEX readings_patient_metric_idx ON readings (patient_id, metric, measured_at);
--- A device's Observations by date (device= searches; a start-up sees its devices' readings,
--- unassigned ones included, which no patient index reaches).
-CREATE INDEX readings_device_measured_idx ON readings (device_id, measured_at);
+-- code; code-filtered patient searches); with device_id and `at`, a patient's Observations
+-- are counted from the index alone (grouped by device, code and `at`: one group a panel).
+-- readings_patient_idx (patient_id, measured_at) already serves a patient's searches by date.
+CREATE INDEX readings_patient_metric_idx ON readings (patient_id, metric, measured_at)
+    INCLUDE (device_id, at);
+-- A device's Observations by date: device= searches, and a start-up's or the operator's
+-- searches, which walk device by device (unassigned readings have no patient to go by).
+CREATE INDEX readings_device_measured_idx ON readings (device_id, measured_at)
+    INCLUDE (metric, at);
 
 -- Every read or search of patient data through /fhir, served as FHIR AuditEvents to the
 -- operator: who (organisation and token), what (resource type and id, or the query as the
