@@ -919,6 +919,25 @@ def test_identifier_id_and_sort_and_counts(world):
     assert "total" not in no_total and len(ids(no_total)) == 5
 
 
+def test_searching_with_a_form_posted_is_searching(world):
+    params = {"patient": world.patients["P1"], "code": "8867-4", "_count": "7"}
+    got = world.ok("p", "/Observation", params)
+    posted = world.http.post(
+        world.fhir + "/Observation/_search",
+        data=params,
+        headers={"Authorization": f"Bearer {world.tokens['p']}"},
+    )
+    assert posted.status_code == 200, posted.text
+    assert posted.json()["entry"] == got["entry"] and posted.json()["total"] == got["total"]
+    assert posted.json()["link"] == got["link"]  # paging goes on with GET
+    not_a_form = world.http.post(
+        world.fhir + "/Observation/_search",
+        json=params,
+        headers={"Authorization": f"Bearer {world.tokens['p']}"},
+    )
+    assert_outcome(not_a_form, 400, mentions="x-www-form-urlencoded")
+
+
 def test_unknown_parameters_lenient_by_default_strict_on_request(world):
     params = {"patient": world.patients["P1"], "colour": "red", "_count": "3"}
     bundle = world.ok("p", "/Observation", params)

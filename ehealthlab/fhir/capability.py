@@ -14,6 +14,7 @@ from typing import Any
 from ehealthlab import __version__
 from ehealthlab.fhir.access import SCOPES
 from ehealthlab.fhir.codes import VITAL_SIGN_PROFILES, VITAL_SIGNS_PROFILE
+from ehealthlab.fhir.queries import TOTAL_CAP
 from ehealthlab.fhir.search import DEFAULT_COUNT, MAX_COUNT, PARAMETERS, SORTS
 
 Json = dict[str, Any]
@@ -105,8 +106,11 @@ _HANDLING = (
     "the Bundle's self link. Send `Prefer: handling=strict` to have it refused (400). A known "
     "parameter with a malformed value, an unsupported modifier or prefix is always a 400 "
     f"OperationOutcome. Paging: `_count` (default {DEFAULT_COUNT}, at most {MAX_COUNT}; 0 or "
-    "`_summary=count` answers the total only), `_total=none` skips counting, and the Bundle's "
-    "next/previous links carry an opaque `_cursor` bound to the search and the caller. "
+    "`_summary=count` answers the total only), and the Bundle's next/previous links carry an "
+    "opaque `_cursor` bound to the search and the caller. `total` is exact for searches that "
+    f"name patients, devices or ids; others are counted up to {TOTAL_CAP:,} matches and "
+    "give no total beyond, unless `_total=accurate`; `_total=none` skips counting. Searches "
+    "may also be POSTed to [type]/_search as a form. "
     "Sorting: "
     + "; ".join(f"{t} `_sort={' | '.join(s)}`" for t, s in SORTS.items())
     + " (the first is the default). Only JSON: `_format` may ask for json or "

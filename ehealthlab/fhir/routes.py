@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import cache
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 from uuid import UUID
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
 from ehealthlab.api.auth import ApiContext, ContextDep, Principal, PrincipalDep
@@ -258,23 +259,64 @@ def _read_json(
 
 def _search(resource_type: str) -> Callable[..., Response]:
     def search(request: Request, caller: PrincipalDep, context: ContextDep) -> Response:
-        trail = _Audit(caller, resource_type, "search-type")
-        try:
-            access.require(caller.kind, resource_type, "search")
-            body = _search_json(request, context, caller, resource_type, trail)
-        except EhealthlabError as exc:
-            trail.failure(context, exc)
-            raise
-        return FhirResponse(body, headers=_NO_STORE)
+        items = request.query_params.multi_items()
+        return _search_response(items, request, caller, context, resource_type)
 
     search.__name__ = f"search_{resource_type.lower()}"
     return search
 
 
+def _search_by_post(resource_type: str) -> Callable[..., Awaitable[Response]]:
+    """POST [type]/_search: the parameters in a form body (and the query string), which
+    FHIR servers accept as well as GET; paging links are GET links."""
+
+    async def search_by_post(
+        request: Request, caller: PrincipalDep, context: ContextDep
+    ) -> Response:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/x-www-form-urlencoded":
+            raise InvalidInputError(
+                "POST _search takes its parameters as application/x-www-form-urlencoded"
+            )
+        try:
+            form = parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError:
+            raise InvalidInputError("the form is not UTF-8") from None
+        items = [*request.query_params.multi_items(), *form]
+        return await run_in_threadpool(
+            _search_response, items, request, caller, context, resource_type
+        )
+
+    search_by_post.__name__ = f"search_{resource_type.lower()}_by_post"
+    return search_by_post
+
+
+def _search_response(
+    items: list[tuple[str, str]],
+    request: Request,
+    caller: Principal,
+    context: ApiContext,
+    resource_type: str,
+) -> Response:
+    trail = _Audit(caller, resource_type, "search-type")
+    try:
+        access.require(caller.kind, resource_type, "search")
+        body = _search_json(items, request, context, caller, resource_type, trail=trail)
+    except EhealthlabError as exc:
+        trail.failure(context, exc)
+        raise
+    return FhirResponse(body, headers=_NO_STORE)
+
+
 def _search_json(
-    request: Request, context: ApiContext, caller: Principal, resource_type: str, trail: _Audit
+    items: list[tuple[str, str]],
+    request: Request,
+    context: ApiContext,
+    caller: Principal,
+    resource_type: str,
+    *,
+    trail: _Audit,
 ) -> bytes:
-    items = request.query_params.multi_items()
     check_format(items)
     base = base_url(request)
     trail.query = urlencode(items)
@@ -457,6 +499,13 @@ for _type in RESOURCE_TYPES:
         _search(_type),
         methods=["GET"],
         summary=f"Search {_type}",
+        response_class=FhirResponse,
+    )
+    router.add_api_route(
+        f"/{_type}/_search",
+        _search_by_post(_type),
+        methods=["POST"],
+        summary=f"Search {_type} with a form",
         response_class=FhirResponse,
     )
     router.add_api_route(
