@@ -115,28 +115,35 @@ class _Sql:
 
 # -- Observations ---------------------------------------------------------------------------
 
-#: the other half of a panel: same device, `at` and patient. LIMIT keeps the subquery apart,
-#: so that the metric test spares every other reading the lookup.
-_PARTNER = """
+#: pairs the rows of a stream ordered by key with their neighbours: the other half of a panel
+#: (same device, `at` and patient) sits next to its half whenever both match
+_IS_PARTNER = (
+    "({side}).device_id = m.device_id AND ({side}).at = m.at"
+    " AND ({side}).patient_id IS NOT DISTINCT FROM m.patient_id"
+    " AND ({side}).metric = CASE m.metric WHEN 'bp_systolic' THEN 'bp_diastolic'"
+    " WHEN 'bp_diastolic' THEN 'bp_systolic' END"
+)
+#: principal rows `q` (with `partner`, the neighbouring other half if any) as the mapping's
+#: records; a half that was not a neighbour is looked up (LIMIT keeps that subquery apart,
+#: so the test on `q` spares every other row the lookup)
+_RECORDS = """
+SELECT q.device_id, dv.device_type, q.metric, q.at, q.value, q.measured_at, q.received_at,
+       q.clock_corrected, q.patient_id, p.organisation_id AS provider_id,
+       coalesce((q.partner).value, d.value), coalesce((q.partner).measured_at, d.measured_at),
+       coalesce((q.partner).received_at, d.received_at),
+       coalesce((q.partner).clock_corrected, d.clock_corrected)
+FROM ({rows}) q
+JOIN devices dv ON dv.device_id = q.device_id
+LEFT JOIN patients p ON p.id = q.patient_id
 LEFT JOIN LATERAL (
     SELECT d.value, d.measured_at, d.received_at, d.clock_corrected FROM readings d
-    WHERE r.metric IN ('bp_systolic', 'bp_diastolic') AND d.device_id = r.device_id
-      AND d.metric = CASE r.metric WHEN 'bp_systolic' THEN 'bp_diastolic' ELSE 'bp_systolic' END
-      AND d.at = r.at AND d.patient_id IS NOT DISTINCT FROM r.patient_id
+    WHERE (q.partner).device_id IS NULL AND q.metric IN ('bp_systolic', 'bp_diastolic')
+      AND d.device_id = q.device_id AND d.at = q.at
+      AND d.metric = CASE q.metric WHEN 'bp_systolic' THEN 'bp_diastolic' ELSE 'bp_systolic' END
+      AND d.patient_id IS NOT DISTINCT FROM q.patient_id
     LIMIT 1
 ) d ON TRUE
-"""
-_OBSERVATION_SELECT = (
-    """
-SELECT r.device_id, dv.device_type, r.metric, r.at, r.value, r.measured_at, r.received_at,
-       r.clock_corrected, r.patient_id, p.organisation_id AS provider_id,
-       d.value AS d_value, d.measured_at AS d_measured_at, d.received_at AS d_received_at,
-       d.clock_corrected AS d_clock_corrected
-FROM readings r
-JOIN devices dv ON dv.device_id = r.device_id
-LEFT JOIN patients p ON p.id = r.patient_id"""
-    + _PARTNER
-)
+ORDER BY {order}"""
 _OBSERVATION_ID = (
     "r.device_id || '.' || CASE WHEN r.metric IN ('bp_systolic', 'bp_diastolic')"
     " THEN 'blood-pressure' ELSE replace(r.metric, '_', '-') END || '.'"
@@ -147,7 +154,8 @@ _OBSERVATION_GROUP = (
     "r.device_id, r.at, r.patient_id,"
     " CASE WHEN r.metric IN ('bp_systolic', 'bp_diastolic') THEN '' ELSE r.metric END"
 )
-_OBSERVATION_KEY = ("r.measured_at", "r.device_id", "r.metric", "r.at")
+_KEY_COLUMNS = ("measured_at", "device_id", "metric", "at")
+_OBSERVATION_KEY = tuple(f"r.{column}" for column in _KEY_COLUMNS)
 #: counted exactly up to this many matches when a search names no patient or device
 TOTAL_CAP = 10_000
 
@@ -239,25 +247,56 @@ def _reading_condition(sql: _Sql, clause: Clause) -> str:
     raise NotImplementedError(f"Observation search parameter {name}")
 
 
-def _principal(sql: _Sql, clauses: Sequence[Clause]) -> str:
-    """A matching reading stands for its Observation unless it is a diastolic reading whose
-    systolic half `d` matches too. The halves of a panel share device, `at`, patient (so
-    the tenant), id, and each code of one matches the other: of the criteria, only dates
-    can tell them apart. So each matching panel is one row, its systolic one if that
-    matches, pages never split a pair, and counting groups needs no lookups."""
-    condition = "r.metric <> 'bp_diastolic' OR d.value IS NULL"
-    dates = [clause.values for clause in clauses if clause.name == "date"]
-    if dates:
-        partner_dates = " AND ".join(_date_condition(sql, "d.measured_at", v) for v in dates)
-        condition += f" OR NOT ({partner_dates})"
-    return condition
-
-
 def _observation_filters(clauses: Sequence[Clause], tenant: Tenant) -> _Sql:
     sql = _Sql()
     _observation_conditions(sql, clauses, tenant)
-    sql.where(_principal(sql, clauses))
     return sql
+
+
+def _key_order(alias: str, descending: bool) -> str:
+    return _order([f"{alias}.{column}" for column in _KEY_COLUMNS], descending)
+
+
+def _principal_rows(sql: _Sql, clauses: Sequence[Clause], *, descending: bool, limit: str) -> str:
+    """The first `limit` principal rows of the readings `sql` matches, in key order.
+
+    A matching reading stands for its Observation unless it is a diastolic reading whose
+    systolic half matches too. The halves of a panel share device, `at`, patient (so the
+    tenant), id, and each code of one matches the other: of the criteria only dates can
+    tell them apart. Ordered by key, matching halves with the same time are neighbours, so
+    each row takes its partner from the row before or after it; only a half without a
+    matching neighbour (a lone reading, or halves a clock correction put apart) is looked
+    up. Each matching panel is thus one row, its systolic one if that matches: a page never
+    splits a pair, and a count groups readings without lookups.
+    """
+    join = " JOIN devices dv ON dv.device_id = r.device_id" if sql.uses_device_type else ""
+    stream = (
+        "SELECT r.device_id, r.metric, r.at, r.value, r.measured_at, r.received_at,"  # noqa: S608 - values are bound
+        " r.clock_corrected, r.patient_id, lag(r) OVER w AS before, lead(r) OVER w AS after"
+        f" FROM readings r{join} WHERE {sql.condition()}"
+        f" WINDOW w AS (ORDER BY {_key_order('r', descending)})"
+    )
+    paired = (
+        "SELECT m.device_id, m.metric, m.at, m.value, m.measured_at, m.received_at,"  # noqa: S608 - values are bound
+        " m.clock_corrected, m.patient_id,"
+        f" CASE WHEN {_IS_PARTNER.format(side='m.before')} THEN m.before"
+        f" WHEN {_IS_PARTNER.format(side='m.after')} THEN m.after END AS partner"
+        f" FROM ({stream}) m"
+    )
+    systolic_matches = "".join(
+        f" AND ({_date_condition(sql, 's.measured_at', clause.values)})"
+        for clause in clauses
+        if clause.name == "date"
+    )
+    principal = (
+        "q.metric <> 'bp_diastolic' OR ((q.partner).device_id IS NULL AND NOT EXISTS ("  # noqa: S608 - values are bound
+        "SELECT 1 FROM readings s WHERE s.device_id = q.device_id AND s.metric = 'bp_systolic'"
+        f" AND s.at = q.at AND s.patient_id IS NOT DISTINCT FROM q.patient_id{systolic_matches}))"
+    )
+    return (
+        f"SELECT q.* FROM ({paired}) q WHERE {principal}"  # noqa: S608 - values are bound
+        f" ORDER BY {_key_order('q', descending)} LIMIT {limit}"
+    )
 
 
 def _narrowed(clauses: Sequence[Clause]) -> bool:
@@ -271,26 +310,25 @@ def _narrowed(clauses: Sequence[Clause]) -> bool:
     )
 
 
-def _broad_query(sql: _Sql, tenant: Tenant, order: str, limit: str) -> str:
-    """The first rows in `order` of each of the tenant's patients (a provider) or devices
+def _broad_rows(
+    sql: _Sql, clauses: Sequence[Clause], tenant: Tenant, *, descending: bool, limit: str
+) -> str:
+    """The first principal rows of each of the tenant's patients (a provider) or devices
     (a start-up, the operator), then the first of those: as many short index scans as the
     tenant has patients or devices, instead of sorting all its readings."""
     if tenant.kind == "provider":
-        driver = f"patients pt0 WHERE pt0.organisation_id = {sql.bind(tenant.organisation_id)}"
-        sql.where("r.patient_id = pt0.id")
         source = "patients pt0"
+        where = f" WHERE pt0.organisation_id = {sql.bind(tenant.organisation_id)}"
+        sql.where("r.patient_id = pt0.id")
     else:
-        driver = "devices dv0"
+        source, where = "devices dv0", ""
         if tenant.kind == "startup":
-            driver += f" WHERE dv0.organisation_id = {sql.bind(tenant.organisation_id)}"
+            where = f" WHERE dv0.organisation_id = {sql.bind(tenant.organisation_id)}"
         sql.where("r.device_id = dv0.device_id")
-        source = "devices dv0"
-    where = driver[len(source) :]
-    lateral_order = order.replace("r.", "x.")
+    rows = _principal_rows(sql, clauses, descending=descending, limit=limit)
     return (
-        f"SELECT x.* FROM {source} CROSS JOIN LATERAL ("  # noqa: S608 - values are bound
-        f"{_OBSERVATION_SELECT} WHERE {sql.condition()} ORDER BY {order} LIMIT {limit}) x"
-        f"{where} ORDER BY {lateral_order} LIMIT {limit}"
+        f"SELECT x.* FROM {source} CROSS JOIN LATERAL ({rows}) x{where}"  # noqa: S608 - values are bound
+        f" ORDER BY {_key_order('x', descending)} LIMIT {limit}"
     )
 
 
@@ -329,8 +367,10 @@ def read_observation(
     conn: Connection, key: ObservationKey, tenant: Tenant
 ) -> ObservationSource | None:
     """The Observation an id names, if the tenant may see it."""
-    sql = _observation_filters([Clause("_id", (key,))], tenant)
-    row = conn.execute(_OBSERVATION_SELECT + " WHERE " + sql.condition(), sql.params).fetchone()
+    clauses = [Clause("_id", (key,))]
+    sql = _observation_filters(clauses, tenant)
+    rows = _principal_rows(sql, clauses, descending=True, limit="1")
+    row = conn.execute(_RECORDS.format(rows=rows, order="q.measured_at"), sql.params).fetchone()
     return None if row is None else _observation_source(row)
 
 
@@ -348,16 +388,16 @@ def search_observations(
     fetch_descending = _fetch_descending(descending, cursor)
     if cursor is not None:
         _keyset(sql, _OBSERVATION_KEY, _observation_key_values(cursor.key), fetch_descending)
-    order = _order(_OBSERVATION_KEY, fetch_descending)
     bound_limit = sql.bind(limit + 1)
     if _narrowed(clauses):
-        query = (
-            f"{_OBSERVATION_SELECT} WHERE {sql.condition()} ORDER BY {order} LIMIT {bound_limit}"
-        )
+        rows = _principal_rows(sql, clauses, descending=fetch_descending, limit=bound_limit)
     else:
-        query = _broad_query(sql, tenant, order, bound_limit)
-    rows = conn.execute(query, sql.params).fetchall()
-    return _page(rows, limit, cursor, lambda row: (_observation_source(row), _observation_key(row)))
+        rows = _broad_rows(sql, clauses, tenant, descending=fetch_descending, limit=bound_limit)
+    query = _RECORDS.format(rows=rows, order=_key_order("q", fetch_descending))
+    found = conn.execute(query, sql.params).fetchall()
+    return _page(
+        found, limit, cursor, lambda row: (_observation_source(row), _observation_key(row))
+    )
 
 
 def count_observations(
@@ -387,29 +427,33 @@ def count_observations(
 def lastn_observations(
     conn: Connection, clauses: Sequence[Clause], tenant: Tenant, maximum: int
 ) -> list[ObservationSource]:
-    """The `maximum` most recent Observations of each code, most recent first within a
-    code: one short backward index scan per code."""
+    """The `maximum` most recent Observations of each code, codes in alphabetical order,
+    most recent first within a code: one short backward index scan per code."""
     metrics = set(METRICS)
     for clause in clauses:
         if clause.name in ("code", "component-code", "combo-code", "category"):
             metrics &= {m for match in clause.values for m in match.metrics}
     codes: dict[str, list[str]] = {}
     for metric in sorted(metrics):
-        codes.setdefault(BLOOD_PRESSURE if metric in (SYSTOLIC, DIASTOLIC) else metric, []).append(
-            metric
-        )
+        code = BLOOD_PRESSURE if metric in (SYSTOLIC, DIASTOLIC) else metric
+        codes.setdefault(code, []).append(metric)
     if not codes:
         return []
     sql = _observation_filters(clauses, tenant)
-    shared = sql.condition()
+    shared = list(sql.conditions)
     bound_max = sql.bind(maximum)
-    order = _order(_OBSERVATION_KEY, descending=True)
-    query = " UNION ALL ".join(
-        f"({_OBSERVATION_SELECT} WHERE {shared} AND {_in(sql, 'r.metric', members)}"
-        f" ORDER BY {order} LIMIT {bound_max})"
-        for _, members in sorted(codes.items())
-    )
-    return [_observation_source(row) for row in conn.execute(query, sql.params).fetchall()]
+    branches = []
+    for members in codes.values():
+        sql.conditions = [*shared, _in(sql, "r.metric", members)]
+        rows = _principal_rows(sql, clauses, descending=True, limit=bound_max)
+        branches.append(f"({rows})")
+    query = _RECORDS.format(rows=" UNION ALL ".join(branches), order=_key_order("q", True))
+    by_code: dict[str, list[ObservationSource]] = {code: [] for code in sorted(codes)}
+    for row in conn.execute(query, sql.params).fetchall():
+        by_code[BLOOD_PRESSURE if row[2] in (SYSTOLIC, DIASTOLIC) else row[2]].append(
+            _observation_source(row)
+        )
+    return [source for sources in by_code.values() for source in sources]
 
 
 def choose_plans(conn: Connection, resource_type: str, clauses: Sequence[Clause]) -> None:
