@@ -7,8 +7,8 @@ criteria a search has, so psycopg prepares each shape of search once per connect
 Observations. One Observation is one stored reading, except blood pressure: the systolic and
 diastolic readings of one inflation (same device, `at` and patient) are one panel. A panel
 matches a search when either half does, and is represented by one *principal* row: its
-systolic reading if that matches, else its diastolic one, fetched with the other half by a
-primary-key lookup. So pages, counts (one group per Observation) and keyset cursors all work
+systolic reading if that matches, else its diastolic one, carrying the other half (see
+_principal_rows). So pages, counts (one group per Observation) and keyset cursors all work
 on principal rows, and a page boundary can never split a pair. Halves with different patients
 (an inflation split by an enrolment boundary, should clock corrections ever put one there)
 are two panels, each in its own patient's record, rather than one revealing the other's value.
