@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 from uuid import UUID
@@ -116,7 +116,7 @@ def _caller(tenant: Tenant) -> str:
 # -- capabilities -----------------------------------------------------------------------------
 
 
-@cache
+@lru_cache(maxsize=8)  # bounded: the base comes from the request's Host header
 def _capability_bytes(base: str) -> bytes:
     return fast.dumps(capability_statement(base))
 
