@@ -75,6 +75,8 @@ RETRY_AFTER_S = 2
 #: largest transaction Bundle taken, in bytes
 MAX_BUNDLE_BYTES = 4 * 1024 * 1024
 _STATE_KEY = "fhir_export_runner"
+#: advisory-lock name space of kick-offs ("EHLX"), apart from ingest's and migrations'
+_KICK_OFF_LOCK_CLASS = 0x45484C58
 
 
 class TooManyExportsError(EhealthlabError):
@@ -281,7 +283,10 @@ def _kick_off(
     runner = _runner(request)
     with context.transaction() as conn:
         # one at a time per organisation: two kick-offs at once must not both pass the count
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (str(caller.organisation_id),))
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+            (_KICK_OFF_LOCK_CLASS, str(caller.organisation_id)),
+        )
         if bulk_store.active_jobs(conn, caller.organisation_id) >= MAX_ACTIVE_EXPORTS:
             raise TooManyExportsError(
                 f"{MAX_ACTIVE_EXPORTS} exports of yours are already in progress; wait for one "

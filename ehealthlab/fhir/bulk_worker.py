@@ -14,6 +14,7 @@ process dies (or stops) is taken up again from the beginning by any API process 
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 import threading
 import time
@@ -160,6 +161,41 @@ class NdjsonFiles:
             self.files[-1] = ExportFile(last.type, last.name, self._lines)
 
 
+class BackgroundWriter:
+    """Hands batches of lines to a thread that writes them: a write releases the GIL while
+    the kernel copies the bytes, so the next batch is mapped meanwhile. At most `depth`
+    batches wait, so memory stays bounded."""
+
+    def __init__(self, files: NdjsonFiles, depth: int = 4) -> None:
+        self._files = files
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(depth)
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="ehl-export-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (lines := self._queue.get()) is not None:
+            if self._error is None:  # after a failure, only drain: the producer must not block
+                try:
+                    self._files.write(lines)
+                except OSError as exc:
+                    self._error = exc
+
+    def write(self, lines: list[bytes]) -> None:
+        """Queue these lines (the list is the writer's from now on)."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(lines)
+
+    def close(self) -> None:
+        """Write what is queued, close the files; the first write error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        self._files.close()
+        if self._error is not None:
+            raise self._error
+
+
 # -- one job ---------------------------------------------------------------------------------
 
 
@@ -296,7 +332,8 @@ class ExportJobRun:
         batches = bulk_store.stream_rows(
             source, resource_type, job.scope, job.since, batch_rows=self.config.batch_rows
         )
-        out = NdjsonFiles(directory, resource_type, self.config.file_lines)
+        files = NdjsonFiles(directory, resource_type, self.config.file_lines)
+        out = BackgroundWriter(files)
         lines: list[bytes] = []
         try:
             for resource in resources(resource_type, self._checked(batches)):
@@ -304,12 +341,12 @@ class ExportJobRun:
                 if len(lines) == _WRITE_LINES:
                     out.write(lines)
                     self.written += len(lines)
-                    lines.clear()
+                    lines = []
             out.write(lines)
             self.written += len(lines)
         finally:
             out.close()
-        return out.files
+        return files.files
 
     def _checked(self, batches: Iterator[list[tuple[Any, ...]]]) -> Iterator[list[tuple[Any, ...]]]:
         for rows in batches:
