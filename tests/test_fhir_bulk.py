@@ -30,7 +30,6 @@ from fhir.resources.R4B.patient import Patient
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
-from starlette.routing import NoMatchFound
 from test_gateway_api import PATIENT_KEY, Cast, bearer, enrol, register_patient, run_admin
 
 from ehealthlab.api.app import create_app
@@ -48,7 +47,14 @@ from ehealthlab.fhir.bulk import (
     progress,
 )
 from ehealthlab.fhir.bulk_store import ExportScope
-from ehealthlab.fhir.bulk_worker import ExportConfig, ExportJobRun, ExportRunner, job_directory
+from ehealthlab.fhir.bulk_worker import (
+    BackgroundWriter,
+    ExportConfig,
+    ExportJobRun,
+    ExportRunner,
+    NdjsonFiles,
+    job_directory,
+)
 from ehealthlab.fhir.fast import (
     device_json,
     dumps,
@@ -104,19 +110,9 @@ def settings(database_url, mosquitto_broker, tmp_path_factory) -> Settings:
     )
 
 
-def fhir_app(settings: Settings):
-    """The API with the bulk routes (mounted here until app.py mounts them itself)."""
-    app = create_app(settings)
-    try:
-        app.url_path_for("export_status", job_id="x")
-    except NoMatchFound:
-        app.include_router(bulk_routes.router)
-    return app
-
-
 @pytest.fixture(scope="module")
 def client(settings):
-    with TestClient(fhir_app(settings)) as test_client:
+    with TestClient(create_app(settings)) as test_client:
         yield test_client
 
 
@@ -696,6 +692,30 @@ def test_files_are_split_at_the_configured_number_of_lines(cast, world, settings
         (job_directory(settings, job.id) / f.name).read_bytes() for f in done.export_files
     ).splitlines()
     assert set(lines) == expected(settings, "Location", ALL_LOCATIONS)
+
+
+def test_the_background_writer_writes_every_line_in_order_and_reports_failures(tmp_path):
+    files = NdjsonFiles(tmp_path, "Patient", file_lines=3)
+    out = BackgroundWriter(files, depth=1)
+    for start in range(0, 10, 2):
+        out.write([f"{n}".encode() for n in range(start, start + 2)])
+    out.close()
+    assert [(f.name, f.count) for f in files.files] == [
+        ("Patient.1.ndjson", 3),
+        ("Patient.2.ndjson", 3),
+        ("Patient.3.ndjson", 3),
+        ("Patient.4.ndjson", 1),
+    ]
+    written = b"".join((tmp_path / f.name).read_bytes() for f in files.files)
+    assert written == b"".join(f"{n}\n".encode() for n in range(10))
+    broken = BackgroundWriter(NdjsonFiles(tmp_path / "missing", "Patient", file_lines=3))
+    broken.write([b"1"])
+    with pytest.raises(OSError, match="missing"):
+        try:
+            for _ in range(100):  # the failure surfaces at a later write, or at close
+                broken.write([b"2"])
+        finally:
+            broken.close()
 
 
 # -- pure parts ------------------------------------------------------------------------------

@@ -25,14 +25,13 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
-from starlette.routing import NoMatchFound
 from test_gateway_api import PATIENT_KEY, Cast, bearer, enrol, register_patient, run_admin
 
 from ehealthlab.api.app import create_app
 from ehealthlab.contract.messages import MAX_READINGS, ReasonCode
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.contract.validation import validate_message
-from ehealthlab.fhir import bulk_routes, transaction
+from ehealthlab.fhir import transaction
 from ehealthlab.fhir.ids import observation_id
 from ehealthlab.fhir.transaction import (
     READING_SEQ_SYSTEM,
@@ -86,12 +85,7 @@ def app_settings(database_url, mosquitto_broker, tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(app_settings):
-    app = create_app(app_settings)
-    try:
-        app.url_path_for("export_status", job_id="x")
-    except NoMatchFound:
-        app.include_router(bulk_routes.router)
-    with TestClient(app) as test_client:
+    with TestClient(create_app(app_settings)) as test_client:
         yield test_client
 
 

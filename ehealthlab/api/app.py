@@ -25,6 +25,7 @@ from ehealthlab.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
+from ehealthlab.fhir import bulk_routes
 from ehealthlab.fhir import routes as fhir_routes
 from ehealthlab.gateway import routes
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
@@ -84,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     app.include_router(routes.router)
     fhir_routes.install(app)  # /fhir, with OperationOutcomes for its errors
+    app.include_router(bulk_routes.router)  # $export and POST /fhir Bundles (docs/fhir-bulk.md)
     return app
 
 
