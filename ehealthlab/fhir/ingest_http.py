@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -45,33 +45,17 @@ from ehealthlab.fhir.transaction import (
     read_bundle,
     response_bundle,
 )
-from ehealthlab.ingest.alerting import raise_alerts_for
 from ehealthlab.ingest.alerts import AlertRules
 from ehealthlab.ingest.pipeline import (
     JudgedMessage,
     KnownDevice,
-    MessageLog,
-    Settled,
     judge,
-    settle,
 )
-
-# The worker's batch transaction, step by step. These are module-level functions of
-# worker.py that hold no worker state; until worker.py offers the transaction body as one
-# public function (see docs/fhir-bulk.md), they are called here directly, so that both paths
-# take the same locks and write the same rows.
-from ehealthlab.ingest.worker import (
-    _claim_messages,
-    _count_deliveries,
-    _message_key,
-    _share_lock_devices,
-    _touch_devices,
-    _write_message_logs,
-)
+from ehealthlab.ingest.store_batch import StoredMessage, store_judged
 from ehealthlab.mqtt import ReceivedMessage
 from ehealthlab.store.db import Connection
-from ehealthlab.store.readings import Conflict, ReadingRow, ReadingWriter, WriteResult
-from ehealthlab.store.rejections import RejectedRow, write_rejections
+from ehealthlab.store.readings import ReadingWriter
+from ehealthlab.store.rejections import RejectedRow
 
 #: QoS recorded for a delivery over HTTP: at least once, like a device's QoS 1 publication
 HTTP_QOS = 1
@@ -107,7 +91,7 @@ def deliver_bundle(
         )
         entries = {entry.index: entry for entry in plan.entries}
         judged = [judge_message(m, entries, devices, received) for m in messages]
-        stored = store_judged(conn, judged, rules)
+        stored = store_judged(conn, ReadingWriter(conn), judged, rules).messages
     return response_bundle(plan, entry_results(messages, stored), refusals)
 
 
@@ -267,68 +251,6 @@ def _time(text: str | None) -> datetime | None:
 
 
 # -- storing: the ingest worker's batch transaction ---------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """What the store made of one judged message."""
-
-    judged: JudgedMessage
-    settled: Settled
-    #: delivered before (same device, msg_id and content): nothing was written again
-    again: bool
-    #: positions in judged.readings found already stored with the same value
-    duplicates: frozenset[int]
-    conflicts: tuple[Conflict, ...]
-
-
-def store_judged(
-    conn: Connection, judged: Sequence[JudgedMessage], rules: AlertRules
-) -> list[StoredMessage]:
-    """Write judged messages as `IngestWorker._write_batch` does, in one transaction:
-    readings (deduplicated, attributed), dead letters, the message log, redeliveries, alerts;
-    then the devices' last-seen times."""
-    writer = ReadingWriter(conn)
-    writer.prepare([row for item in judged for row in item.readings])
-    with conn.transaction():
-        _share_lock_devices(conn, judged)
-        keys = [_message_key(item) for item in judged]
-        again = _claim_messages(conn, keys)
-        rows: list[ReadingRow] = []
-        owners: list[tuple[int, int]] = []  # (message, reading) of each row
-        for m, item in enumerate(judged):
-            if again[m] is None:
-                rows.extend(item.readings)
-                owners.extend((m, r) for r in range(len(item.readings)))
-        result: WriteResult = writer.write_in_transaction(rows)
-        duplicates: list[set[int]] = [set() for _ in judged]
-        for index in result.duplicates:
-            m, r = owners[index]
-            duplicates[m].add(r)
-        conflicts: list[list[Conflict]] = [[] for _ in judged]
-        for conflict in result.conflicts:
-            m, r = owners[conflict.index]
-            conflicts[m].append(replace(conflict, index=r))
-        settled = [settle(item, len(duplicates[m]), conflicts[m]) for m, item in enumerate(judged)]
-        rejected: list[RejectedRow] = []
-        logs: list[tuple[MessageLog, tuple[str, str, bytes] | None]] = []
-        for item, verdict, key, repeated in zip(judged, settled, keys, again, strict=True):
-            if repeated is None:
-                rejected.extend(item.rejections)
-                rejected.extend(verdict.conflict_rejections)
-                logs.append((verdict.log, key))
-        write_rejections(conn, rejected)
-        _write_message_logs(conn, logs)
-        _count_deliveries(conn, again)
-        raise_alerts_for(conn, result.attributed, rules)
-    if judged:
-        _touch_devices(conn, judged)  # after commit: no row lock held across requests
-    return [
-        StoredMessage(
-            item, settled[m], again[m] is not None, frozenset(duplicates[m]), tuple(conflicts[m])
-        )
-        for m, item in enumerate(judged)
-    ]
 
 
 # -- what each entry gets back ---------------------------------------------------------------

@@ -11,14 +11,13 @@ database is away; the worker retries with backoff and resumes by itself.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -31,24 +30,21 @@ from ehealthlab.contract.topics import (
     feedback_topic,
 )
 from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
-from ehealthlab.ingest.alerting import raise_alerts_for
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
 from ehealthlab.ingest.pipeline import (
     UNKNOWN_DEVICE,
     JudgedMessage,
     KnownDevice,
-    MessageLog,
     Settled,
     judge,
     partition_of,
     refuse,
-    settle,
 )
+from ehealthlab.ingest.store_batch import store_judged
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection, connect
-from ehealthlab.store.readings import AttributedRow, Conflict, ReadingRow, ReadingWriter
-from ehealthlab.store.rejections import RejectedRow, write_rejections
+from ehealthlab.store.readings import ReadingWriter
 
 log = logging.getLogger("ehealthlab.ingest")
 
@@ -301,42 +297,7 @@ class IngestWorker:
         else:
             judged = [refuse(d.message, f"the store could not keep it: {refused}") for d in batch]
         started = time.monotonic()
-        writer.prepare([row for item in judged for row in item.readings])
-        with conn.transaction():
-            # first, and in one order: a share lock on the batch's devices, so an enrolment
-            # being recorded for one of them (FOR UPDATE) waits for this batch and sees its
-            # readings, or this batch waits for it and sees the enrolment — never both miss
-            # each other; two workers' share locks do not block each other
-            _share_lock_devices(conn, judged)
-            keys = [_message_key(item) for item in judged]
-            again = _claim_messages(conn, keys)
-            rows: list[ReadingRow] = []
-            owners: list[tuple[int, int]] = []  # (message, reading) of each row
-            for m, item in enumerate(judged):
-                if again[m] is None:  # a message delivered again was stored before
-                    rows.extend(item.readings)
-                    owners.extend((m, r) for r in range(len(item.readings)))
-            result = writer.write_in_transaction(rows)
-            duplicates = [0] * len(judged)
-            for index in result.duplicates:
-                duplicates[owners[index][0]] += 1
-            conflicts: list[list[Conflict]] = [[] for _ in judged]
-            for conflict in result.conflicts:
-                m, r = owners[conflict.index]
-                conflicts[m].append(replace(conflict, index=r))
-            settled = [settle(item, duplicates[m], conflicts[m]) for m, item in enumerate(judged)]
-            rejected: list[RejectedRow] = []
-            logs: list[tuple[MessageLog, tuple[str, str, bytes] | None]] = []
-            for item, verdict, key, repeated in zip(judged, settled, keys, again, strict=True):
-                if repeated is None:
-                    rejected.extend(item.rejections)
-                    rejected.extend(verdict.conflict_rejections)
-                    logs.append((verdict.log, key))
-            write_rejections(conn, rejected)
-            _write_message_logs(conn, logs)
-            _count_deliveries(conn, again)
-            alerts = self._raise_alerts(conn, result.attributed)
-        _touch_devices(conn, judged)  # after commit: no row lock held across batches
+        stored = store_judged(conn, writer, judged, self.config.rules)
         elapsed = time.monotonic() - started
         oldest = min(d.message.received_at for d in batch)
         lag = (datetime.now(UTC) - oldest).total_seconds()
@@ -344,16 +305,13 @@ class IngestWorker:
             self.stats.lag_s = lag
             self.stats.batches += 1
             self.stats.messages += len(batch)
-            self.stats.readings += result.inserted
-            self.stats.duplicates += len(result.duplicates)
-            self.stats.rejected += len(rejected)
-            self.stats.redeliveries += sum(key is not None for key in again)
+            self.stats.readings += stored.result.inserted
+            self.stats.duplicates += len(stored.result.duplicates)
+            self.stats.rejected += stored.rejected
+            self.stats.redeliveries += stored.redeliveries
             self.stats.last_batch_s = elapsed
-            self.stats.alerts += alerts
-        return list(zip(judged, settled, strict=True))
-
-    def _raise_alerts(self, conn: Connection, attributed: Sequence[AttributedRow]) -> int:
-        return raise_alerts_for(conn, attributed, self.config.rules)
+            self.stats.alerts += stored.alerts
+        return [(m.judged, m.settled) for m in stored.messages]
 
     # -- the broker ----------------------------------------------------------------------
 
@@ -449,116 +407,3 @@ class IngestWorker:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-def _share_lock_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
-    devices = sorted({item.device_id for item in judged})
-    conn.execute(
-        "SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR KEY SHARE",
-        (devices,),
-    )
-
-
-#: advisory-lock namespace of ingest's per-message locks ("EHLM"), apart from migrations'
-_MESSAGE_LOCK_CLASS = 0x45484C4D
-
-
-def _message_key(item: JudgedMessage) -> tuple[str, str, bytes] | None:
-    """A message's identity: device, msg_id and a digest of its bytes (a redelivery has the
-    same bytes; a msg_id reused for other content is another message)."""
-    if item.outcome.msg_id is None or item.device_id == UNKNOWN_DEVICE:
-        return None
-    digest = hashlib.sha256(item.message.payload).digest()[:16]
-    return item.device_id, item.outcome.msg_id, digest
-
-
-def _claim_messages(
-    conn: Connection, keys: Sequence[tuple[str, str, bytes] | None]
-) -> list[tuple[str, str, bytes] | None]:
-    """Each message's key when it was delivered before (in an earlier batch or earlier in
-    this one), else None. A lock per (device, msg_id), taken in one order, makes two workers
-    given the same message at once (a device retrying, in shared mode) agree."""
-    distinct = sorted({k for k in keys if k is not None})
-    stored: set[tuple[str, str, bytes]] = set()
-    if distinct:
-        columns = ([k[0] for k in distinct], [k[1] for k in distinct], [k[2] for k in distinct])
-        conn.execute(
-            "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT"
-            " hashtext(device_id || '/' || msg_id) AS h"
-            " FROM unnest(%s::text[], %s::text[]) AS k(device_id, msg_id)) AS s ORDER BY h",
-            (_MESSAGE_LOCK_CLASS, columns[0], columns[1]),
-        )
-        found = conn.execute(
-            "SELECT m.device_id, m.msg_id, m.payload_digest FROM device_messages m"
-            " JOIN unnest(%s::text[], %s::text[], %s::bytea[]) AS k(device_id, msg_id, digest)"
-            " ON m.device_id = k.device_id AND m.msg_id = k.msg_id"
-            " AND m.payload_digest = k.digest",
-            columns,
-        ).fetchall()
-        stored = {(d, m, bytes(h)) for d, m, h in found}
-    again: list[tuple[str, str, bytes] | None] = []
-    for key in keys:
-        again.append(key if key is not None and key in stored else None)
-        if key is not None:
-            stored.add(key)
-    return again
-
-
-def _count_deliveries(conn: Connection, again: Sequence[tuple[str, str, bytes] | None]) -> None:
-    """Add each repeated delivery to its message's log row (written now or before)."""
-    repeats: dict[tuple[str, str, bytes], int] = {}
-    for key in again:
-        if key is not None:
-            repeats[key] = repeats.get(key, 0) + 1
-    if not repeats:
-        return
-    keys = sorted(repeats)
-    conn.execute(
-        "UPDATE device_messages m SET deliveries = m.deliveries + k.n"
-        " FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::int[])"
-        " AS k(device_id, msg_id, digest, n)"
-        " WHERE m.device_id = k.device_id AND m.msg_id = k.msg_id"
-        " AND m.payload_digest = k.digest",
-        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-         [repeats[k] for k in keys]),
-    )  # fmt: skip
-
-
-def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
-    """Each device's last-seen time, in a short transaction of its own after the batch, rows
-    updated in device order (no deadlock between workers updating the same devices)."""
-    last_seen: dict[str, datetime] = {}
-    for item in judged:
-        seen = last_seen.get(item.device_id, item.outcome.received_at)
-        last_seen[item.device_id] = max(item.outcome.received_at, seen)
-    devices = sorted(last_seen)
-    with conn.transaction():
-        conn.execute(
-            "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
-            " FROM (SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS u(device_id, seen)"
-            " ORDER BY device_id) AS s WHERE d.device_id = s.device_id",
-            (devices, [last_seen[d] for d in devices]),
-        )
-
-
-def _write_message_logs(
-    conn: Connection, logs: Sequence[tuple[MessageLog, tuple[str, str, bytes] | None]]
-) -> None:
-    """One row per message (COPY: at thousands of messages a second, row by row is slow)."""
-    if not logs:
-        return
-    with (
-        conn.cursor() as cur,
-        cur.copy(
-            "COPY device_messages (device_id, received_at, msg_id, qos, payload_bytes, readings,"
-            " accepted, duplicates, rejected, clock_offset_s, oldest_at, newest_at,"
-            " payload_digest) FROM STDIN"
-        ) as copy,
-    ):
-        for entry, key in logs:
-            copy.write_row(
-                (entry.device_id, entry.received_at, entry.msg_id, entry.qos,
-                 entry.payload_bytes, entry.readings, entry.accepted, entry.duplicates,
-                 entry.rejected, entry.clock_offset_s, entry.oldest_at, entry.newest_at,
-                 key[2] if key is not None else None)
-            )  # fmt: skip

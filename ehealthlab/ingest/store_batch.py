@@ -1,0 +1,206 @@
+"""Storing a batch of judged readings messages: the one transaction behind MQTT ingest and
+FHIR transaction Bundles alike, so both paths deduplicate, dead-letter, log, attribute and
+alert identically.
+
+In one transaction: a share lock on the batch's devices (an enrolment being recorded waits,
+or is waited for, never missed), the message claims (a message delivered again is stored
+once), readings (deduplicated, attributed), rejections and conflicts, the message log and
+alerts. Devices' last-seen times follow in a short transaction of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from ehealthlab.ingest.alerting import raise_alerts_for
+from ehealthlab.ingest.alerts import AlertRules
+from ehealthlab.ingest.pipeline import UNKNOWN_DEVICE, JudgedMessage, MessageLog, Settled, settle
+from ehealthlab.store.db import Connection
+from ehealthlab.store.readings import Conflict, ReadingRow, ReadingWriter, WriteResult
+from ehealthlab.store.rejections import RejectedRow, write_rejections
+
+MessageKey = tuple[str, str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """What the store made of one judged message."""
+
+    judged: JudgedMessage
+    settled: Settled
+    #: delivered before (same device, msg_id and content): nothing was written again
+    again: bool
+    #: positions in judged.readings found already stored with the same value
+    duplicates: frozenset[int]
+    conflicts: tuple[Conflict, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    messages: list[StoredMessage]
+    result: WriteResult
+    rejected: int
+    redeliveries: int
+    alerts: int
+
+
+def store_judged(
+    conn: Connection, writer: ReadingWriter, judged: Sequence[JudgedMessage], rules: AlertRules
+) -> StoredBatch:
+    """Store judged messages (see the module's docstring); `writer` is `conn`'s."""
+    writer.prepare([row for item in judged for row in item.readings])
+    with conn.transaction():
+        _share_lock_devices(conn, judged)
+        keys = [_message_key(item) for item in judged]
+        again = _claim_messages(conn, keys)
+        rows: list[ReadingRow] = []
+        owners: list[tuple[int, int]] = []  # (message, reading) of each row
+        for m, item in enumerate(judged):
+            if again[m] is None:  # a message delivered again was stored before
+                rows.extend(item.readings)
+                owners.extend((m, r) for r in range(len(item.readings)))
+        result = writer.write_in_transaction(rows)
+        duplicates: list[set[int]] = [set() for _ in judged]
+        for index in result.duplicates:
+            m, r = owners[index]
+            duplicates[m].add(r)
+        conflicts: list[list[Conflict]] = [[] for _ in judged]
+        for conflict in result.conflicts:
+            m, r = owners[conflict.index]
+            conflicts[m].append(replace(conflict, index=r))
+        settled = [settle(item, len(duplicates[m]), conflicts[m]) for m, item in enumerate(judged)]
+        rejected: list[RejectedRow] = []
+        logs: list[tuple[MessageLog, MessageKey | None]] = []
+        for item, verdict, key, repeated in zip(judged, settled, keys, again, strict=True):
+            if repeated is None:
+                rejected.extend(item.rejections)
+                rejected.extend(verdict.conflict_rejections)
+                logs.append((verdict.log, key))
+        write_rejections(conn, rejected)
+        _write_message_logs(conn, logs)
+        _count_deliveries(conn, again)
+        alerts = raise_alerts_for(conn, result.attributed, rules)
+    if judged:
+        _touch_devices(conn, judged)  # after commit: no row lock held across batches
+    messages = [
+        StoredMessage(
+            item, settled[m], again[m] is not None, frozenset(duplicates[m]), tuple(conflicts[m])
+        )
+        for m, item in enumerate(judged)
+    ]
+    redeliveries = sum(key is not None for key in again)
+    return StoredBatch(messages, result, len(rejected), redeliveries, alerts)
+
+
+def _share_lock_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
+    devices = sorted({item.device_id for item in judged})
+    conn.execute(
+        "SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR KEY SHARE",
+        (devices,),
+    )
+
+
+#: advisory-lock namespace of ingest's per-message locks ("EHLM"), apart from migrations'
+_MESSAGE_LOCK_CLASS = 0x45484C4D
+
+
+def _message_key(item: JudgedMessage) -> MessageKey | None:
+    """A message's identity: device, msg_id and a digest of its bytes (a redelivery has the
+    same bytes; a msg_id reused for other content is another message)."""
+    if item.outcome.msg_id is None or item.device_id == UNKNOWN_DEVICE:
+        return None
+    digest = hashlib.sha256(item.message.payload).digest()[:16]
+    return item.device_id, item.outcome.msg_id, digest
+
+
+def _claim_messages(conn: Connection, keys: Sequence[MessageKey | None]) -> list[MessageKey | None]:
+    """Each message's key when it was delivered before (in an earlier batch or earlier in
+    this one), else None. A lock per (device, msg_id), taken in one order, makes two workers
+    given the same message at once (a device retrying, in shared mode) agree."""
+    distinct = sorted({k for k in keys if k is not None})
+    stored: set[MessageKey] = set()
+    if distinct:
+        columns = ([k[0] for k in distinct], [k[1] for k in distinct], [k[2] for k in distinct])
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT"
+            " hashtext(device_id || '/' || msg_id) AS h"
+            " FROM unnest(%s::text[], %s::text[]) AS k(device_id, msg_id)) AS s ORDER BY h",
+            (_MESSAGE_LOCK_CLASS, columns[0], columns[1]),
+        )
+        found = conn.execute(
+            "SELECT m.device_id, m.msg_id, m.payload_digest FROM device_messages m"
+            " JOIN unnest(%s::text[], %s::text[], %s::bytea[]) AS k(device_id, msg_id, digest)"
+            " ON m.device_id = k.device_id AND m.msg_id = k.msg_id"
+            " AND m.payload_digest = k.digest",
+            columns,
+        ).fetchall()
+        stored = {(d, m, bytes(h)) for d, m, h in found}
+    again: list[MessageKey | None] = []
+    for key in keys:
+        again.append(key if key is not None and key in stored else None)
+        if key is not None:
+            stored.add(key)
+    return again
+
+
+def _count_deliveries(conn: Connection, again: Sequence[MessageKey | None]) -> None:
+    """Add each repeated delivery to its message's log row (written now or before)."""
+    repeats: dict[MessageKey, int] = {}
+    for key in again:
+        if key is not None:
+            repeats[key] = repeats.get(key, 0) + 1
+    if not repeats:
+        return
+    keys = sorted(repeats)
+    conn.execute(
+        "UPDATE device_messages m SET deliveries = m.deliveries + k.n"
+        " FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::int[])"
+        " AS k(device_id, msg_id, digest, n)"
+        " WHERE m.device_id = k.device_id AND m.msg_id = k.msg_id"
+        " AND m.payload_digest = k.digest",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+         [repeats[k] for k in keys]),
+    )  # fmt: skip
+
+
+def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
+    """Each device's last-seen time, in a short transaction of its own after the batch, rows
+    updated in device order (no deadlock between workers updating the same devices)."""
+    last_seen: dict[str, datetime] = {}
+    for item in judged:
+        seen = last_seen.get(item.device_id, item.outcome.received_at)
+        last_seen[item.device_id] = max(item.outcome.received_at, seen)
+    devices = sorted(last_seen)
+    with conn.transaction():
+        conn.execute(
+            "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
+            " FROM (SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS u(device_id, seen)"
+            " ORDER BY device_id) AS s WHERE d.device_id = s.device_id",
+            (devices, [last_seen[d] for d in devices]),
+        )
+
+
+def _write_message_logs(
+    conn: Connection, logs: Sequence[tuple[MessageLog, MessageKey | None]]
+) -> None:
+    """One row per message (COPY: at thousands of messages a second, row by row is slow)."""
+    if not logs:
+        return
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY device_messages (device_id, received_at, msg_id, qos, payload_bytes, readings,"
+            " accepted, duplicates, rejected, clock_offset_s, oldest_at, newest_at,"
+            " payload_digest) FROM STDIN"
+        ) as copy,
+    ):
+        for entry, key in logs:
+            copy.write_row(
+                (entry.device_id, entry.received_at, entry.msg_id, entry.qos,
+                 entry.payload_bytes, entry.readings, entry.accepted, entry.duplicates,
+                 entry.rejected, entry.clock_offset_s, entry.oldest_at, entry.newest_at,
+                 key[2] if key is not None else None)
+            )  # fmt: skip
