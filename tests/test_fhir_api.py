@@ -715,9 +715,19 @@ def test_the_capability_statement_declares_exactly_what_answers(world):
             )
             assert bundle["type"] == "searchset"
         for operation in resource.get("operation", []):
-            assert (kind, operation["name"]) == ("Observation", "lastn")
-            world.ok("operator", "/Observation/$lastn", {"patient": world.patients["P1"]})
+            if (kind, operation["name"]) == ("Observation", "lastn"):
+                world.ok("operator", "/Observation/$lastn", {"patient": world.patients["P1"]})
+            else:  # bulk export (tests/test_fhir_bulk.py walks it through)
+                assert (kind, operation["name"]) == ("Patient", "export")
+                kicked = world.get("operator", "/Patient/$export",
+                                   headers={"Prefer": "respond-async"})  # fmt: skip
+                assert kicked.status_code == 202, kicked.text
     assert declared == set(samples)
+    rest = statement["rest"][0]
+    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch"}
+    assert [o["name"] for o in rest["operation"]] == ["export"]
+    kicked = world.get("operator", "/$export", headers={"Prefer": "respond-async"})
+    assert kicked.status_code == 202, kicked.text
 
 
 def test_errors_are_operation_outcomes(world):

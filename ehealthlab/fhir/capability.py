@@ -66,17 +66,24 @@ GROUP_EXPORT = OtherResource(
 )
 
 # -- Hooks: add what works, one line each ----------------------------------------------------
-#: whole-system interactions: add "transaction" once POST /fhir takes transaction Bundles
-SYSTEM_INTERACTIONS: tuple[str, ...] = ()
-#: whole-system operations: add BULK_EXPORT once GET /fhir/$export works
-SYSTEM_OPERATIONS: tuple[Operation, ...] = ()
-#: resource types served elsewhere: add GROUP_EXPORT once Group/[id]/$export works
-OTHER_RESOURCES: tuple[OtherResource, ...] = ()
-#: canonical CapabilityStatements this server instantiates, e.g.
-#: "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data" with $export
-INSTANTIATES: tuple[str, ...] = ()
+PATIENT_EXPORT = Operation(
+    "export",
+    "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+    "FHIR Bulk Data export of the patients a provider may see",
+)
+#: whole-system interactions (POST /fhir: ehealthlab/fhir/bulk_routes.py)
+SYSTEM_INTERACTIONS: tuple[str, ...] = ("transaction", "batch")
+#: whole-system operations (GET /fhir/$export)
+SYSTEM_OPERATIONS: tuple[Operation, ...] = (BULK_EXPORT,)
+#: resource types served elsewhere (Group/[id]/$export)
+OTHER_RESOURCES: tuple[OtherResource, ...] = (GROUP_EXPORT,)
+#: canonical CapabilityStatements this server instantiates
+INSTANTIATES: tuple[str, ...] = ("http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data",)
 #: operations on a resource type searched here
-TYPE_OPERATIONS: dict[str, tuple[Operation, ...]] = {"Observation": (LASTN,)}
+TYPE_OPERATIONS: dict[str, tuple[Operation, ...]] = {
+    "Observation": (LASTN,),
+    "Patient": (PATIENT_EXPORT,),
+}
 
 _PROFILES = {
     "Observation": "http://hl7.org/fhir/StructureDefinition/Observation",
