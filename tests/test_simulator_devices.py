@@ -320,7 +320,6 @@ def test_the_buffer_keeps_seq_and_readings_across_a_reopen(tmp_path):
     buffer = StoreAndForward(tmp_path, "dev-1")
     for i in range(3):
         buffer.append(cuff_readings(T0 + timedelta(minutes=i)))
-    buffer.close()  # or not: a kill keeps what was committed (tested end to end below)
     again = StoreAndForward(tmp_path, "dev-1")
     assert again.next_seq == 10
     assert again.pending_seqs() == list(range(1, 10))
@@ -341,8 +340,8 @@ def test_a_formed_message_keeps_its_msg_id_and_readings_until_acknowledged(tmp_p
         buffer.append(cuff_readings(T0 + timedelta(minutes=i)))
     [first] = buffer.next_batches(0, 1, max_readings=6)
     assert (first.msg_id, len(first.readings)) == ("s1-6", 6)
-    buffer.close()
-    buffer = StoreAndForward(tmp_path, "dev-1")  # a restart before the acknowledgement
+    # a restart before the acknowledgement: a new object over the same file
+    buffer = StoreAndForward(tmp_path, "dev-1")
     for i in range(4, 6):
         buffer.append(cuff_readings(T0 + timedelta(minutes=i)))
     batches = buffer.next_batches(0, 10, max_readings=500)

@@ -1,11 +1,19 @@
 """A device's store-and-forward memory on disk: readings it took and has not yet delivered.
 
-One SQLite database per device, in WAL mode: a reading is committed here, with the next
-`seq`, before the device tries the network, and leaves only when the broker has
-acknowledged the message that carried it. A committed transaction survives the simulator
-being killed (SIGKILL, a crash); only a power cut could lose the last few, which is the
-trade of `synchronous=NORMAL` we accept for a simulator. The device's other lasting state
-(battery) lives in the same file, so one directory is one device.
+One SQLite database per device: a reading is committed here, with the next `seq`, before
+the device tries the network, and leaves only when the broker has acknowledged the message
+that carried it. The device's other lasting state (battery) lives in the same file, so one
+directory is one device.
+
+The database is opened for each operation and closed after it, in rollback-journal mode,
+because a runner drives hundreds of devices in one process and paho waits on its sockets
+with select(), which fails for descriptors numbered 1024 or more: a WAL database open for
+each device would hold three descriptors each and push the devices' sockets past that
+(measured: connections time out from the 137th device). `synchronous=OFF` hands every
+commit to the operating system before it returns, so a simulator killed at any moment
+(SIGKILL, a crash) loses nothing it committed, and a transaction it was in the middle of is
+rolled back on the next open; only a crash of the machine itself could lose or damage the
+file, which a simulator can afford.
 
 Readings are kept one row per measurement (the readings that share an `at`). A message is
 formed from consecutive rows and its `msg_id` is written to them before it is first
@@ -16,7 +24,8 @@ the same readings, as the contract asks.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,67 +59,69 @@ class Batch:
 
 
 class StoreAndForward:
-    """The buffer of one device; open it over the device's state directory.
+    """The buffer of one device, over the device's state directory.
 
-    Not for use by two threads at once (one device is pumped by one loop).
+    One object at a time per directory (a simulator and its restarted self follow each
+    other; they do not run side by side).
     """
 
     def __init__(self, state_dir: Path, device_id: str) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / FILE_NAME
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        with self._open() as db:
+            db.executescript(_SCHEMA)
         owner = self.get("device_id")
         if owner is None:
             self.set("device_id", device_id)
         elif owner != device_id:
-            self._db.close()
             raise InvalidInputError(
                 f"{state_dir} holds the state of device {owner!r}, not {device_id!r}"
             )
 
-    def close(self) -> None:
-        self._db.close()
-
     # -- lasting settings (seq, battery) ------------------------------------------------
 
     def get(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._open() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def set(self, key: str, value: str) -> None:
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+        self.update({key: value})
+
+    def update(self, values: Mapping[str, str]) -> None:
+        with self._transaction() as db:
+            for key, value in values.items():
+                _set(db, key, value)
 
     @property
     def next_seq(self) -> int:
         """The seq the device's next reading gets: one more than any it ever took."""
-        stored = self.get("next_seq")
-        return 1 if stored is None else int(stored)
+        with self._open() as db:
+            return _next_seq(db)
 
     # -- readings -----------------------------------------------------------------------
 
-    def append(self, build: Callable[[int], Sequence[Reading]]) -> list[Reading]:
+    def append(
+        self, build: Callable[[int], Sequence[Reading]], meta: Mapping[str, str] | None = None
+    ) -> list[Reading]:
         """Keep the readings `build(next_seq)` returns and move `next_seq` past them, in one
-        transaction: a seq is never handed out without its reading being kept."""
-        with self._transaction():
-            first = self.next_seq
+        transaction (with `meta`, settings that change with them): a seq is never handed out
+        without its reading being kept."""
+        with self._transaction() as db:
+            first = _next_seq(db)
             readings = list(build(first))
             if not readings:
                 return readings
             seqs = [reading["seq"] for reading in readings]
             if seqs != list(range(first, first + len(readings))):
                 raise InvalidInputError(f"readings must carry seq {first} onwards, got {seqs}")
-            self._db.execute(
+            db.execute(
                 "INSERT INTO pending (first_seq, last_seq, readings) VALUES (?, ?, ?)",
                 (first, seqs[-1], orjson.dumps(readings)),
             )
-            self.set("next_seq", str(seqs[-1] + 1))
+            _set(db, "next_seq", str(seqs[-1] + 1))
+            for key, value in (meta or {}).items():
+                _set(db, key, value)
         return readings
 
     def next_batches(self, after_seq: int, count: int, *, max_readings: int) -> list[Batch]:
@@ -121,61 +132,86 @@ class StoreAndForward:
         64 KiB, and the grouping is committed before the caller publishes any.
         """
         batches: list[Batch] = []
-        with self._transaction():
-            rows = self._db.execute(
-                "SELECT first_seq, last_seq, readings, msg_id FROM pending"
-                " WHERE first_seq > ? ORDER BY first_seq",
-                (after_seq,),
-            )
-            for group in _groups(rows, max_readings):
-                if len(batches) == count:
-                    break
-                batches.append(group)
-            rows.close()
+        with self._transaction() as db:
+            with closing(
+                db.execute(
+                    "SELECT first_seq, last_seq, readings, msg_id FROM pending"
+                    " WHERE first_seq > ? ORDER BY first_seq",
+                    (after_seq,),
+                )
+            ) as rows:
+                for group in _groups(rows, max_readings):
+                    if len(batches) == count:
+                        break
+                    batches.append(group)
             for batch in batches:
-                self._db.execute(
+                db.execute(
                     "UPDATE pending SET msg_id = ? WHERE first_seq BETWEEN ? AND ?"
                     " AND msg_id IS NULL",
                     (batch.msg_id, batch.first_seq, batch.last_seq),
                 )
         return batches
 
-    def delivered(self, msg_ids: Sequence[str]) -> None:
-        """Forget the readings of messages the broker acknowledged."""
+    def delivered(self, msg_ids: Sequence[str]) -> int:
+        """Forget the readings of messages the broker acknowledged; how many went."""
         if not msg_ids:
-            return
-        with self._transaction():
-            self._db.executemany("DELETE FROM pending WHERE msg_id = ?", [(m,) for m in msg_ids])
+            return 0
+        removed = 0
+        with self._transaction() as db:
+            for msg_id in msg_ids:
+                rows = db.execute(
+                    "DELETE FROM pending WHERE msg_id = ? RETURNING last_seq - first_seq + 1",
+                    (msg_id,),
+                ).fetchall()
+                removed += sum(count for (count,) in rows)
+        return removed
 
     def pending_readings(self) -> int:
         """Readings taken and not yet acknowledged by the broker."""
-        row = self._db.execute("SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM pending")
-        return int(row.fetchone()[0])
+        with self._open() as db:
+            row = db.execute("SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM pending")
+            return int(row.fetchone()[0])
 
     def pending_seqs(self) -> list[int]:
-        return [
-            seq
-            for first, last in self._db.execute(
-                "SELECT first_seq, last_seq FROM pending ORDER BY first_seq"
-            )
-            for seq in range(first, last + 1)
-        ]
+        with self._open() as db:
+            spans = db.execute("SELECT first_seq, last_seq FROM pending ORDER BY first_seq")
+            return [seq for first, last in spans for seq in range(first, last + 1)]
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    # -- the file -----------------------------------------------------------------------
+
+    @contextmanager
+    def _open(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=OFF")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on an exception."""
+        with self._open() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on an exception."""
+def _set(db: sqlite3.Connection, key: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
 
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+def _next_seq(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+    return 1 if row is None else int(row[0])
 
 
 def _groups(rows: sqlite3.Cursor, max_readings: int) -> Iterator[Batch]:

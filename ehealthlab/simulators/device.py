@@ -30,7 +30,14 @@ from pydantic import ValidationError
 from ehealthlab.contract.messages import MAX_READINGS, FeedbackMessage, StatusMessage
 from ehealthlab.contract.topics import feedback_topic, readings_topic, status_topic
 from ehealthlab.errors import EhealthlabError, InvalidInputError
-from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError, ReceivedMessage, Will
+from ehealthlab.mqtt import (
+    SIMULATED_RECEIVE_PROPERTY,
+    BrokerAddress,
+    MqttConnection,
+    MqttError,
+    ReceivedMessage,
+    Will,
+)
 from ehealthlab.simulators.buffer import StoreAndForward
 from ehealthlab.simulators.faults import FaultShares, apply_fault, choose_fault
 from ehealthlab.simulators.measurement import Measurement
@@ -146,6 +153,8 @@ class Taken:
 class _InFlight(NamedTuple):
     mid: int
     msg_id: str
+    #: readings it carries (0 for a faulty device's second copy: they are counted once)
+    readings: int
 
 
 _CHARGED_AT = "battery_charged_at"
@@ -178,6 +187,10 @@ class Device:
         self._feedback_topic = feedback_topic(self.device_id)
         self._connection: MqttConnection | None = None
         self._in_flight: collections.deque[_InFlight] = collections.deque()
+        self._in_flight_readings = 0
+        #: readings not yet acknowledged, kept in memory so an idle pump reads no file
+        self._pending = self._buffer.pending_readings()
+        self._battery = _BatteryState.load(self._buffer)
         #: last seq published on the current connection; the next message starts after it
         self._sent_through = 0
         self._retry_at: datetime | None = None
@@ -200,7 +213,7 @@ class Device:
     @property
     def dead(self) -> bool:
         """The battery is empty and has not been recharged."""
-        return bool(self._buffer.get(_DEAD_SINCE))
+        return self._battery.dead_since is not None
 
     @property
     def in_flight(self) -> int:
@@ -212,7 +225,7 @@ class Device:
 
     def pending_readings(self) -> int:
         """Readings taken that the broker has not acknowledged yet (in flight included)."""
-        return self._buffer.pending_readings()
+        return self._pending
 
     def pending_seqs(self) -> list[int]:
         return self._buffer.pending_seqs()
@@ -231,24 +244,39 @@ class Device:
         now = measurement.taken_at if now is None else now
         if not self._battery_alive(now, measuring=True):
             return None
-        readings = self._buffer.append(lambda first: self._builder.readings(measurement, first))
+        used = self._battery.used + 1
+        meta = {_USED: str(used)} if self.config.battery.limited else None
+        readings = self._buffer.append(
+            lambda first: self._builder.readings(measurement, first), meta
+        )
         if not readings:
             return None
-        if self.config.battery.limited:
-            self._buffer.set(_USED, str(int(self._buffer.get(_USED) or 0) + 1))
+        self._battery.used = used
+        self._pending += len(readings)
         return Taken(range(readings[0]["seq"], readings[-1]["seq"] + 1), readings[0]["at"])
+
+    def mark(self, name: str, value: str) -> None:
+        """Keep a note in the device's state (a runner's progress: how far it got)."""
+        self._buffer.set(f"mark:{name}", value)
+
+    def marked(self, name: str) -> str | None:
+        return self._buffer.get(f"mark:{name}")
 
     def recharge(self, now: datetime) -> None:
         """A charged battery: the device runs again (and reconnects on the next pump)."""
-        self._buffer.set(_CHARGED_AT, now.isoformat())
-        self._buffer.set(_USED, "0")
-        self._buffer.set(_DEAD_SINCE, "")
+        self._battery = _BatteryState(charged_at=now, used=0, dead_since=None)
+        self._battery.save(self._buffer)
         self._retry_at = None
 
     # -- the network ----------------------------------------------------------------------
 
     def pump(
-        self, now: datetime, link_up: bool = True, *, wall_now: datetime | None = None
+        self,
+        now: datetime,
+        link_up: bool = True,
+        *,
+        wall_now: datetime | None = None,
+        simulated_received_at: datetime | None = None,
     ) -> None:
         """Do what the device would do now: collect acknowledgements, and publish more of
         the buffer while the link is up; drop the connection when it is not.
@@ -257,6 +285,10 @@ class Device:
         when it differs (accelerated and backfill runs): the platform computes the device's
         clock offset from `sent_at` against its own receive time, so `sent_at` is the wall
         clock plus this device's clock error at `now`.
+
+        `simulated_received_at` instead states the receive time in simulated time on every
+        message published now (the platform believes it from devices registered as
+        simulated): `sent_at` then stays on the simulated clock.
         """
         if not self._battery_alive(now, measuring=False):
             return
@@ -268,34 +300,35 @@ class Device:
             self.last_error = "the broker closed the connection"
             self._let_go(abruptly=True)
         if self._connection is None:
-            wanted = self.config.stay_connected or self._buffer.pending_readings() > 0
+            wanted = self.config.stay_connected or self._pending > 0
             if not wanted or (self._retry_at is not None and now < self._retry_at):
                 return
             if not self._connect(now):
                 return
         self._collect_acks()
-        self._publish_more(now, wall_now)
-        if (
-            not self.config.stay_connected
-            and not self._in_flight
-            and self._buffer.pending_readings() == 0
-        ):
+        self._publish_more(now, wall_now, simulated_received_at)
+        if not self.config.stay_connected and not self._in_flight and self._pending == 0:
             self.disconnect()
 
     def drain(
-        self, now: datetime, *, wall_now: datetime | None = None, timeout_s: float = 60.0
+        self,
+        now: datetime,
+        *,
+        wall_now: datetime | None = None,
+        simulated_received_at: datetime | None = None,
+        timeout_s: float = 60.0,
     ) -> None:
         """Pump, with the link up, until the broker has acknowledged everything buffered,
         waiting on acknowledgements rather than spinning (tests; the end of a backfill).
         Raises MqttError when that does not happen within `timeout_s` (real seconds)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            self.pump(now, True, wall_now=wall_now)
-            if not self._in_flight and self._buffer.pending_readings() == 0:
+            self.pump(now, True, wall_now=wall_now, simulated_received_at=simulated_received_at)
+            if not self._in_flight and self._pending == 0:
                 return
             if self._connection is None or time.monotonic() > deadline:
                 raise MqttError(
-                    f"{self.device_id}: {self._buffer.pending_readings()} readings not "
+                    f"{self.device_id}: {self._pending} readings not "
                     f"delivered ({self.last_error or 'no acknowledgement in time'})"
                 )
             self._collect_acks(wait_s=min(1.0, max(0.0, deadline - time.monotonic())))
@@ -311,9 +344,8 @@ class Device:
             self._let_go(abruptly=False)
 
     def close(self) -> None:
-        """Disconnect cleanly (status offline) and close the buffer; the state stays on disk."""
+        """Disconnect cleanly (status offline); the state stays on disk for a later object."""
         self.disconnect()
-        self._buffer.close()
 
     # -- inside ---------------------------------------------------------------------------
 
@@ -365,6 +397,7 @@ class Device:
             connection.close()
         self._connection = None
         self._in_flight.clear()  # their readings stay buffered and go again, same msg_id
+        self._in_flight_readings = 0
         self._sent_through = 0
 
     def _collect_acks(self, wait_s: float = 0.0) -> None:
@@ -381,20 +414,24 @@ class Device:
                 break  # not acknowledged yet, or the connection is gone
             wait_s = 0.0
             self._in_flight.popleft()
+            self._in_flight_readings -= head.readings
             if accepted:
                 delivered.append(head.msg_id)
             else:
                 refused = True
                 self.last_error = f"the broker refused message {head.msg_id}"
                 break
-        self._buffer.delivered(delivered)
+        self._pending -= self._buffer.delivered(delivered)
         if refused:  # not authorised any more (revoked?): stop, try again later
             self._let_go(abruptly=True)
 
-    def _publish_more(self, now: datetime, wall_now: datetime | None) -> None:
+    def _publish_more(
+        self, now: datetime, wall_now: datetime | None, simulated_received_at: datetime | None
+    ) -> None:
         connection = self._connection
         room = self.config.max_in_flight - len(self._in_flight)
-        if connection is None or room <= 0:
+        unsent = self._pending - self._in_flight_readings
+        if connection is None or room <= 0 or unsent <= 0:
             return
         batches = self._buffer.next_batches(
             self._sent_through, room, max_readings=self.config.max_batch_readings
@@ -402,15 +439,23 @@ class Device:
         if not batches:
             return
         sent_at = self._builder.sent_at(wall_now or now, clock_at=now)
+        stamp: tuple[tuple[str, str], ...] = ()
+        if simulated_received_at is not None:
+            milliseconds = round(simulated_received_at.timestamp() * 1000)
+            stamp = ((SIMULATED_RECEIVE_PROPERTY, str(milliseconds)),)
         for batch in batches:
             message = readings_message(batch.msg_id, sent_at, batch.readings)
             payloads = apply_fault(choose_fault(self.config.faults, batch.msg_id), message)
             if len(payloads) > room:
                 break
             try:
-                for payload in payloads:
-                    mid = connection.publish_nowait(self._readings_topic, payload)
-                    self._in_flight.append(_InFlight(mid, batch.msg_id))
+                for copy, payload in enumerate(payloads):
+                    mid = connection.publish_nowait(
+                        self._readings_topic, payload, user_properties=stamp
+                    )
+                    readings = 0 if copy else len(batch.readings)
+                    self._in_flight.append(_InFlight(mid, batch.msg_id, readings))
+                    self._in_flight_readings += readings
             except MqttError as exc:
                 self.last_error = str(exc)
                 self._let_go(abruptly=True)
@@ -434,31 +479,52 @@ class Device:
         battery = self.config.battery
         if not battery.limited:
             return True
-        dead_since = self._buffer.get(_DEAD_SINCE)
-        if dead_since:
-            recharge_at = (
-                datetime.fromisoformat(dead_since) + battery.recharge_after
-                if battery.recharge_after is not None
-                else None
-            )
-            if recharge_at is None or now < recharge_at:
+        state = self._battery
+        if state.dead_since is not None:
+            if battery.recharge_after is None or now < state.dead_since + battery.recharge_after:
                 return False
-            self.recharge(recharge_at)
-        charged = self._buffer.get(_CHARGED_AT)
-        if charged is None:
-            self._buffer.set(_CHARGED_AT, now.isoformat())
-            charged = now.isoformat()
-        used = int(self._buffer.get(_USED) or 0)
+            self.recharge(state.dead_since + battery.recharge_after)
+            state = self._battery
+        if state.charged_at is None:  # first use: as good as charged now
+            state.charged_at = now
+            state.save(self._buffer)
         empty = (
             battery.capacity_days is not None
-            and now - datetime.fromisoformat(charged) >= timedelta(days=battery.capacity_days)
+            and now - state.charged_at >= timedelta(days=battery.capacity_days)
         ) or (
             measuring
             and battery.capacity_measurements is not None
-            and used >= battery.capacity_measurements
+            and state.used >= battery.capacity_measurements
         )
         if empty:
-            self._buffer.set(_DEAD_SINCE, now.isoformat())
+            state.dead_since = now
+            state.save(self._buffer)
             self.drop()
             return False
         return True
+
+
+@dataclass(slots=True)
+class _BatteryState:
+    """A battery's lasting state, kept in memory and written through to the device's file."""
+
+    charged_at: datetime | None
+    used: int
+    dead_since: datetime | None
+
+    @classmethod
+    def load(cls, buffer: StoreAndForward) -> _BatteryState:
+        def moment(key: str) -> datetime | None:
+            text = buffer.get(key)
+            return datetime.fromisoformat(text) if text else None
+
+        return cls(moment(_CHARGED_AT), int(buffer.get(_USED) or 0), moment(_DEAD_SINCE))
+
+    def save(self, buffer: StoreAndForward) -> None:
+        def text(moment: datetime | None) -> str:
+            return moment.isoformat() if moment is not None else ""
+
+        buffer.update(
+            {_CHARGED_AT: text(self.charged_at), _DEAD_SINCE: text(self.dead_since),
+             _USED: str(self.used)}
+        )  # fmt: skip
