@@ -21,6 +21,7 @@ from ehealthlab.gateway import admin as gateway_admin
 from ehealthlab.gateway import conformance_command
 from ehealthlab.ingest import commands as ingest_commands
 from ehealthlab.settings import Settings
+from ehealthlab.simulators import commands as simulator_commands
 from ehealthlab.stack import commands as stack_commands
 from ehealthlab.store import commands as store_commands
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_admin.register(subparsers)
     api_commands.register(subparsers)
     conformance_command.register(subparsers)
+    simulator_commands.register(subparsers)
     demo.register(subparsers)
     return parser
 

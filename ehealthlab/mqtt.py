@@ -7,6 +7,8 @@ as the platform's own errors, never paho's return codes.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 import threading
 from collections import OrderedDict
@@ -225,9 +227,15 @@ class MqttConnection:
         self._client.loop_stop()
 
     def drop(self) -> None:
-        """Close the socket without DISCONNECT, as a device losing power: the Will is sent."""
+        """Close the socket without DISCONNECT, as a device losing power: the Will is sent.
+
+        Shut down before closing: that wakes the network thread out of its select() at once
+        (a plain close from this thread does not, and loop_stop then waits up to a second).
+        """
         sock = self._client.socket()
         if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         self._client.loop_stop()
 
