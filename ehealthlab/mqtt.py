@@ -234,8 +234,9 @@ class MqttConnection:
         """
         sock = self._client.socket()
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         self._client.loop_stop()
 

@@ -423,6 +423,17 @@ def test_a_provider_exports_its_own_group_and_nothing_else(client, cast, world, 
     # the patient level is the same for a provider
     same = download(client, cast.h("p"), export(client, cast.h("p"), "/fhir/Patient/$export"))
     assert {t: set(v) for t, v in same.items()} == {t: set(v) for t, v in lines.items()}
+    # the operator sees who exported what: the kick-offs and every file downloaded
+    audited = rows(
+        settings,
+        "SELECT resource_type, resource_id, http_status, detail FROM fhir_audit_events"
+        " WHERE organisation_id = %s AND operation = 'export'",
+        p,
+    )
+    started = [r[:3] for r in audited if "started" in r[3]]
+    assert sorted(started, key=str) == [("Group", p, 202), ("Patient", p, 202)]
+    downloaded = {r[0] for r in audited if "downloaded" in r[3]}
+    assert downloaded == set(lines)
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,8 @@ from ehealthlab.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from ehealthlab.fhir import bulk_store
+from ehealthlab.fhir import audit, bulk_store
+from ehealthlab.fhir.audit import AuditEntry
 from ehealthlab.fhir.bulk import (
     NDJSON_MEDIA_TYPE,
     ExportLevel,
@@ -295,6 +296,12 @@ def _kick_off(
         job = bulk_store.create_job(
             conn, caller.organisation_id, asked, provider_id, str(request.url)
         )
+        audit.record(conn, AuditEntry(
+            caller.organisation_id, caller.token_id, "operation",
+            {"system": "system", "group": "Group", "patient": "Patient"}[level],
+            202, resource_id=str(provider_id) if provider_id else None, operation="export",
+            query=request.url.query, detail=f"export {job.id} started",
+        ))  # fmt: skip
     runner.submit(job.id)
     status_url = str(request.url_for("export_status", job_id=str(job.id)))
     accepted = operation_outcome(
@@ -385,6 +392,11 @@ def export_file(job_id: str, name: str, caller: PrincipalDep, context: ContextDe
     path = job_directory(context.settings, job.id) / name
     if not path.is_file():
         raise NotFoundError(f"file {name} of export {job_id} is gone")
+    with context.transaction() as conn:  # the data leave now: that is the read to record
+        audit.record(conn, AuditEntry(
+            caller.organisation_id, caller.token_id, "operation", name.partition(".")[0], 200,
+            operation="export", detail=f"file {name} of export {job.id} downloaded",
+        ))  # fmt: skip
     return FileResponse(path, media_type=NDJSON_MEDIA_TYPE, content_disposition_type="inline")
 
 
