@@ -316,6 +316,10 @@ def cuff_readings(at: datetime = T0):
     return lambda first: builder.readings(Measurement(at, values), first)
 
 
+#: what a pump passes on: the device clock's sent_at, and the true time it sends at
+SEND = {"sent_at": "2026-11-25T07:00:00+00:00", "now": T0}
+
+
 def test_the_buffer_keeps_seq_and_readings_across_a_reopen(tmp_path):
     buffer = StoreAndForward(tmp_path, "dev-1")
     for i in range(3):
@@ -338,34 +342,50 @@ def test_a_formed_message_keeps_its_msg_id_and_readings_until_acknowledged(tmp_p
     buffer = StoreAndForward(tmp_path, "dev-1")
     for i in range(4):
         buffer.append(cuff_readings(T0 + timedelta(minutes=i)))
-    [first] = buffer.next_batches(0, 1, max_readings=6)
+    [first] = buffer.next_batches(0, 1, max_readings=6, **SEND)
     assert (first.msg_id, len(first.readings)) == ("s1-6", 6)
     # a restart before the acknowledgement: a new object over the same file
     buffer = StoreAndForward(tmp_path, "dev-1")
     for i in range(4, 6):
         buffer.append(cuff_readings(T0 + timedelta(minutes=i)))
-    batches = buffer.next_batches(0, 10, max_readings=500)
+    batches = buffer.next_batches(0, 10, max_readings=500, **SEND)
     assert [(b.msg_id, b.first_seq, b.last_seq) for b in batches] == [
         ("s1-6", 1, 6),  # formed before: not merged with what came later
         ("s7-18", 7, 18),
     ]
     assert [r["seq"] for r in batches[1].readings] == list(range(7, 19))
-    assert buffer.next_batches(6, 10, max_readings=500)[0].msg_id == "s7-18"
-    buffer.delivered(["s1-6"])
+    assert buffer.next_batches(6, 10, max_readings=500, **SEND)[0].msg_id == "s7-18"
+    assert buffer.delivered(["s1-6", "s1-6"]) == 6
     assert buffer.pending_seqs() == list(range(7, 19))
+
+
+def test_a_message_sent_again_soon_keeps_its_sent_at_later_it_gets_a_fresh_one(tmp_path):
+    buffer = StoreAndForward(tmp_path, "dev-1")
+    buffer.append(cuff_readings())
+
+    def send(after: timedelta) -> str:
+        at = T0 + after
+        [batch] = buffer.next_batches(0, 1, max_readings=500, sent_at=at.isoformat(), now=at)
+        assert batch.msg_id == "s1-3"
+        return batch.sent_at
+
+    assert send(timedelta(0)) == "2026-11-25T07:00:00+00:00"
+    assert send(timedelta(seconds=59)) == "2026-11-25T07:00:00+00:00"  # the same bytes again
+    assert send(timedelta(minutes=5)) == "2026-11-25T07:05:00+00:00"  # not a wrong clock
+    assert send(timedelta(minutes=5, seconds=30)) == "2026-11-25T07:05:00+00:00"
 
 
 def test_a_measurement_is_never_split_across_messages(tmp_path):
     buffer = StoreAndForward(tmp_path, "dev-1")
     for i in range(5):
         buffer.append(cuff_readings(T0 + timedelta(minutes=i)))
-    batches = buffer.next_batches(0, 10, max_readings=4)
+    batches = buffer.next_batches(0, 10, max_readings=4, **SEND)
     assert [(b.first_seq, b.last_seq) for b in batches] == [(1, 3), (4, 6), (7, 9), (10, 12),
                                                             (13, 15)]  # fmt: skip
     one = StoreAndForward(tmp_path / "one", "dev-2")
     for i in range(2):
         one.append(cuff_readings(T0 + timedelta(minutes=i)))
-    assert [len(b.readings) for b in one.next_batches(0, 10, max_readings=1)] == [3, 3]
+    assert [len(b.readings) for b in one.next_batches(0, 10, max_readings=1, **SEND)] == [3, 3]
 
 
 def test_a_backlog_goes_in_messages_within_the_contract_limits(tmp_path):
@@ -376,13 +396,11 @@ def test_a_backlog_goes_in_messages_within_the_contract_limits(tmp_path):
         values = {"steps": 99_999.0, "heart_rate": 150.0, "respiratory_rate": 30.0}
         at = T0 + timedelta(minutes=i)
         buffer.append(lambda first, at=at, v=values: tracker.readings(Measurement(at, v), first))
-    batches = buffer.next_batches(0, 100, max_readings=500)
+    batches = buffer.next_batches(0, 100, max_readings=500, **SEND)
     assert sum(len(b.readings) for b in batches) == 4500
     assert [len(b.readings) for b in batches] == [498] * 9 + [18]  # whole measurements of 3
-    sent_at = "2026-11-25T07:00:00+00:00"
-    assert max(len(encode(readings_message(b.msg_id, sent_at, b.readings))) for b in batches) <= (
-        MAX_PAYLOAD_BYTES
-    )
+    largest = max(len(encode(readings_message(b.msg_id, b.sent_at, b.readings))) for b in batches)
+    assert largest <= MAX_PAYLOAD_BYTES
 
 
 @pytest.mark.parametrize(
@@ -590,6 +608,30 @@ def test_a_killed_simulator_resumes_its_seq_and_flushes_its_buffer(lab, tmp_path
         "SELECT count(*), count(DISTINCT seq) FROM readings WHERE device_id = %s",
         registration.device_id,
     ) == [(35, 35)]
+
+
+def test_a_message_sent_again_soon_after_a_restart_is_a_redelivery_not_duplicates(lab, tmp_path):
+    """A simulator that dies between its publication and the broker's PUBACK sends the
+    message again on restart; within a minute it is the same bytes, so ingest logs a second
+    delivery of one message rather than a new message repeating readings (the rule for a
+    later resend, a fresh sent_at, is tested on the buffer above)."""
+    registration = lab.register("thermometer")
+    state_dir = tmp_path / "resent"
+    now = real_now()
+    dying = lab.keep(Device(registration, state_dir))
+    dying.take(Measurement(now - timedelta(minutes=10), {"body_temperature": 37.1}))
+    dying.pump(now)  # published; the process dies before it reads the PUBACK
+    assert lab.wait_for_count("readings", registration.device_id, 1) == 1
+
+    restarted = lab.keep(Device(registration, state_dir))
+    assert restarted.pending_seqs() == [1]
+    restarted.drain(now + timedelta(seconds=30))
+    messages = (
+        "SELECT msg_id, deliveries, accepted, duplicates FROM device_messages WHERE device_id = %s"
+    )
+    expected = [("s1-1", 2, 1, 0)]
+    assert lab.pilot.wait_for(messages, expected, registration.device_id) == expected
+    assert lab.readings(registration.device_id, "seq, clock_corrected") == [(1, False)]
 
 
 def test_a_badly_set_clock_is_corrected_in_the_store_a_drifting_one_is_not(lab):

@@ -434,17 +434,20 @@ class Device:
         if connection is None or room <= 0 or unsent <= 0:
             return
         batches = self._buffer.next_batches(
-            self._sent_through, room, max_readings=self.config.max_batch_readings
+            self._sent_through,
+            room,
+            max_readings=self.config.max_batch_readings,
+            sent_at=self._builder.sent_at(wall_now or now, clock_at=now),
+            now=now,
         )
         if not batches:
             return
-        sent_at = self._builder.sent_at(wall_now or now, clock_at=now)
         stamp: tuple[tuple[str, str], ...] = ()
         if simulated_received_at is not None:
             milliseconds = round(simulated_received_at.timestamp() * 1000)
             stamp = ((SIMULATED_RECEIVE_PROPERTY, str(milliseconds)),)
         for batch in batches:
-            message = readings_message(batch.msg_id, sent_at, batch.readings)
+            message = readings_message(batch.msg_id, batch.sent_at, batch.readings)
             payloads = apply_fault(choose_fault(self.config.faults, batch.msg_id), message)
             if len(payloads) > room:
                 break
