@@ -838,3 +838,18 @@ def test_a_simulator_is_registered_as_simulated_and_shown_as_such(client, cast):
     body = {"type": "thermometer", "model": "T", "serial": "x", "simulated": "maybe"}
     bad = client.post("/api/v1/devices", headers=cast.h("a"), json=body)
     assert bad.status_code == 422
+
+
+def test_a_provider_may_be_given_its_fls_code_and_nobody_else(client, cast, settings):
+    made = client.post("/api/v1/organisations", headers=cast.h("operator"),
+                       json={"kind": "provider", "name": f"ASL {uuid.uuid4().hex[:6]}",
+                             "fls_code": "010204"})  # fmt: skip
+    assert made.status_code == 201, made.text
+    with psycopg.connect(settings.require_database_url()) as conn:
+        stored = conn.execute("SELECT fls_code FROM organisations WHERE id = %s",
+                              (made.json()["id"],)).fetchone()  # fmt: skip
+    assert stored == ("010204",)
+    for body in ({"kind": "startup", "name": "S", "fls_code": "010204"},
+                 {"kind": "provider", "name": "P", "fls_code": "10204"}):  # fmt: skip
+        assert_problem(client.post("/api/v1/organisations", headers=cast.h("operator"),
+                                   json=body), 422)  # fmt: skip

@@ -88,10 +88,9 @@ class DeviceRecord(NamedTuple):
 
 
 class OrganisationRecord(NamedTuple):
-    """SELECT id, kind, name FROM organisations
+    """SELECT id, kind, name, fls_code FROM organisations
 
-    `fls_code`, the 6-digit FLS 11 code of an Azienda Sanitaria Locale, has no column yet;
-    when the store gets one, the mapping already identifies ASLs the HL7 Italia way.
+    `fls_code`: the 6-digit FLS 11 code of an Azienda Sanitaria Locale, when CMTo gave one.
     """
 
     id: UUID

@@ -54,14 +54,17 @@ class OrganisationRow:
 _ORGANISATION_COLUMNS = _columns("id", "kind", "name", "created_at")
 
 
-def create_organisation(conn: Connection, kind: OrganisationKind, name: str) -> OrganisationRow:
+def create_organisation(
+    conn: Connection, kind: OrganisationKind, name: str, fls_code: str | None = None
+) -> OrganisationRow:
     try:
         with conn.transaction(), conn.cursor(row_factory=class_row(OrganisationRow)) as cur:
             cur.execute(
                 sql.SQL(
-                    "INSERT INTO organisations (kind, name) VALUES (%s, %s) RETURNING {cols}"
+                    "INSERT INTO organisations (kind, name, fls_code) VALUES (%s, %s, %s)"
+                    " RETURNING {cols}"
                 ).format(cols=_ORGANISATION_COLUMNS),
-                (kind, name),
+                (kind, name, fls_code),
             )
             return _one(cur.fetchone())
     except psycopg.errors.UniqueViolation:

@@ -198,7 +198,7 @@ def create_organisation(
     caller: OperatorDep, body: schemas.OrganisationCreate, context: ContextDep
 ) -> schemas.OrganisationCreated:
     with context.transaction() as conn:
-        organisation = registry.create_organisation(conn, body.kind, body.name)
+        organisation = registry.create_organisation(conn, body.kind, body.name, body.fls_code)
         token_row, token = registry.create_token(conn, organisation.id, "admin", "first token")
     return schemas.OrganisationCreated(
         id=organisation.id,

@@ -95,6 +95,20 @@ class OrganisationCreate(_Request):
 
     kind: Literal["startup", "provider", "operator"]
     name: Annotated[str, _text(200, "unique among organisations of its kind", "ASL TO4")]
+    fls_code: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[0-9]{6}$",
+            description="a health provider's six-digit FLS code (Ministry of Health: region "
+            "and health authority), its identifier in FHIR (system http://hl7.it/sid/fls)",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _fls_only_for_providers(self) -> OrganisationCreate:
+        if self.fls_code is not None and self.kind != "provider":
+            raise ValueError("fls_code is for health providers (kind provider) only")
+        return self
 
 
 class OrganisationCreated(BaseModel):
