@@ -733,6 +733,27 @@ def test_the_last_will_says_offline_after_a_drop_and_a_clean_close_says_so_too(l
     assert state(lab.watch_status(device.device_id)) == "offline"
 
 
+def test_a_device_connected_only_to_send_still_hears_its_feedback(lab):
+    """stay_connected=False: connect while there is something to send, then say offline and
+    leave; with a session kept, feedback published meanwhile arrives on the next visit."""
+    config = DeviceConfig(stay_connected=False, session_expiry_s=600,
+                          faults=FaultShares(wrong_units=1.0))  # fmt: skip
+    device = lab.device("glucometer", config)
+    status = lab.watch_status(device.device_id)
+    device.pump(real_now())
+    assert not device.connected and device.connections == 0  # nothing to send: no visit
+    device.take(Measurement(real_now() - timedelta(minutes=2), {"blood_glucose": 180.0}))
+    device.drain(real_now())
+    assert [state(status), state(status)] == ["online", "offline"]
+    assert not device.connected
+    assert lab.wait_for_count("rejected_readings", device.device_id, 1) == 1
+    device.take(Measurement(real_now() - timedelta(minutes=1), {"blood_glucose": 150.0}))
+    device.drain(real_now())
+    assert eventually(lambda: len(device.feedback()) >= 1)
+    assert device.feedback()[0].msg_id == "s1-1"
+    assert device.connections == 2
+
+
 def test_an_empty_battery_kills_the_device_until_it_is_recharged(lab):
     config = DeviceConfig(
         battery=Battery(capacity_measurements=2, recharge_after=timedelta(days=1))

@@ -10,8 +10,10 @@ accelerated or backfill run can drive it; the network I/O is real.
 
 Many devices can be driven from one loop: `take` and `pump` never wait on the network except
 to connect (one CONNACK and one SUBACK on a connection's first pump). Each connected device
-does hold one network thread, paho's (see `MqttConnection`); a runner bounds how many are
-connected at once with `DeviceConfig.stay_connected=False` and `disconnect()`.
+does hold one network thread, paho's (see `MqttConnection`), and three file descriptors;
+paho's select() fails past descriptor 1023, so one process keeps at most about 300 devices
+connected (measured limit: 337). A runner bounds that with `DeviceConfig.stay_connected=False`,
+`disconnect()` or `close()` (docs/simulator-devices.md).
 """
 
 from __future__ import annotations
