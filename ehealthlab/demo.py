@@ -6,8 +6,11 @@ start-up and a health provider; the start-up registers a blood-pressure cuff; th
 enrols a patient of Ala di Stura (an inner area) with a care plan; the cuff connects, says it
 is online, sends its morning and evening readings — one with a wrong unit, one high enough
 to raise an alert — and goes offline. It prints what the LAB made of it: readings stored,
-the rejection and its reason, the alert, and the conformance report. Later issues grow it
-into the full pilot (simulated population, FHIR, evaluation, dashboards).
+the rejection and its reason, the alert, and the conformance report. Then a simulated week
+of 24 patients in Torino and the Valli di Lanzo (`simulators/scenarios/demo-week.toml`) is
+backfilled through the same API, broker and ingest, and the demo shows what the broadband did
+per SNAI area and reads one patient's latest Observations back through the FHIR API. Later
+issues add the evaluation and the dashboards.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +38,17 @@ from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.worker import IngestWorker
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, Will
 from ehealthlab.settings import Settings
+from ehealthlab.simulators.gateway_client import GatewayClient
+from ehealthlab.simulators.onboarding import PROVIDER_NAME, onboard
+from ehealthlab.simulators.runner import PilotRun
+from ehealthlab.simulators.scenario import load_scenario, pilot_measurements, simulated_patients
 from ehealthlab.stack.local import LocalStack, settings_with_stack
 from ehealthlab.stack.ports import free_port
 from ehealthlab.store.db import connect
 from ehealthlab.store.migrate import migrate
 from ehealthlab.store.reference import load_municipalities
 
+DEMO_WEEK = "scenarios/demo-week.toml"
 DEMO_MUNICIPALITY = "001003"  # Ala di Stura: SNAI E (peripheral), 58 minutes from its pole
 
 
@@ -67,7 +76,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     for line in stack.status_lines():
         _say("  " + line)
     with _Services(settings) as services:
-        _play_a_day(settings, services.api_url)
+        operator = bootstrap_operator(settings)["token"]
+        _play_a_day(services.api_url, operator)
+        _simulate_a_week(settings, services.api_url, operator, stack.state_dir)
     executable = Path(sys.executable).with_name("ehealthlab")
     _say(
         f'\nthe stack is still up. Next: eval "$({executable} stack env)", then see the '
@@ -136,9 +147,8 @@ def _api(url: str, token: str, method: str, path: str, body: object = None) -> A
         raise EhealthlabError(f"{method} {path}: {exc.code} {exc.read().decode()[:300]}") from None
 
 
-def _play_a_day(settings: Settings, url: str) -> None:
+def _play_a_day(url: str, operator: str) -> None:
     suffix = uuid.uuid4().hex[:6]
-    operator = bootstrap_operator(settings)["token"]
     startup = _api(
         url,
         operator,
@@ -237,3 +247,82 @@ def _cuff(
         {"seq": seq + 1, "metric": "bp_diastolic", "value": diastolic, "unit": unit, "at": stamp},
         {"seq": seq + 2, "metric": "heart_rate", "value": pulse, "unit": "/min", "at": stamp},
     ]
+
+
+def _simulate_a_week(settings: Settings, url: str, operator: str, state_dir: Path) -> None:
+    scenario = load_scenario(Path(str(resources.files("ehealthlab.simulators") / DEMO_WEEK)))
+    patients = simulated_patients(scenario)
+    devices = sum(len(p.devices) for p in patients)
+    _say(f"\n{scenario.name}: {len(patients)} patients, {devices} simulated devices, backfilled")
+    run_dir = state_dir / "simulations" / f"demo-{uuid.uuid4().hex[:6]}"
+    onboarded = onboard(GatewayClient(url, operator), patients, run_dir)
+    report = PilotRun(scenario, patients, onboarded, run_dir, speed=None).run()
+    _say(
+        f"  {report.measurements} measurements in {report.wall_seconds:.1f} s; "
+        f"{report.deferred_by_outage} sends held back by outages, "
+        f"{report.session_drops} broken sessions resent"
+    )
+    expected = sum(len(i.measurement.values) for i in pilot_measurements(scenario, patients))
+    device_ids = [d.device_id for d in onboarded.devices.values()]
+    with connect(settings) as conn:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stored = conn.execute(
+                "SELECT count(*) FROM readings WHERE device_id = ANY(%s)", (device_ids,)
+            ).fetchone()
+            conn.rollback()
+            if stored is not None and stored[0] >= expected:
+                break
+            time.sleep(0.2)
+        rows = conn.execute(_BY_AREA, (device_ids,)).fetchall()
+        alerts = conn.execute(
+            "SELECT count(*) FROM alerts WHERE device_id = ANY(%s)", (device_ids,)
+        ).fetchone()
+    _say(f"  {'SNAI class':<12}{'readings':>9}{'mean latency':>14}{'> 1 h late':>12}")
+    for snai_class, readings, latency, late in rows:
+        _say(f"  {snai_class:<12}{readings:>9}{latency:>12.0f} s{late:>12}")
+    _say(f"  {alerts[0] if alerts else 0} clinical alerts raised for the provider")
+    provider = onboarded.token_of(PROVIDER_NAME)
+    patient = next(iter(onboarded.patients.values()))
+    lastn = _fhir(url, provider, f"/Observation/$lastn?patient={patient}&max=1")
+    _say(f"\nFHIR: GET /fhir/Observation/$lastn?patient={patient}&max=1 (the provider's token)")
+    for entry in lastn.get("entry", []):
+        _say("  " + _observation_line(entry["resource"]))
+
+
+_BY_AREA = """
+SELECT m.snai_class, count(*),
+       avg(extract(epoch FROM r.received_at - r.measured_at)),
+       count(*) FILTER (WHERE r.received_at - r.measured_at > interval '1 hour')
+FROM readings r
+JOIN enrolments e ON e.device_id = r.device_id AND e.patient_id = r.patient_id
+JOIN municipalities m ON m.istat_code = e.municipality
+WHERE r.device_id = ANY(%s)
+GROUP BY m.snai_class ORDER BY m.snai_class
+"""
+
+
+def _fhir(url: str, token: str, path: str) -> Any:
+    request = urllib.request.Request(  # noqa: S310 - our own loopback API
+        url + "/fhir" + path, headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+def _observation_line(resource: dict[str, Any]) -> str:
+    code = resource["code"]["coding"][0]
+    when = resource.get("effectiveDateTime", "")
+    if "valueQuantity" in resource:
+        quantity = resource["valueQuantity"]
+        value = f"{quantity['value']:g} {quantity.get('unit', '')}"
+    else:
+        value = (
+            " / ".join(
+                f"{c['valueQuantity']['value']:g}"
+                for c in resource.get("component", [])
+                if "valueQuantity" in c
+            )
+            + " mm[Hg]"
+        )
+    return f"{code.get('display', code['code'])} (LOINC {code['code']}): {value} at {when}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ehealthlab import cli
@@ -34,6 +36,14 @@ def test_the_demo_shows_the_data_path_end_to_end(tmp_path, monkeypatch, capsys):
     assert "alert for the provider: bp_systolic_high (bp_systolic 184)" in out
     assert "the cuff is offline" in out
     assert "FAIL  Units (UCUM)" in out and "PASS  Status and Last Will" in out
+    # the simulated week: every SNAI class of its municipalities, late readings where the
+    # link went down (Ala di Stura, E), and an Observation read back through FHIR
+    week = out[out.index("demo: a week in Torino") :]
+    rows = re.findall(r"^  ([A-F]) +(\d+) +(-?\d+) s +(\d+)$", week, flags=re.MULTILINE)
+    late = {snai_class: int(n) for snai_class, _, _, n in rows}
+    assert set(late) == {"A", "D", "E", "F"}, week
+    assert late["E"] > 0 and late["A"] == 0
+    assert "FHIR: GET /fhir/Observation/$lastn" in week and "(LOINC " in week
 
 
 @pytest.mark.parametrize("argv", [["demo", "--fast"], ["dmeo"]])
