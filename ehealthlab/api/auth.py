@@ -4,13 +4,21 @@
 address); `PrincipalDep` the organisation a bearer token speaks for, and `StartupDep`,
 `ProviderDep`, `OperatorDep`, `StartupOrOperatorDep` the same, refusing (403) a token of
 another kind of organisation. A missing, malformed, unknown or revoked token is 401.
+
+`CachedPrincipalDep` is `PrincipalDep` for read-only APIs that answer thousands of requests a
+second (/fhir): a token verified in the database is trusted for TOKEN_CACHE_SECONDS more
+without asking again, so a revocation takes effect there within that time; `PrincipalDep`
+(the rest of /api/v1, which changes things) still asks the database on every request.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 from uuid import UUID
 
@@ -18,6 +26,7 @@ import psycopg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
 
 from ehealthlab.errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
 from ehealthlab.gateway import registry, tokens
@@ -26,6 +35,62 @@ from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
 from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection
+
+#: how long a verified token is trusted by CachedPrincipalDep: a revoked token may still be
+#: accepted there this long after its revocation
+TOKEN_CACHE_SECONDS = 5.0
+#: tokens remembered at most (the least recently verified are forgotten first)
+TOKEN_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The organisation behind a request's bearer token."""
+
+    organisation_id: UUID
+    kind: OrganisationKind
+    role: TokenRole
+    token_id: UUID
+
+
+class TokenCache:
+    """Tokens recently verified in the database, by their hash, each trusted until its
+    deadline. Only successes are kept: an unknown or revoked token is asked about every
+    time. Bounded; safe to share between threads."""
+
+    def __init__(
+        self,
+        seconds: float = TOKEN_CACHE_SECONDS,
+        size: int = TOKEN_CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self.size = size
+        self.clock = clock
+        self._entries: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token_hash: bytes) -> Principal | None:
+        """The principal of a token verified less than `seconds` ago, else None."""
+        with self._lock:
+            entry = self._entries.get(token_hash)
+            if entry is None:
+                return None
+            if entry[0] <= self.clock():
+                del self._entries[token_hash]
+                return None
+            return entry[1]
+
+    def put(self, token_hash: bytes, principal: Principal) -> None:
+        """Remember a token just verified."""
+        with self._lock:
+            self._entries[token_hash] = (self.clock() + self.seconds, principal)
+            self._entries.move_to_end(token_hash)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +102,8 @@ class ApiContext:
     broker: BrokerAddress
     patient_key: bytes
     alert_rules: AlertRules = DEFAULT_RULES
+    #: tokens verified recently (CachedPrincipalDep); one per application, never shared
+    tokens: TokenCache = field(default_factory=TokenCache, compare=False, repr=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -61,14 +128,14 @@ def get_context(request: Request) -> ApiContext:
 ContextDep = Annotated[ApiContext, Depends(get_context)]
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The organisation behind a request's bearer token."""
+async def get_context_async(request: Request) -> ApiContext:
+    """get_context as a coroutine: FastAPI runs a plain function dependency in its thread
+    pool, a trip that costs more than what this one does."""
+    return get_context(request)
 
-    organisation_id: UUID
-    kind: OrganisationKind
-    role: TokenRole
-    token_id: UUID
+
+#: ContextDep for coroutine handlers (no trip to the thread pool)
+AsyncContextDep = Annotated[ApiContext, Depends(get_context_async)]
 
 
 _bearer = HTTPBearer(
@@ -82,11 +149,20 @@ def get_principal(
     context: ContextDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    return _verify(context, _bearer_token(credentials))
+
+
+def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None:
         raise AuthenticationError("send an API token as `Authorization: Bearer ehl_…`")
     token = credentials.credentials
     if not tokens.looks_like_token(token):
         raise AuthenticationError("the bearer token is not an ehealthlab API token")
+    return token
+
+
+def _verify(context: ApiContext, token: str) -> Principal:
+    """Ask the database who the token speaks for (it must be known and not revoked)."""
     with context.transaction() as conn:
         owner = registry.authenticate(conn, tokens.hash_token(token))
     if owner is None or not tokens.token_matches(token, owner.token_hash):
@@ -94,7 +170,26 @@ def get_principal(
     return Principal(owner.organisation_id, owner.kind, owner.role, owner.token_id)
 
 
+async def get_cached_principal(
+    context: AsyncContextDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """get_principal, trusting a token verified less than TOKEN_CACHE_SECONDS ago.
+
+    A coroutine, so that a remembered token costs no trip to the thread pool.
+    """
+    token = _bearer_token(credentials)
+    token_hash = tokens.hash_token(token)
+    principal = context.tokens.get(token_hash)
+    if principal is None:
+        principal = await run_in_threadpool(_verify, context, token)
+        context.tokens.put(token_hash, principal)
+    return principal
+
+
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+#: PrincipalDep for read-only routes: a revocation takes effect within TOKEN_CACHE_SECONDS
+CachedPrincipalDep = Annotated[Principal, Depends(get_cached_principal)]
 
 _KIND_NAMES = {"startup": "start-ups", "provider": "health providers", "operator": "the operator"}
 
