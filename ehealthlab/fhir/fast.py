@@ -6,15 +6,23 @@ bench/fhir_mapping.py). Each function here returns exactly
 `dumps(...)` gives the bytes of `model_dump_json()`; tests/test_fhir_mapping.py proves it
 over generated rows. Sub-dicts that never vary (codes, categories) are shared between
 results: treat what these functions return as read-only.
+
+Observations are built for every row of every search, so that path avoids what it can: the
+business identifier is hashed here rather than through uuid.UUID objects (equal to
+ids.observation_identifier, which tests/test_fhir_perf_paths.py checks), UTC times are not
+converted again, and the references to a patient, organisation or device are made once
+(bounded caches) and shared.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 import orjson
 
@@ -28,6 +36,7 @@ from ehealthlab.fhir.codes import (
     DEVICE_CLOCK_TIME_EXTENSION,
     DEVICE_ID_SYSTEM,
     DIASTOLIC,
+    FHIR_BASE,
     FIRMWARE_REVISION_TEXT,
     ISTAT_MUNICIPALITY_SYSTEM,
     ITALY,
@@ -50,7 +59,7 @@ from ehealthlab.fhir.codes import (
     observation_category,
     observation_profiles,
 )
-from ehealthlab.fhir.ids import observation_id, observation_identifier
+from ehealthlab.fhir.ids import observation_id
 from ehealthlab.fhir.rows import (
     BloodPressureReadings,
     DeviceRecord,
@@ -98,12 +107,19 @@ def observation_json(source: ReadingRecord | BloodPressureReadings) -> Json:
 
 def _blood_pressure(panel: BloodPressureReadings) -> Json:
     principal = panel.principal
-    last = max((r for r in panel if r is not None), key=lambda reading: as_utc(reading.received_at))
+    systolic, diastolic = panel
+    # the later arrival (aware times compare as instants); systolic when they tie
+    last = (
+        diastolic
+        if diastolic is not None
+        and (systolic is None or as_utc(diastolic.received_at) > as_utc(systolic.received_at))
+        else principal
+    )
     device_type = principal.device_type
     return _observation(
         principal,
         BLOOD_PRESSURE,
-        _concept_json(BLOOD_PRESSURE_CODES, BLOOD_PRESSURE_TEXT),
+        _blood_pressure_concept(),
         last,
         components=[
             _component(SYSTOLIC, panel.systolic, device_type),
@@ -123,26 +139,26 @@ def _observation(
 ) -> Json:
     resource_id = observation_id(reading.device_id, code, reading.at)
     resource: Json = {"resourceType": "Observation", "id": resource_id}
-    profiles = observation_profiles(code, attributed=reading.patient_id is not None)
-    if profiles:
-        resource["meta"] = {"profile": list(profiles)}
+    meta = _meta(code, reading.patient_id is not None)
+    if meta is not None:
+        resource["meta"] = meta
     if reading.clock_corrected:
         resource["extension"] = [
             {"url": DEVICE_CLOCK_TIME_EXTENSION, "valueDateTime": _instant(reading.at)}
         ]
-    resource["identifier"] = [{"system": URI_SYSTEM, "value": observation_identifier(resource_id)}]
+    resource["identifier"] = [{"system": URI_SYSTEM, "value": _identifier(resource_id)}]
     resource["status"] = "final"
     resource["category"] = _category(code)
     resource["code"] = code_concept
     if reading.patient_id is not None:
-        resource["subject"] = {"reference": f"Patient/{reading.patient_id}"}
+        resource["subject"] = _patient_reference(reading.patient_id)
     resource["effectiveDateTime"] = _instant(reading.measured_at)
     resource["issued"] = _instant(last_received.received_at)
     if reading.provider_id is not None:
-        resource["performer"] = [{"reference": f"Organization/{reading.provider_id}"}]
+        resource["performer"] = _performer(reading.provider_id)
     if value is not None:
         resource["valueQuantity"] = value
-    resource["device"] = {"reference": f"Device/{reading.device_id}"}
+    resource["device"] = _device_reference(reading.device_id)
     if components is not None:
         resource["component"] = components
     return resource
@@ -167,6 +183,50 @@ def _metric_concept(metric: str, device_type: str) -> Json:
 @cache
 def _category(code: str) -> list[Json]:
     return [_concept_json([observation_category(code)])]
+
+
+@cache
+def _blood_pressure_concept() -> Json:
+    return _concept_json(BLOOD_PRESSURE_CODES, BLOOD_PRESSURE_TEXT)
+
+
+@cache
+def _meta(code: str, attributed: bool) -> Json | None:
+    profiles = observation_profiles(code, attributed=attributed)
+    return {"profile": list(profiles)} if profiles else None
+
+
+#: the name space of ids.observation_identifier
+_NAMESPACE_BYTES = uuid5(NAMESPACE_URL, f"{FHIR_BASE}/Observation").bytes
+
+
+def _identifier(resource_id: str) -> str:
+    """ids.observation_identifier(resource_id): RFC 4122 version 5 (SHA-1 of the name
+    space and the id), written without making UUID objects."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + resource_id.encode()).digest()[:16])  # noqa: S324 - UUID v5 is SHA-1 by definition
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+#: references shared between the Observations of a page (a page is one patient's, mostly)
+_REFERENCES = 4096
+
+
+@lru_cache(maxsize=_REFERENCES)
+def _patient_reference(patient_id: UUID) -> Json:
+    return {"reference": f"Patient/{patient_id}"}
+
+
+@lru_cache(maxsize=_REFERENCES)
+def _performer(provider_id: UUID) -> list[Json]:
+    return [{"reference": f"Organization/{provider_id}"}]
+
+
+@lru_cache(maxsize=_REFERENCES)
+def _device_reference(device_id: str) -> Json:
+    return {"reference": f"Device/{device_id}"}
 
 
 @cache
@@ -275,7 +335,9 @@ def _concept_json(codes: Iterable[Code], text: str | None = None) -> Json:
 
 def _instant(moment: datetime) -> str:
     """A FHIR dateTime/instant in UTC, as pydantic writes an aware datetime."""
-    return as_utc(moment).isoformat()[:-6] + "Z"
+    if moment.tzinfo is not UTC:  # the API's connections give UTC already
+        moment = as_utc(moment)
+    return moment.isoformat()[:-6] + "Z"
 
 
 def _decimal(value: float) -> float:

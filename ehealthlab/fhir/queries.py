@@ -16,16 +16,22 @@ are two panels, each in its own patient's record, rather than one revealing the 
 Pages are keyset pages: rows after (or before) the sort key of the last (first) row shown,
 so page 1,000 costs what page 1 costs. Sort keys are unique: Observations by (measured_at,
 device_id, metric, at), audit events by (recorded, id), everything else by id.
+
+Each function returns a `Statement`: one SQL statement and what its rows mean, so that a
+request sends all of its statements at once (`run`: one round trip, pipelined) on the API's
+asynchronous connections, which plan generically (see `GENERIC_PLANS`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 from uuid import UUID
+
+import psycopg
 
 from ehealthlab.contract.catalogue import METRICS
 from ehealthlab.fhir.access import Tenant
@@ -52,13 +58,60 @@ from ehealthlab.fhir.search import (
     from_micros,
     micros,
 )
-from ehealthlab.store.db import Connection
 
 #: the name space of Observation identifiers, as ids.py defines it (a test checks that an
 #: identifier search finds what ids.observation_identifier names)
 OBSERVATION_IDENTIFIER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, f"{FHIR_BASE}/Observation")
 
 ObservationSource = ReadingRecord | BloodPressureReadings
+AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
+Row = tuple[Any, ...]
+T = TypeVar("T")
+
+#: how the API's connections plan (libpq `options`): searches that name patients, devices or
+#: ids are planned once per connection, not once per request. psycopg prepares a statement
+#: run repeatedly, but PostgreSQL would still plan it afresh for every new patient or device,
+#: because a plan made for the value at hand looks cheaper than a generic one; planning over
+#: every partition of `readings` costs more than running these queries ($lastn: about 7 ms
+#: against 1), and their generic plans are the same index scans, partitions pruned as they
+#: run. Statements with `custom_plan` (searches over a whole tenant, whose generic plans are
+#: twenty times slower) switch back for their own transaction.
+GENERIC_PLANS = "-c plan_cache_mode=force_generic_plan"
+
+
+@dataclass(frozen=True, slots=True)
+class Statement(Generic[T]):
+    """One SQL statement and what its rows mean. No SQL: the answer is known already."""
+
+    sql: str
+    params: Mapping[str, Any]
+    result: Callable[[list[Row]], T]
+    #: planned for its own values (see GENERIC_PLANS)
+    custom_plan: bool = False
+
+    @staticmethod
+    def answer(value: T) -> Statement[T]:
+        """A statement that needs no database."""
+        return Statement("", {}, lambda rows: value)
+
+
+async def run(conn: AsyncConnection, statements: Sequence[Statement[Any]]) -> list[Any]:
+    """The statements' results, in order (autocommit: each statement sees its own snapshot,
+    as in READ COMMITTED). One after the other: pipeline mode would save a round trip for
+    the second, but psycopg's asynchronous pipeline polls the socket while it waits, which
+    costs more CPU than the round trip takes."""
+    results = []
+    for statement in statements:
+        if not statement.sql:
+            rows: list[Row] = []
+        elif statement.custom_plan:
+            async with conn.transaction():
+                await conn.execute("SET LOCAL plan_cache_mode = auto")
+                rows = await (await conn.execute(statement.sql, statement.params)).fetchall()
+        else:
+            rows = await (await conn.execute(statement.sql, statement.params)).fetchall()
+        results.append(statement.result(rows))
+    return results
 
 
 class AuditRow(NamedTuple):
@@ -85,10 +138,12 @@ class AuditRow(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of a search: records in display order, each with its sort key."""
+    """One page of a search: records in display order, and the sort keys of the first and
+    last (where the previous and next pages start; None when the page is empty)."""
 
     records: list[Any]
-    keys: list[CursorKey]
+    first_key: CursorKey | None
+    last_key: CursorKey | None
     has_next: bool
     has_previous: bool
 
@@ -127,14 +182,14 @@ _IS_PARTNER = (
 #: records; a half that was not a neighbour is looked up (LIMIT keeps that subquery apart,
 #: so the test on `q` spares every other row the lookup)
 _RECORDS = """
-SELECT q.device_id, dv.device_type, q.metric, q.at, q.value, q.measured_at, q.received_at,
-       q.clock_corrected, q.patient_id, p.organisation_id AS provider_id,
+SELECT q.device_id,
+       (SELECT dv.device_type FROM devices dv WHERE dv.device_id = q.device_id),
+       q.metric, q.at, q.value, q.measured_at, q.received_at, q.clock_corrected, q.patient_id,
+       (SELECT p.organisation_id FROM patients p WHERE p.id = q.patient_id) AS provider_id,
        coalesce((q.partner).value, d.value), coalesce((q.partner).measured_at, d.measured_at),
        coalesce((q.partner).received_at, d.received_at),
        coalesce((q.partner).clock_corrected, d.clock_corrected)
 FROM ({rows}) q
-JOIN devices dv ON dv.device_id = q.device_id
-LEFT JOIN patients p ON p.id = q.patient_id
 LEFT JOIN LATERAL (
     SELECT d.value, d.measured_at, d.received_at, d.clock_corrected FROM readings d
     WHERE (q.partner).device_id IS NULL AND q.metric IN ('bp_systolic', 'bp_diastolic')
@@ -156,8 +211,10 @@ _OBSERVATION_GROUP = (
 )
 _KEY_COLUMNS = ("measured_at", "device_id", "metric", "at")
 _OBSERVATION_KEY = tuple(f"r.{column}" for column in _KEY_COLUMNS)
-#: counted exactly up to this many matches when a search names no patient or device
-TOTAL_CAP = 10_000
+#: a search's total, unless asked for accurately, is counted up to this many matches (no
+#: total beyond): finding that a patient has more costs a scan of 2,001 index entries
+#: (0.15 ms), counting a year of their readings 15 ms, more than answering the page
+TOTAL_CAP = 1_000
 
 
 def _metric_condition(sql: _Sql, matches: Sequence[MetricMatch]) -> str:
@@ -268,6 +325,14 @@ def _principal_rows(sql: _Sql, clauses: Sequence[Clause], *, descending: bool, l
     matching neighbour (a lone reading, or halves a clock correction put apart) is looked
     up. Each matching panel is thus one row, its systolic one if that matches: a page never
     splits a pair, and a count groups readings without lookups.
+
+    The rows come in the window's order, which the stream states; the levels above filter
+    and limit without an ORDER BY of their own, on purpose. An ORDER BY there (or a LIMIT
+    given as a parameter) makes PostgreSQL plan the stream for fetching every match: it
+    then sorts all of a patient's year of readings (60 ms) instead of reading the first
+    ones from an index in order (under 1 ms). Those levels have one relation and no join,
+    grouping or sort, so nothing reorders the rows; callers sort the few they get.
+    `limit` is a literal for the same reason.
     """
     join = " JOIN devices dv ON dv.device_id = r.device_id" if sql.uses_device_type else ""
     stream = (
@@ -275,6 +340,7 @@ def _principal_rows(sql: _Sql, clauses: Sequence[Clause], *, descending: bool, l
         " r.clock_corrected, r.patient_id, lag(r) OVER w AS before, lead(r) OVER w AS after"
         f" FROM readings r{join} WHERE {sql.condition()}"
         f" WINDOW w AS (ORDER BY {_key_order('r', descending)})"
+        f" ORDER BY {_key_order('r', descending)}"
     )
     paired = (
         "SELECT m.device_id, m.metric, m.at, m.value, m.measured_at, m.received_at,"  # noqa: S608 - values are bound
@@ -293,10 +359,7 @@ def _principal_rows(sql: _Sql, clauses: Sequence[Clause], *, descending: bool, l
         "SELECT 1 FROM readings s WHERE s.device_id = q.device_id AND s.metric = 'bp_systolic'"
         f" AND s.at = q.at AND s.patient_id IS NOT DISTINCT FROM q.patient_id{systolic_matches}))"
     )
-    return (
-        f"SELECT q.* FROM ({paired}) q WHERE {principal}"  # noqa: S608 - values are bound
-        f" ORDER BY {_key_order('q', descending)} LIMIT {limit}"
-    )
+    return f"SELECT q.* FROM ({paired}) q WHERE {principal} LIMIT {limit}"  # noqa: S608 - values are bound
 
 
 def _narrowed(clauses: Sequence[Clause]) -> bool:
@@ -363,70 +426,86 @@ def _observation_key_values(key: CursorKey) -> tuple[Any, ...]:
     return (from_micros(key[0]), key[1], key[2], from_micros(key[3]))
 
 
-def read_observation(
-    conn: Connection, key: ObservationKey, tenant: Tenant
-) -> ObservationSource | None:
+def read_observation(key: ObservationKey, tenant: Tenant) -> Statement[ObservationSource | None]:
     """The Observation an id names, if the tenant may see it."""
     clauses = [Clause("_id", (key,))]
     sql = _observation_filters(clauses, tenant)
     rows = _principal_rows(sql, clauses, descending=True, limit="1")
-    row = conn.execute(_RECORDS.format(rows=rows, order="q.measured_at"), sql.params).fetchone()
-    return None if row is None else _observation_source(row)
+    return Statement(
+        _RECORDS.format(rows=rows, order="q.measured_at"),
+        sql.params,
+        lambda found: _observation_source(found[0]) if found else None,
+    )
 
 
 def search_observations(
-    conn: Connection,
     clauses: Sequence[Clause],
     tenant: Tenant,
     *,
     descending: bool,
     limit: int,
     cursor: Cursor | None,
-) -> Page:
+) -> Statement[Page]:
     """One page of Observations (ReadingRecord or BloodPressureReadings)."""
     sql = _observation_filters(clauses, tenant)
     fetch_descending = _fetch_descending(descending, cursor)
     if cursor is not None:
         _keyset(sql, _OBSERVATION_KEY, _observation_key_values(cursor.key), fetch_descending)
-    bound_limit = sql.bind(limit + 1)
-    if _narrowed(clauses):
+    bound_limit = str(int(limit) + 1)  # a literal: see _principal_rows
+    narrowed = _narrowed(clauses)
+    if narrowed:
         rows = _principal_rows(sql, clauses, descending=fetch_descending, limit=bound_limit)
     else:
         rows = _broad_rows(sql, clauses, tenant, descending=fetch_descending, limit=bound_limit)
-    query = _RECORDS.format(rows=rows, order=_key_order("q", fetch_descending))
-    found = conn.execute(query, sql.params).fetchall()
-    return _page(
-        found, limit, cursor, lambda row: (_observation_source(row), _observation_key(row))
+    return Statement(
+        _RECORDS.format(rows=rows, order=_key_order("q", fetch_descending)),
+        sql.params,
+        lambda found: _page(found, limit, cursor, _observation_source, _observation_key),
+        custom_plan=not narrowed,
     )
 
 
 def count_observations(
-    conn: Connection, clauses: Sequence[Clause], tenant: Tenant, *, accurate: bool = False
-) -> int | None:
-    """How many Observations match: exactly when the criteria name patients, devices or ids
-    (or `accurate`); otherwise up to TOTAL_CAP, None beyond (a count of a whole store
-    would cost more than the page)."""
+    clauses: Sequence[Clause], tenant: Tenant, *, accurate: bool = False
+) -> Statement[int | None]:
+    """How many Observations match: exactly with `accurate`; otherwise up to TOTAL_CAP,
+    None beyond (a patient's year of readings takes longer to count than its page takes to
+    answer, and a count of a whole store longer still)."""
     sql = _Sql()
     _observation_conditions(sql, clauses, tenant)
     join = " JOIN devices dv ON dv.device_id = r.device_id" if sql.uses_device_type else ""
     matches = f"SELECT 1 FROM readings r{join} WHERE {sql.condition()}"  # noqa: S608 - values are bound
-    if not (accurate or _narrowed(clauses)):
-        # an Observation is one or two readings: more than twice the cap of readings is
-        # more than the cap of Observations, found without grouping them all
-        cap = sql.bind(2 * TOTAL_CAP + 1)
-        readings = f"SELECT count(*) FROM ({matches} LIMIT {cap}) c"  # noqa: S608 - values are bound
-        row = conn.execute(readings, sql.params).fetchone()
-        if row is None or int(row[0]) > 2 * TOTAL_CAP:
-            return None
     grouped = f"SELECT count(*) FROM ({matches} GROUP BY {_OBSERVATION_GROUP}) g"  # noqa: S608 - values are bound
-    row = conn.execute(grouped, sql.params).fetchone()
-    found = int(row[0]) if row else 0
-    return found if accurate or _narrowed(clauses) or found <= TOTAL_CAP else None
+    custom = not _narrowed(clauses)
+    if accurate:
+        return Statement(grouped, sql.params, _first_int, custom_plan=custom)
+    # An Observation is one or two readings: more than twice the cap of readings is more
+    # than the cap of Observations, found without grouping them all. CASE runs the grouped
+    # count only when needed; the caps are literals (a LIMIT parameter misleads the plan).
+    cap = TOTAL_CAP
+    capped = (
+        f"SELECT CASE WHEN (SELECT count(*) FROM ({matches} LIMIT {2 * cap + 1}) c)"  # noqa: S608 - values are bound
+        f" <= {2 * cap} THEN ({grouped}) END"
+    )
+    return Statement(
+        capped,
+        sql.params,
+        lambda rows: _at_most(_first_int(rows), cap),
+        custom_plan=custom,
+    )
+
+
+def _first_int(rows: list[Row]) -> int | None:
+    return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+
+def _at_most(found: int | None, cap: int) -> int | None:
+    return found if found is not None and found <= cap else None
 
 
 def lastn_observations(
-    conn: Connection, clauses: Sequence[Clause], tenant: Tenant, maximum: int
-) -> list[ObservationSource]:
+    clauses: Sequence[Clause], tenant: Tenant, maximum: int
+) -> Statement[list[ObservationSource]]:
     """The `maximum` most recent Observations of each code, codes in alphabetical order,
     most recent first within a code: one short backward index scan per code."""
     metrics = set(METRICS)
@@ -438,37 +517,29 @@ def lastn_observations(
         code = BLOOD_PRESSURE if metric in (SYSTOLIC, DIASTOLIC) else metric
         codes.setdefault(code, []).append(metric)
     if not codes:
-        return []
+        return Statement.answer([])
     sql = _observation_filters(clauses, tenant)
     shared = list(sql.conditions)
-    bound_max = sql.bind(maximum)
+    bound_max = str(int(maximum))  # a literal: see _principal_rows
     branches = []
     for members in codes.values():
         sql.conditions = [*shared, _in(sql, "r.metric", members)]
         rows = _principal_rows(sql, clauses, descending=True, limit=bound_max)
         branches.append(f"({rows})")
-    query = _RECORDS.format(rows=" UNION ALL ".join(branches), order=_key_order("q", True))
-    by_code: dict[str, list[ObservationSource]] = {code: [] for code in sorted(codes)}
-    for row in conn.execute(query, sql.params).fetchall():
-        by_code[BLOOD_PRESSURE if row[2] in (SYSTOLIC, DIASTOLIC) else row[2]].append(
-            _observation_source(row)
-        )
-    return [source for sources in by_code.values() for source in sources]
 
+    def by_code(found: list[Row]) -> list[ObservationSource]:
+        grouped: dict[str, list[ObservationSource]] = {code: [] for code in sorted(codes)}
+        for row in found:
+            code = BLOOD_PRESSURE if row[2] in (SYSTOLIC, DIASTOLIC) else row[2]
+            grouped[code].append(_observation_source(row))
+        return [source for sources in grouped.values() for source in sources]
 
-def choose_plans(conn: Connection, resource_type: str, clauses: Sequence[Clause]) -> None:
-    """Plan Observation queries that name patients, devices or ids once per connection,
-    not once per request (for the rest of the caller's transaction).
-
-    psycopg prepares a statement run repeatedly; PostgreSQL would still plan it afresh for
-    every new patient or device, because a plan made for the value at hand looks cheaper
-    than a generic one. Planning over every partition of `readings` costs more than running
-    these queries ($lastn: about 7 ms against 1), and their generic plans are the same
-    index scans, partitions pruned as they run. A search over a whole tenant is left to
-    custom plans: its generic plan is twenty times slower.
-    """
-    if resource_type == "Observation" and _narrowed(clauses):
-        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    return Statement(
+        _RECORDS.format(rows=" UNION ALL ".join(branches), order=_key_order("q", True)),
+        sql.params,
+        by_code,
+        custom_plan=not _narrowed(clauses),
+    )
 
 
 # -- keyset pages -----------------------------------------------------------------------------
@@ -499,17 +570,18 @@ def _page(
     rows: Sequence[Sequence[Any]],
     limit: int,
     cursor: Cursor | None,
-    convert: Callable[[Sequence[Any]], tuple[Any, CursorKey]],
+    record: Callable[[Sequence[Any]], Any],
+    key: Callable[[Sequence[Any]], CursorKey],
 ) -> Page:
     """A page from up to limit + 1 rows fetched in _fetch_descending order."""
     more = len(rows) > limit
-    converted = [convert(row) for row in rows[:limit]]
-    records, keys = [r for r, _ in converted], [k for _, k in converted]
+    shown = rows[:limit]
+    records = [record(row) for row in shown]
+    first, last = (key(shown[0]), key(shown[-1])) if shown else (None, None)
     if cursor is not None and not cursor.after:
         records.reverse()
-        keys.reverse()
-        return Page(records, keys, has_next=True, has_previous=more)
-    return Page(records, keys, has_next=more, has_previous=cursor is not None)
+        return Page(records, last, first, has_next=True, has_previous=more)
+    return Page(records, first, last, has_next=more, has_previous=cursor is not None)
 
 
 # -- the other resources: one table each, sorted by id ---------------------------------------
@@ -784,7 +856,7 @@ def _filters(resource_type: str, clauses: Sequence[Clause], tenant: Tenant) -> _
     return sql
 
 
-def read(conn: Connection, resource_type: str, resource_id: str, tenant: Tenant) -> Any | None:
+def read(resource_type: str, resource_id: str, tenant: Tenant) -> Statement[Any | None]:
     """The record of a Patient, Device, Location, Organization or AuditEvent, if the tenant
     may see it (an id that cannot be one is simply not found)."""
     table = _TABLES[resource_type]
@@ -792,16 +864,18 @@ def read(conn: Connection, resource_type: str, resource_id: str, tenant: Tenant)
     try:
         value = convert(resource_id)
     except ValueError:
-        return None
+        return Statement.answer(None)
     sql = _Sql()
     table.tenant(sql, tenant)
     sql.where(f"{column} = {sql.bind(value)}")
-    row = conn.execute(f"{table.select} WHERE {sql.condition()}", sql.params).fetchone()
-    return None if row is None else table.record(row)
+    return Statement(
+        f"{table.select} WHERE {sql.condition()}",
+        sql.params,
+        lambda rows: table.record(rows[0]) if rows else None,
+    )
 
 
 def search(
-    conn: Connection,
     resource_type: str,
     clauses: Sequence[Clause],
     tenant: Tenant,
@@ -809,7 +883,7 @@ def search(
     descending: bool,
     limit: int,
     cursor: Cursor | None,
-) -> Page:
+) -> Statement[Page]:
     table = _TABLES[resource_type]
     sql = _filters(resource_type, clauses, tenant)
     fetch_descending = _fetch_descending(descending, cursor)
@@ -817,27 +891,30 @@ def search(
         _keyset(sql, table.key_columns, table.key_values(cursor.key), fetch_descending)
     query = (
         f"{table.select} WHERE {sql.condition()}"
-        f" ORDER BY {_order(table.key_columns, fetch_descending)} LIMIT {sql.bind(limit + 1)}"
+        f" ORDER BY {_order(table.key_columns, fetch_descending)} LIMIT {int(limit) + 1}"
     )
-    rows = conn.execute(query, sql.params).fetchall()
-    return _page(rows, limit, cursor, lambda row: (table.record(row), table.row_key(row)))
+    return Statement(
+        query,
+        sql.params,
+        lambda rows: _page(rows, limit, cursor, table.record, table.row_key),
+    )
 
 
 def count(
-    conn: Connection,
     resource_type: str,
     clauses: Sequence[Clause],
     tenant: Tenant,
     *,
     accurate: bool = False,
-) -> int | None:
+) -> Statement[int | None]:
     """How many match: exactly with `accurate`, else up to TOTAL_CAP (None beyond: only
     the audit trail grows that large)."""
     table = _TABLES[resource_type]
     sql = _filters(resource_type, clauses, tenant)
     from_part = table.select[table.select.index(" FROM ") :]
-    limit = "" if accurate else f" LIMIT {sql.bind(TOTAL_CAP + 1)}"
+    cap = TOTAL_CAP
+    limit = "" if accurate else f" LIMIT {cap + 1}"
     query = f"SELECT count(*) FROM (SELECT 1{from_part} WHERE {sql.condition()}{limit}) c"  # noqa: S608 - values are bound
-    row = conn.execute(query, sql.params).fetchone()
-    found = int(row[0]) if row else 0
-    return found if accurate or found <= TOTAL_CAP else None
+    if accurate:
+        return Statement(query, sql.params, _first_int)
+    return Statement(query, sql.params, lambda rows: _at_most(_first_int(rows), cap))
