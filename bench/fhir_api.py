@@ -927,6 +927,8 @@ class Scene:
     token: str
     patients: list[str]
     second_pages: list[str]
+    #: first pages asked for while choosing the patients
+    asked: int
 
 
 def prepare(store: Store, worker: Worker, patients: int = 200) -> Scene:
@@ -944,9 +946,10 @@ def prepare(store: Store, worker: Worker, patients: int = 200) -> Scene:
                 (provider[0], patients + patients // 4),
             )
         ]
-    chosen, second_pages = [], []
+    chosen, second_pages, asked = [], [], 0
     with httpx2.Client(base_url=worker.url, timeout=60) as http:
         for patient in candidates:
+            asked += 1
             answer = http.get(
                 "/fhir/Observation",
                 params={"patient": patient, "_count": "20"},
@@ -961,7 +964,7 @@ def prepare(store: Store, worker: Worker, patients: int = 200) -> Scene:
             chosen.append(patient)
             if len(chosen) == patients:
                 break
-    return Scene(token, chosen, second_pages)
+    return Scene(token, chosen, second_pages, asked)
 
 
 def _searches(patients: Sequence[str], prefix: str = "/fhir", **extra: str) -> list[str]:
@@ -972,12 +975,33 @@ def _searches(patients: Sequence[str], prefix: str = "/fhir", **extra: str) -> l
 THROUGHPUT_CONNECTIONS = 16
 
 
-def measure(store: Store, worker: Worker, seconds: float, profile: Path | None) -> list[Result]:
+def _audit_rows(store: Store) -> int:
+    with psycopg.connect(store.url) as conn:
+        row = conn.execute("SELECT count(*) FROM fhir_audit_events").fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass
+class Audited:
+    """Requests answered that read patient data, and the audit rows written meanwhile."""
+
+    requests: int = 0
+    in_flight: int = 0  # requests wrk may have left unanswered at the end of its runs
+    rows: int = 0
+
+
+def measure(
+    store: Store, worker: Worker, seconds: float, profile: Path | None
+) -> tuple[list[Result], Audited]:
+    rows_before = _audit_rows(store)
     scene = prepare(store, worker)
     warm_up = max(3.0, seconds / 5)
+    audited = Audited()
 
     def run(label: str, paths: list[str], connections: int, length: float = seconds) -> Result:
-        wrk(worker, paths, scene.token, connections=connections, seconds=warm_up, label="warm-up")
+        warm = wrk(
+            worker, paths, scene.token, connections=connections, seconds=warm_up, label="warm-up"
+        )
         result = wrk(
             worker,
             paths,
@@ -992,6 +1016,9 @@ def measure(store: Store, worker: Worker, seconds: float, profile: Path | None) 
             f" p95 {result.p95_ms:.1f} ms, worker {result.worker_cpu:.0f} %",
             flush=True,
         )
+        if paths[0].startswith(("/fhir/", "/bench/r4b/")):  # patient data: audited
+            audited.requests += warm.requests + result.requests
+            audited.in_flight += 2 * connections
         return result
 
     last = {"_count": "1000", "_sort": "-date"}
@@ -999,7 +1026,7 @@ def measure(store: Store, worker: Worker, seconds: float, profile: Path | None) 
     lastn = [f"/fhir/Observation/$lastn?{urlencode({'patient': p})}" for p in scene.patients]
     many = THROUGHPUT_CONNECTIONS
     short = max(5.0, seconds / 2)  # the models are slow: fewer requests suffice
-    return [
+    results = [
         run("last 1,000 Observations", _searches(scene.patients, **last), 1),
         run(
             "baseline: last 1,000, R4B models",
@@ -1027,9 +1054,15 @@ def measure(store: Store, worker: Worker, seconds: float, profile: Path | None) 
         run("baseline: FastAPI default JSON", ["/bench/default"], many),
         run("baseline: FastAPI typed return", ["/bench/typed"], many),
     ]
+    audited.requests += scene.asked
+    audited.rows = _audit_rows(store) - rows_before
+    return results, audited
 
 
-def report(form: str, store: Store, worker: Worker, results: list[Result], idle: float) -> None:
+def report(
+    form: str, store: Store, worker: Worker, measured: tuple[list[Result], Audited], idle: float
+) -> None:
+    results, audited = measured
     info = store.info
     print(
         f"\n{form}: {info['readings']:,} readings ({info['bytes'] / 2**30:.1f} GiB), built"
@@ -1062,6 +1095,11 @@ def report(form: str, store: Store, worker: Worker, results: list[Result], idle:
         f" fast path / R4B models: {first.rate / models.rate:.1f}x on 20 entries,"
         f" {last_models.p50_ms / last.p50_ms:.1f}x on 1,000 (p50);"
         f" first page / ceiling: {100 * first.rate / ceiling.rate:.0f} %"
+    )
+    print(
+        f"audit trail: {audited.rows:,} events written for {audited.requests:,} requests of"
+        f" patient data answered (up to {audited.in_flight} more may have been answered after"
+        " wrk stopped counting)"
     )
 
 
