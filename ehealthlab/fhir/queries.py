@@ -254,18 +254,45 @@ def _date_condition(sql: _Sql, column: str, ranges: Sequence[DateRange]) -> str:
     return " OR ".join(alternatives) or "FALSE"
 
 
+def _only_value(clauses: Sequence[Clause], names: tuple[str, ...]) -> Any | None:
+    """The value of a criterion naming one patient (or device), if the search has one."""
+    for clause in clauses:
+        if clause.name in names and clause.missing is None and len(clause.values) == 1:
+            return clause.values[0]
+    return None
+
+
 def _observation_conditions(sql: _Sql, clauses: Sequence[Clause], tenant: Tenant) -> None:
-    """The tenant and the criteria, on readings `r`."""
+    """The tenant and the criteria, on readings `r`.
+
+    When the search names one patient (a provider) or one device (a start-up), the tenant
+    is checked once, on that patient or device, rather than on every reading read.
+    """
     if tenant.kind == "provider":
-        sql.where(
-            "r.patient_id IN (SELECT id FROM patients WHERE organisation_id = "  # noqa: S608 - values are bound
-            f"{sql.bind(tenant.organisation_id)})"
-        )
+        organisation = sql.bind(tenant.organisation_id)
+        patient = _only_value(clauses, ("patient", "subject"))
+        if patient is not None:
+            sql.where(
+                "EXISTS (SELECT 1 FROM patients WHERE id = "  # noqa: S608 - values are bound
+                f"{sql.bind(patient)} AND organisation_id = {organisation})"
+            )
+        else:
+            sql.where(
+                f"r.patient_id IN (SELECT id FROM patients WHERE organisation_id = {organisation})"  # noqa: S608 - values are bound
+            )
     elif tenant.kind == "startup":
-        sql.where(
-            "r.device_id IN (SELECT device_id FROM devices WHERE organisation_id = "  # noqa: S608 - values are bound
-            f"{sql.bind(tenant.organisation_id)})"
-        )
+        organisation = sql.bind(tenant.organisation_id)
+        device = _only_value(clauses, ("device",))
+        if device is not None:
+            sql.where(
+                "EXISTS (SELECT 1 FROM devices WHERE device_id = "  # noqa: S608 - values are bound
+                f"{sql.bind(device)} AND organisation_id = {organisation})"
+            )
+        else:
+            sql.where(
+                "r.device_id IN (SELECT device_id FROM devices WHERE organisation_id = "  # noqa: S608 - values are bound
+                f"{organisation})"
+            )
     for clause in clauses:
         if clause.name in ("patient", "subject"):
             if clause.missing is not None:
