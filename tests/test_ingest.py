@@ -23,9 +23,12 @@ from ehealthlab.contract.topics import (
     readings_topic,
 )
 from ehealthlab.gateway.dynsec import DynamicSecurity
+from ehealthlab.ingest.alerts import DEFAULT_RULES
+from ehealthlab.ingest.store_batch import store_judged
 from ehealthlab.ingest.worker import IngestConfig, IngestWorker
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.settings import Settings
+from ehealthlab.store.readings import ReadingWriter
 
 T0 = datetime(2026, 3, 10, 7, 0, tzinfo=UTC)
 
@@ -536,3 +539,77 @@ def test_only_a_simulated_device_may_state_its_receive_time(pilot, workers):
     real_received, real_corrected = got[real_id]
     assert real_received > datetime.now(UTC) - timedelta(minutes=1)  # the broker's time
     assert real_corrected  # sent_at in March, received now: its clock is wrong
+
+
+def test_two_batches_storing_one_patients_weights_at_once_still_raise_the_gain(
+    plain_admin_url, migrated_template
+):
+    """Two workers (or MQTT and FHIR) each store one of a patient's weights at the same time:
+    the second waits for the first's alert evaluation and sees its weight."""
+    name = create_database(plain_admin_url, template=migrated_template)
+    url = with_database(plain_admin_url, name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        startup, provider = (
+            conn.execute(
+                "INSERT INTO organisations (kind, name) VALUES (%s, %s) RETURNING id", (k, k)
+            ).fetchone()[0]
+            for k in ("startup", "provider")
+        )
+        conn.execute(
+            "INSERT INTO devices (device_id, organisation_id, device_type, model, serial)"
+            " VALUES ('scale-1', %s, 'weighing_scale', 'M', 's1')",
+            (startup,),
+        )
+        patient = conn.execute(
+            "INSERT INTO patients (organisation_id, identifier_hash, label)"
+            " VALUES (%s, '\\x01', 'P1') RETURNING id",
+            (provider,),
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO enrolments (patient_id, device_id, municipality, start_date)"
+            " VALUES (%s, 'scale-1', '001003', '2026-03-01')",
+            (patient,),
+        )
+        # the month exists: only the alert evaluation can make the two batches wait
+        conn.execute("SELECT ehl_ensure_reading_partitions(ARRAY[%s::timestamptz])", (T0,))
+
+    def weight(seq: int, at: datetime, kg: float):
+        item = {"seq": seq, "metric": "body_weight", "value": kg, "unit": "kg",
+                "at": at.isoformat()}  # fmt: skip
+        received = ReceivedMessage("ehl/v1/devices/scale-1/readings",
+                                   message([item], sent_at=at), 1, False, 0, at, True)  # fmt: skip
+        return judge(received, lambda device: KnownDevice("weighing_scale"))
+
+    low, high = weight(1, T0, 70.0), weight(2, T0 + timedelta(days=1), 72.5)
+    try:
+        with psycopg.connect(url) as first, psycopg.connect(url) as second:
+            errors: list[BaseException] = []
+
+            def other_worker() -> None:
+                try:
+                    store_judged(second, ReadingWriter(second), [high], DEFAULT_RULES)
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+
+            thread = threading.Thread(target=other_worker)
+            with first.transaction():  # the first batch is still open ...
+                store_judged(first, ReadingWriter(first), [low], DEFAULT_RULES)
+                thread.start()  # ... while the second stores its weight (or waits for it)
+                with psycopg.connect(url, autocommit=True) as watcher:
+                    deadline = time.monotonic() + 15
+                    while thread.is_alive() and time.monotonic() < deadline:
+                        waiting = watcher.execute(
+                            "SELECT count(*) FROM pg_locks"
+                            " WHERE locktype = 'advisory' AND NOT granted"
+                        ).fetchone()[0]
+                        if waiting:
+                            break
+                        time.sleep(0.02)
+            thread.join(30)
+            assert not errors, errors
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM readings").fetchone() == (2,)
+            alerts = conn.execute("SELECT rule, value FROM alerts").fetchall()
+        assert alerts == [("weight_gain", 72.5)]
+    finally:
+        drop_database(plain_admin_url, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from importlib import resources
 
@@ -199,6 +200,37 @@ def test_a_new_months_readings_are_written_while_a_long_query_reads(store_url):
             later = [reading(at=datetime(2031, 5, 2, 9, 0, tzinfo=UTC), seq=2, msg="m-2")]
             assert ReadingWriter(conn).write(later).inserted == 1
             assert conn.execute("SELECT count(*) FROM readings").fetchone() == (2,)
+
+
+def test_two_writers_reaching_a_new_month_at_once_both_go_on(store_url):
+    """The writer that waited for the other's new partition finds it, rather than failing
+    with duplicate_table (it looked the partition up in a stale catalog cache)."""
+    month = [datetime(2033, 7, 15, tzinfo=UTC)]
+    errors: list[BaseException] = []
+    with psycopg.connect(store_url) as first, psycopg.connect(store_url, autocommit=True) as second:
+        first.execute("SELECT ehl_ensure_reading_partitions(%s)", (month,))
+
+        def other_writer() -> None:
+            try:
+                second.execute("SET lock_timeout = '20s'")
+                second.execute("SELECT ehl_ensure_reading_partitions(%s)", (month,))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        deadline = time.monotonic() + 15
+        with psycopg.connect(store_url, autocommit=True) as watcher:
+            while (
+                time.monotonic() < deadline
+                and not watcher.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ).fetchone()[0]
+            ):
+                time.sleep(0.02)
+        first.commit()
+        thread.join(30)
+    assert not errors, errors
 
 
 # --- reference data ------------------------------------------------------------------------

@@ -8,7 +8,13 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertCandidate, AlertRules, alert_candidates
-from ehealthlab.store.alerts import AlertRow, raise_alerts, weight_history, weight_window
+from ehealthlab.store.alerts import (
+    AlertRow,
+    lock_patients,
+    raise_alerts,
+    weight_history,
+    weight_window,
+)
 from ehealthlab.store.db import Connection
 from ehealthlab.store.readings import AttributedRow
 
@@ -22,8 +28,13 @@ def raise_alerts_for(
     weights = [r for r in attributed if r.metric == rules.weight_gain.metric]
     history: dict[UUID, list[AttributedRow]] = {}
     if weights:
+        patients = sorted({r.patient_id for r in weights})
+        # two transactions storing weights of one patient at once (two workers, two devices,
+        # MQTT and FHIR) would each read the history without the other's uncommitted weight
+        # and both miss a gain: the second waits here, then reads what the first committed
+        lock_patients(conn, patients)
         since, until = weight_window([r.measured_at for r in weights], rules.weight_gain.window)
-        history = weight_history(conn, sorted({r.patient_id for r in weights}), since, until)
+        history = weight_history(conn, patients, since, until)
     candidates = alert_candidates(attributed, history, rules)
     return raise_alerts(conn, [alert_row(c) for c in candidates])
 

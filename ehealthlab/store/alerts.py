@@ -29,6 +29,8 @@ def raise_alerts(conn: Connection, alerts: Sequence[AlertRow]) -> int:
     """Insert alerts not raised yet for their (patient, rule, day); returns how many were new."""
     if not alerts:
         return 0
+    # in one order, so two transactions inserting the same keys cannot deadlock
+    alerts = sorted(alerts, key=lambda a: (str(a.patient_id), a.rule, a.day))
     cur = conn.execute(
         "INSERT INTO alerts (patient_id, rule, day, device_id, metric, at, value, measured_at,"
         " raised_at)"
@@ -43,6 +45,19 @@ def raise_alerts(conn: Connection, alerts: Sequence[AlertRow]) -> int:
         ),
     )  # fmt: skip
     return cur.rowcount
+
+
+#: advisory-lock namespace of per-patient alert evaluation ("EHLP")
+_PATIENT_LOCK_CLASS = 0x45484C50
+
+
+def lock_patients(conn: Connection, patient_ids: Sequence[UUID]) -> None:
+    """Transaction-scoped locks on these patients' alert evaluation, taken in one order."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(p::text) AS h"
+        " FROM unnest(%s::uuid[]) AS p) AS s ORDER BY h",
+        (_PATIENT_LOCK_CLASS, list(patient_ids)),
+    )
 
 
 def weight_history(

@@ -1,0 +1,3 @@
+-- TimescaleDB creates its chunks itself. (This migration exists so that both forms share one
+-- sequence of versions.)
+SELECT 1;
