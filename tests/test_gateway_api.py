@@ -827,17 +827,40 @@ def test_the_api_command_names_what_is_missing_before_serving(settings, change, 
         args.handler(args, settings.model_copy(update=change))
 
 
-def test_a_simulator_is_registered_as_simulated_and_shown_as_such(client, cast):
+def test_only_the_operator_admits_simulators_and_their_data_never_mix_with_real_ones(client, cast):
+    # a start-up cannot declare its own device simulated (it could then state receive times)
+    body = {"type": "thermometer", "model": "T", "serial": "x", "simulated": True}
+    assert_problem(client.post("/api/v1/devices", headers=cast.h("a"), json=body), 422)
+    tokens = {}
+    for kind in ("startup", "provider"):
+        made = client.post("/api/v1/organisations", headers=cast.h("operator"),
+                           json={"kind": kind, "name": f"sim {uuid.uuid4().hex[:6]}",
+                                 "simulated": True})  # fmt: skip
+        assert made.status_code == 201, made.text
+        tokens[kind] = {"Authorization": f"Bearer {made.json()['token']}"}
+    listed = client.get("/api/v1/organisations", headers=cast.h("operator")).json()
+    assert sum(o["simulated"] for o in listed) == 2
+    simulator = client.post("/api/v1/devices", headers=tokens["startup"],
+                            json={"type": "blood_pressure_monitor", "model": "S",
+                                  "serial": "s1"}).json()["device_id"]  # fmt: skip
     real = register_device(client, cast, "a")["device_id"]
-    simulated = register_device(client, cast, "a", simulated=True)["device_id"]
-    shown = {
-        d["device_id"]: d["simulated"]
-        for d in client.get("/api/v1/devices", headers=cast.h("a")).json()
-    }
-    assert (shown[real], shown[simulated]) == (False, True)
-    body = {"type": "thermometer", "model": "T", "serial": "x", "simulated": "maybe"}
-    bad = client.post("/api/v1/devices", headers=cast.h("a"), json=body)
-    assert bad.status_code == 422
+    shown = client.get(f"/api/v1/devices/{simulator}", headers=tokens["startup"]).json()
+    assert shown["simulated"] is True
+    assert client.get(f"/api/v1/devices/{real}", headers=cast.h("a")).json()["simulated"] is False
+    # a real provider's patient never gets a simulator, nor a simulated patient a real device
+    real_patient = register_patient(client, cast, "p")
+    assert_problem(enrol(client, cast, real_patient, simulator), 422, field_name="body.device_id")
+    patient = {"identifier": "x1", "label": "sim"}
+    simulated_patient = client.post("/api/v1/patients", headers=tokens["provider"],
+                                    json=patient).json()["id"]  # fmt: skip
+    body = {"patient_id": simulated_patient, "municipality": "001272", "start": "2026-01-01",
+            "care_plan": {"bp_systolic": 2}}  # fmt: skip
+    mixed = client.post("/api/v1/enrolments", headers=tokens["provider"],
+                        json={**body, "device_id": real})  # fmt: skip
+    assert_problem(mixed, 422, field_name="body.device_id")
+    same = client.post("/api/v1/enrolments", headers=tokens["provider"],
+                       json={**body, "device_id": simulator})  # fmt: skip
+    assert same.status_code == 201, same.text
 
 
 def test_a_provider_may_be_given_its_fls_code_and_nobody_else(client, cast, settings):

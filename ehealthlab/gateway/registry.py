@@ -49,22 +49,28 @@ class OrganisationRow:
     kind: OrganisationKind
     name: str
     created_at: datetime
+    simulated: bool = False
 
 
-_ORGANISATION_COLUMNS = _columns("id", "kind", "name", "created_at")
+_ORGANISATION_COLUMNS = _columns("id", "kind", "name", "created_at", "simulated")
 
 
 def create_organisation(
-    conn: Connection, kind: OrganisationKind, name: str, fls_code: str | None = None
+    conn: Connection,
+    kind: OrganisationKind,
+    name: str,
+    fls_code: str | None = None,
+    *,
+    simulated: bool = False,
 ) -> OrganisationRow:
     try:
         with conn.transaction(), conn.cursor(row_factory=class_row(OrganisationRow)) as cur:
             cur.execute(
                 sql.SQL(
-                    "INSERT INTO organisations (kind, name, fls_code) VALUES (%s, %s, %s)"
-                    " RETURNING {cols}"
+                    "INSERT INTO organisations (kind, name, fls_code, simulated)"
+                    " VALUES (%s, %s, %s, %s) RETURNING {cols}"
                 ).format(cols=_ORGANISATION_COLUMNS),
-                (kind, name, fls_code),
+                (kind, name, fls_code, simulated),
             )
             return _one(cur.fetchone())
     except psycopg.errors.UniqueViolation:
@@ -222,17 +228,18 @@ def insert_device(
     model: str,
     serial: str,
     firmware: str | None,
-    simulated: bool = False,
 ) -> DeviceRow:
+    """A start-up's new device; simulated when the operator admitted the start-up as one."""
     try:
         with conn.transaction(), conn.cursor(row_factory=class_row(DeviceRow)) as cur:
             cur.execute(
                 sql.SQL(
                     "INSERT INTO devices (device_id, organisation_id, device_type, model, serial,"
                     " firmware, simulated, password_set_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, now()) RETURNING {cols}"
+                    " SELECT %s, o.id, %s, %s, %s, %s, o.simulated, now()"
+                    " FROM organisations o WHERE o.id = %s RETURNING {cols}"
                 ).format(cols=_DEVICE_COLUMNS),
-                (device_id, organisation_id, device_type, model, serial, firmware, simulated),
+                (device_id, device_type, model, serial, firmware, organisation_id),
             )
             return _one(cur.fetchone())
     except psycopg.errors.UniqueViolation as exc:
@@ -371,6 +378,13 @@ def insert_patient(
     raise ConflictError(
         f"this patient is already registered (as {existing.label!r})", id=str(existing.id)
     )
+
+
+def organisation_is_simulated(conn: Connection, organisation_id: UUID) -> bool:
+    row = conn.execute(
+        "SELECT simulated FROM organisations WHERE id = %s", (organisation_id,)
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def get_patient(conn: Connection, patient_id: UUID, organisation_id: UUID) -> PatientRow | None:

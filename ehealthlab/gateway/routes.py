@@ -198,7 +198,9 @@ def create_organisation(
     caller: OperatorDep, body: schemas.OrganisationCreate, context: ContextDep
 ) -> schemas.OrganisationCreated:
     with context.transaction() as conn:
-        organisation = registry.create_organisation(conn, body.kind, body.name, body.fls_code)
+        organisation = registry.create_organisation(
+            conn, body.kind, body.name, body.fls_code, simulated=body.simulated
+        )
         token_row, token = registry.create_token(conn, organisation.id, "admin", "first token")
     return schemas.OrganisationCreated(
         id=organisation.id,
@@ -219,7 +221,9 @@ def list_organisations(caller: OperatorDep, context: ContextDep) -> list[schemas
     with context.transaction() as conn:
         rows = registry.list_organisations(conn)
     return [
-        schemas.Organisation(id=r.id, kind=r.kind, name=r.name, created_at=r.created_at)
+        schemas.Organisation(
+            id=r.id, kind=r.kind, name=r.name, created_at=r.created_at, simulated=r.simulated
+        )
         for r in rows
     ]
 
@@ -274,7 +278,6 @@ def register_device(
                 model=body.model,
                 serial=body.serial,
                 firmware=body.firmware,
-                simulated=body.simulated,
             )
             with _dynsec(context.broker) as dynsec:
                 dynsec.create_device_client(device_id, password)
@@ -551,6 +554,13 @@ def enrol(
             raise NotFoundError(f"no device {body.device_id!r}")
         if device.revoked_at is not None:
             raise ConflictError(f"device {body.device_id!r} is revoked")
+        if device.simulated != registry.organisation_is_simulated(conn, caller.organisation_id):
+            raise InvalidFieldError(
+                "device_id",
+                f"device {body.device_id!r} is "
+                + ("a simulator's: it serves simulated patients only" if device.simulated
+                   else "a real device: a simulated provider's patients use simulated ones"),
+            )  # fmt: skip
         if not registry.municipality_exists(conn, body.municipality):
             raise InvalidFieldError(
                 "municipality",

@@ -104,6 +104,15 @@ class OrganisationCreate(_Request):
         ),
     ] = None
 
+    simulated: Annotated[
+        bool,
+        Field(
+            description="admitted as a simulator (rehearsals, load tests): its start-ups' "
+            "devices are simulated — their data labelled so, their messages allowed to state "
+            "a simulated receive time — and enrolled only for simulated providers' patients"
+        ),
+    ] = False
+
     @model_validator(mode="after")
     def _fls_only_for_providers(self) -> OrganisationCreate:
         if self.fls_code is not None and self.kind != "provider":
@@ -126,6 +135,7 @@ class Organisation(BaseModel):
     kind: Literal["startup", "provider", "operator"]
     name: str
     created_at: datetime
+    simulated: bool
 
 
 class Me(BaseModel):
@@ -161,14 +171,6 @@ class DeviceCreate(_Request):
     model: Annotated[str, _text(100, "the start-up's model name", "BP-200")]
     serial: Annotated[str, _text(100, "unique per model within the start-up", "SN-000123")]
     firmware: Annotated[str | None, _text(100, "firmware version", "1.4.2")] = None
-    simulated: Annotated[
-        bool,
-        Field(
-            description="a simulator, not a device used by a patient: its data are labelled "
-            "simulated and its messages may carry a simulated receive time "
-            "(user property ehl-simulated-received-at)"
-        ),
-    ] = False
 
 
 class MqttTopics(BaseModel):

@@ -109,7 +109,8 @@ def _organisation(
     if name in done.organisations:
         return
     created = client.post(
-        "/api/v1/organisations", {"kind": kind, "name": f"{name} [simulation {done.tag}]"}
+        "/api/v1/organisations",
+        {"kind": kind, "name": f"{name} [simulation {done.tag}]", "simulated": True},
     )
     done.organisations[name] = {"id": str(created["id"]), "token": str(created["token"])}
     done.save(state_dir)
@@ -150,7 +151,6 @@ def _device(
             "type": device.device_type,
             "model": f"{device.startup} {device.device_type}",
             "serial": f"{device.serial}-{done.tag}",
-            "simulated": True,
         },
         token=done.token_of(device.startup),
     )
