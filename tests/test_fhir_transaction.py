@@ -762,6 +762,9 @@ def test_observations_become_contract_readings(resource, items):
     ("change", "reason"),
     [
         ({"identifier": [{"system": READING_SEQ_SYSTEM, "value": "-1"}]}, "schema_violation"),
+        # more digits than int() takes: refused, not a crash
+        ({"identifier": [{"system": READING_SEQ_SYSTEM, "value": "9" * 5000}]}, "schema_violation"),
+        ({"identifier": [{"system": READING_SEQ_SYSTEM, "value": str(2**63)}]}, "schema_violation"),
         (
             {
                 "identifier": [

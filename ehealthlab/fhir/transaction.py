@@ -404,11 +404,14 @@ def _seq(identifiers: object, where: str) -> tuple[int | None, Fault | None]:
             f"the {READING_SEQ_SYSTEM} identifier's value must be a whole number from 0",
             f"{where}.identifier",
         )
-    seq = int(value)
-    if seq > MAX_SEQ:
+    # compare lengths first: int() refuses strings of more than 4,300 digits
+    if len(value.lstrip("0")) > len(str(MAX_SEQ)) or int(value) > MAX_SEQ:
         return None, Fault(
-            ReasonCode.SCHEMA_VIOLATION, f"seq {seq} exceeds {MAX_SEQ}", f"{where}.identifier"
+            ReasonCode.SCHEMA_VIOLATION,
+            f"seq {value[:24]}{'…' if len(value) > 24 else ''} exceeds {MAX_SEQ}",
+            f"{where}.identifier",
         )
+    seq = int(value)
     return seq, None
 
 
