@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -194,3 +195,29 @@ def test_accelerated_time_runs_the_period_at_the_chosen_speed(lab, tmp_path):
     # measurements wait for their simulated time: the run lasts about the period / speed
     last = max(item.taken_at for item in pilot_measurements(scenario, patients))
     assert elapsed >= (last - scenario.starts_at).total_seconds() / speed * 0.9
+
+
+def test_a_device_that_can_no_longer_connect_is_reported_and_the_run_ends(lab, tmp_path):
+    """A revoked device keeps its readings and retries with a growing delay; the backfill
+    still ends, naming it as undelivered, and every other device's readings are stored."""
+    scenario = load_scenario(SCENARIO)
+    patients = simulated_patients(scenario)
+    onboarded = onboard(GatewayClient(lab["url"], lab["token"]), patients, tmp_path / "run")
+    victim = next(iter(onboarded.devices.values()))
+    revoke = urllib.request.Request(
+        f"{lab['url']}/api/v1/devices/{victim.device_id}",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {onboarded.token_of(victim.startup)}"},
+    )
+    with urllib.request.urlopen(revoke, timeout=10) as answer:
+        assert answer.status == 204
+    stop = threading.Event()
+    timer = threading.Timer(120, stop.set)
+    timer.start()
+    try:
+        report = PilotRun(scenario, patients, onboarded, tmp_path / "run", speed=None).run(stop)
+    finally:
+        timer.cancel()
+    assert not stop.is_set(), "the backfill did not end by itself"
+    assert list(report.undelivered) == [victim.device_id]
+    assert report.pending_readings > 0

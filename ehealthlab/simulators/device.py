@@ -238,18 +238,27 @@ class Device:
 
     # -- measuring ------------------------------------------------------------------------
 
-    def take(self, measurement: Measurement, now: datetime | None = None) -> Taken | None:
+    def take(
+        self,
+        measurement: Measurement,
+        now: datetime | None = None,
+        *,
+        marks: Mapping[str, str] | None = None,
+    ) -> Taken | None:
         """Record a measurement: stamp it with the device clock, give its readings the next
         seqs and keep them on disk. None when the battery is empty (nothing is kept) or the
         measurement had no finite value. `now` (default: the measurement's time) is the
-        simulated time the battery is judged at."""
+        simulated time the battery is judged at. `marks` (see `mark`) are kept in the same
+        transaction as the readings: a runner's progress cannot lag behind what was taken."""
         now = measurement.taken_at if now is None else now
         if not self._battery_alive(now, measuring=True):
             return None
         used = self._battery.used + 1
-        meta = {_USED: str(used)} if self.config.battery.limited else None
+        meta = {f"mark:{k}": v for k, v in (marks or {}).items()}
+        if self.config.battery.limited:
+            meta[_USED] = str(used)
         readings = self._buffer.append(
-            lambda first: self._builder.readings(measurement, first), meta
+            lambda first: self._builder.readings(measurement, first), meta or None
         )
         if not readings:
             return None

@@ -52,8 +52,12 @@ from ehealthlab.simulators.seeds import generator
 
 log = logging.getLogger(__name__)
 
-#: how long after the link returns a device tries again (its reconnect timer)
+#: how long after the link returns a device tries again (its reconnect timer), doubled after
+#: each failed attempt while the link is up (a revoked device, a broker gone) up to an hour
 RETRY_AFTER = timedelta(seconds=30)
+RETRY_AT_MOST = timedelta(hours=1)
+#: after the period, how long (simulated) devices keep trying to send what they hold
+FINISH_WITHIN = timedelta(days=2)
 #: in backfill, collect acknowledgements of every device after this many measurements
 _ACK_ROUND_EVERY = 500
 _TAKEN_THROUGH = "runner_taken_through"
@@ -115,6 +119,7 @@ class PilotRun:
         self._network: dict[str, np.random.Generator] = {}
         self._seen: set[str] = set()
         self._left_behind: dict[str, int] = {}  # readings buffered on devices now closed
+        self._failures: dict[str, int] = {}  # failed connection attempts in a row
         self._retries: list[tuple[datetime, str]] = []
         self._retrying: set[str] = set()
 
@@ -188,14 +193,17 @@ class PilotRun:
     def _finish(self, clock: _Clock, stop: threading.Event) -> None:
         """Send what is left: each device when its link is next up (outages may run past the
         period's end: a backlog is still a backlog)."""
-        while self._retries and not stop.is_set():
+        horizon = self.end + FINISH_WITHIN
+        while self._retries and self._retries[0][0] <= horizon and not stop.is_set():
             when, _ = self._retries[0]
             if not clock.wait_until(when, stop, self._between_events):
                 return
             self._retry_due(when)
+        self._retries.clear()
+        self._retrying.clear()
         now = max(self.end, self.report.simulated_now)
-        for key in list(self._devices):
-            device = self._devices[key]
+        for key in [*self._devices, *self._left_behind]:
+            device = self._device(key)  # reopened if it was closed with readings left
             if not device.pending_readings():
                 continue
             schedule = self.schedules[self._municipality(key)]
@@ -214,9 +222,10 @@ class PilotRun:
         if through is not None and item.taken_at <= datetime.fromisoformat(through):
             self.report.skipped_already_taken += 1  # taken before a restart
             return
-        taken = device.take(item.measurement)
-        device.mark(_TAKEN_THROUGH, item.taken_at.isoformat())
-        if taken is None:
+        progress = {_TAKEN_THROUGH: item.taken_at.isoformat()}
+        taken = device.take(item.measurement, marks=progress)
+        if taken is None:  # nothing kept (a flat battery): note that it was passed over
+            device.mark(_TAKEN_THROUGH, item.taken_at.isoformat())
             self.report.not_taken_battery += 1
             return
         self.report.measurements += 1
@@ -230,6 +239,10 @@ class PilotRun:
             device.drop()  # the session breaks mid-way: reconnect, resend, same msg_id
             self.report.session_drops += 1
         device.pump(now, up, simulated_received_at=self._received(key, now))
+        if device.connected:
+            self._failures.pop(key, None)
+        elif up:  # the link was up and still no connection: refused, or the broker is away
+            self._failures[key] = self._failures.get(key, 0) + 1
         if device.pending_readings() > 0 and not device.connected:
             self._schedule_retry(key, now)
 
@@ -241,7 +254,8 @@ class PilotRun:
         if key in self._retrying:
             return
         schedule = self.schedules[self._municipality(key)]
-        when = max(schedule.next_up(now), now) + RETRY_AFTER
+        failures = min(self._failures.get(key, 0), 7)
+        when = max(schedule.next_up(now), now) + min(RETRY_AFTER * 2**failures, RETRY_AT_MOST)
         if not schedule.is_up(now):
             self.report.deferred_by_outage += 1
         heapq.heappush(self._retries, (when, key))
