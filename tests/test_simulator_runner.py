@@ -4,6 +4,7 @@ readings, never as loss, and a killed simulator resumes without taking anything 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from test_ingest import RunningWorker
 from ehealthlab.api.app import create_app
 from ehealthlab.settings import Settings
 from ehealthlab.simulators.gateway_client import GatewayClient
-from ehealthlab.simulators.onboarding import onboard
+from ehealthlab.simulators.onboarding import STATE_FILE, onboard
 from ehealthlab.simulators.runner import PilotRun
 from ehealthlab.simulators.scenario import (
     load_scenario,
@@ -221,3 +222,33 @@ def test_a_device_that_can_no_longer_connect_is_reported_and_the_run_ends(lab, t
     assert not stop.is_set(), "the backfill did not end by itself"
     assert list(report.undelivered) == [victim.device_id]
     assert report.pending_readings > 0
+
+
+def test_onboarding_resumes_after_a_kill_between_the_apis_answer_and_its_own_note(lab, tmp_path):
+    """The API created a patient, a device and an enrolment but the run died before writing
+    them down: the rerun finds them (the device with new credentials) instead of failing on
+    409, and creates nothing twice."""
+    scenario = load_scenario(SCENARIO)
+    patients = simulated_patients(scenario)[:2]
+    client = GatewayClient(lab["url"], lab["token"])
+    state = tmp_path / "run"
+    first = onboard(client, patients, state)
+    forgotten = next(iter(first.devices))
+    sim_patient = forgotten.split("/")[0]
+    notes = json.loads((state / STATE_FILE).read_text())
+    del notes["devices"][forgotten]
+    del notes["patients"][sim_patient]
+    (state / STATE_FILE).write_text(json.dumps(notes))
+    again = onboard(client, patients, state)
+    assert again.patients == first.patients
+    assert again.devices[forgotten].device_id == first.devices[forgotten].device_id
+    assert again.devices[forgotten].enrolment_id == first.devices[forgotten].enrolment_id
+    with psycopg.connect(lab["database_url"]) as conn:
+        counts = conn.execute(
+            "SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM devices),"
+            " (SELECT count(*) FROM enrolments)"
+        ).fetchone()
+    assert counts == (len(first.patients), len(first.devices), len(first.devices))
+    # the new credentials work: the device's readings still arrive
+    report = PilotRun(scenario, patients, again, state, speed=None).run()
+    assert report.undelivered == {} and report.pending_readings == 0

@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ehealthlab.errors import ConflictError
 from ehealthlab.simulators.device import DeviceRegistration
 from ehealthlab.simulators.gateway_client import GatewayClient
 from ehealthlab.simulators.scenario import PatientDevice, SimulatedPatient
@@ -87,6 +88,7 @@ def onboard(
     """Create what is missing of the scenario's organisations, patients, devices and
     enrolments through the API; `progress(done, total)` after each patient."""
     done = Onboarded.load_or_new(state_dir)
+    done.save(state_dir)  # the run's tag first: a rerun after a kill finds its names again
     for name in sorted({d.startup for p in patients for d in p.devices}):
         _organisation(client, done, state_dir, "startup", name)
     _organisation(client, done, state_dir, "provider", PROVIDER_NAME)
@@ -125,12 +127,17 @@ def _patient(
 ) -> None:
     if patient.patient_id in done.patients:
         return
-    created = client.post(
-        "/api/v1/patients",
-        {"identifier": f"{patient.patient_id}-{done.tag}", "label": patient.patient_id},
-        token=provider_token,
-    )
-    done.patients[patient.patient_id] = str(created["id"])
+    try:
+        created = client.post(
+            "/api/v1/patients",
+            {"identifier": f"{patient.patient_id}-{done.tag}", "label": patient.patient_id},
+            token=provider_token,
+        )
+        patient_id = str(created["id"])
+    except ConflictError:  # created before a kill, not yet saved here: find it
+        listed = client.get("/api/v1/patients", token=provider_token)
+        patient_id = next(str(p["id"]) for p in listed if p["label"] == patient.patient_id)
+    done.patients[patient.patient_id] = patient_id
     done.save(state_dir)
 
 
@@ -145,15 +152,23 @@ def _device(
     known = done.devices.get(key)
     if known is not None:
         return known
-    answer = client.post(
-        "/api/v1/devices",
-        {
-            "type": device.device_type,
-            "model": f"{device.startup} {device.device_type}",
-            "serial": f"{device.serial}-{done.tag}",
-        },
-        token=done.token_of(device.startup),
-    )
+    token = done.token_of(device.startup)
+    serial = f"{device.serial}-{done.tag}"
+    try:
+        answer = client.post(
+            "/api/v1/devices",
+            {
+                "type": device.device_type,
+                "model": f"{device.startup} {device.device_type}",
+                "serial": serial,
+            },
+            token=token,
+        )
+    except ConflictError:  # registered before a kill: new credentials for it (its password
+        # was only ever shown in the answer that was lost)
+        listed = client.get("/api/v1/devices", token=token)
+        device_id = next(d["device_id"] for d in listed if d["serial"] == serial)
+        answer = client.post(f"/api/v1/devices/{device_id}/credentials", {}, token=token)
     registration = DeviceRegistration.from_api(answer, device.device_type)
     onboarded = OnboardedDevice(key, device.startup, patient.municipality, asdict(registration))
     done.devices[key] = onboarded
@@ -169,16 +184,22 @@ def _enrol(
     provider_token: str,
 ) -> str:
     end = patient.enrolment_start + timedelta(days=patient.enrolment_days - 1)
-    created = client.post(
-        "/api/v1/enrolments",
-        {
-            "patient_id": done.patients[patient.patient_id],
-            "device_id": done.devices[device_key(patient, device)].device_id,
-            "municipality": patient.municipality,
-            "start": patient.enrolment_start.isoformat(),
-            "end": end.isoformat(),
-            "care_plan": dict(device.care_plan),
-        },
-        token=provider_token,
-    )
+    patient_id = done.patients[patient.patient_id]
+    device_id = done.devices[device_key(patient, device)].device_id
+    try:
+        created = client.post(
+            "/api/v1/enrolments",
+            {
+                "patient_id": patient_id,
+                "device_id": device_id,
+                "municipality": patient.municipality,
+                "start": patient.enrolment_start.isoformat(),
+                "end": end.isoformat(),
+                "care_plan": dict(device.care_plan),
+            },
+            token=provider_token,
+        )
+    except ConflictError:  # recorded before a kill: it is this patient's, with this device
+        shown = client.get(f"/api/v1/patients/{patient_id}", token=provider_token)
+        return next(str(e["id"]) for e in shown["enrolments"] if e["device_id"] == device_id)
     return str(created["id"])
