@@ -529,10 +529,12 @@ class Store:
     url: str
     info: dict[str, Any]
     admin_url: str
+    state_file: Path
     server: Any = None  # the private PostgresServer of the plain form
 
     def stop(self, remove: bool) -> None:
         if remove:
+            self.state_file.unlink(missing_ok=True)
             if self.server is not None:
                 self.server.remove()
             else:
@@ -574,7 +576,7 @@ def plain_store(root: Path, days: int, reuse: bool) -> Store:
         )
         start_on_free_port(server)
         print(f"reusing the plain store in {server.directory}", flush=True)
-        return Store(server.url(DATABASE), state["info"], server.admin_url, server)
+        return Store(server.url(DATABASE), state["info"], server.admin_url, state_file, server)
     if state is not None:
         PostgresServer(Path(state["directory"]), password=state["password"]).remove()
     shutil.rmtree(directory, ignore_errors=True)
@@ -589,7 +591,7 @@ def plain_store(root: Path, days: int, reuse: bool) -> Store:
     state_file.write_text(
         json.dumps({"directory": str(server.directory), "password": server.password, "info": info})
     )
-    return Store(server.url(DATABASE), info, server.admin_url, server)
+    return Store(server.url(DATABASE), info, server.admin_url, state_file, server)
 
 
 def timescale_store(root: Path, admin_url: str, days: int, reuse: bool) -> Store:
@@ -609,13 +611,13 @@ def timescale_store(root: Path, admin_url: str, days: int, reuse: bool) -> Store
             and state["info"]["days"] == days
         ):
             print(f"reusing the TimescaleDB store {DATABASE}", flush=True)
-            return Store(url, state["info"], admin_url)
+            return Store(url, state["info"], admin_url, state_file)
         conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{DATABASE}"')
     print(f"building the TimescaleDB store {DATABASE}", flush=True)
     info = build_store(url, "timescale", days)
     state_file.write_text(json.dumps({"info": info}))
-    return Store(url, info, admin_url)
+    return Store(url, info, admin_url, state_file)
 
 
 # -- the API worker ------------------------------------------------------------------------------
