@@ -128,6 +128,20 @@ def test_a_revoked_token_is_refused_by_fhir_within_the_cache_time_and_at_once_el
     assert client.get("/fhir/Location/001272", headers=bearer(operator["token"])).status_code == 200
 
 
+def test_connections_the_server_closed_cost_no_failed_request(client, settings, database_url):
+    operator = run_admin(settings, "admin", "bootstrap")
+    headers = bearer(operator["token"])
+    assert client.get("/fhir/Location/001272", headers=headers).status_code == 200
+    with psycopg.connect(database_url, autocommit=True) as conn:  # as a restart would
+        closed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert closed is not None and closed[0] >= 2  # the router's pool had its two
+    for _ in range(3):
+        assert client.get("/fhir/Location/001272", headers=headers).status_code == 200
+
+
 def test_reads_are_audited_by_the_writer_and_the_operator_sees_them_at_once(client, settings):
     operator = run_admin(settings, "admin", "bootstrap")
     headers = bearer(operator["token"])

@@ -188,8 +188,9 @@ def _resources_of(request: Request) -> FhirResources:
 
 
 async def _run(resources: FhirResources, *statements: Statement[Any]) -> list[Any]:
-    """The statements' results, in one round trip. A pooled connection the server closed
-    (a restart) fails once: then once more on a fresh one; a database that cannot be
+    """The statements' results. Connections are not checked when taken from the pool (a
+    round trip per request); when one fails, the pool checks the others, dropping those the
+    server closed (a restart), and the request runs once more. A database that cannot be
     reached is a 503."""
     for attempt in (1, 2):
         try:
@@ -199,7 +200,8 @@ async def _run(resources: FhirResources, *statements: Statement[Any]) -> list[An
             raise ServiceUnavailableError("the database is busy; try again") from exc
         except psycopg.OperationalError as exc:
             if attempt == 1:
-                log.warning("a database connection failed (%s); trying another", exc)
+                log.warning("a database connection failed (%s); checking the others", exc)
+                await resources.pool.check()
                 continue
             message = (str(exc).strip().splitlines() or ["no answer"])[0]
             raise ServiceUnavailableError(f"the database is unavailable ({message})") from exc
