@@ -1200,6 +1200,8 @@ def main(argv: list[str] | None = None) -> int:
             location = store.server.directory if store.server is not None else DATABASE
             print(f"{form} store {location}: {where}")
         shutil.rmtree(scratch, ignore_errors=True)
+        if args.remove and not any(args.store.iterdir()):
+            args.store.rmdir()
     return 0
 
 
