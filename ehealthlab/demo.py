@@ -16,11 +16,9 @@ issues add the evaluation and the dashboards.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -31,14 +29,14 @@ import orjson
 import uvicorn
 
 from ehealthlab.api.app import create_app
-from ehealthlab.errors import EhealthlabError, StackError
+from ehealthlab.api.client import GatewayClient
+from ehealthlab.errors import StackError
 from ehealthlab.gateway.admin import bootstrap_operator
 from ehealthlab.gateway.conformance_command import render
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.worker import IngestWorker
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, Will
 from ehealthlab.settings import Settings
-from ehealthlab.simulators.gateway_client import GatewayClient
 from ehealthlab.simulators.onboarding import PROVIDER_NAME, onboard
 from ehealthlab.simulators.runner import PilotRun
 from ehealthlab.simulators.scenario import load_scenario, pilot_measurements, simulated_patients
@@ -133,18 +131,8 @@ class _Services:
 
 
 def _api(url: str, token: str, method: str, path: str, body: object = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(  # noqa: S310 - our own loopback API
-        url + "/api/v1" + path,
-        data=data,
-        method=method,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            return json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        raise EhealthlabError(f"{method} {path}: {exc.code} {exc.read().decode()[:300]}") from None
+    client = GatewayClient(url, token)
+    return client.get("/api/v1" + path) if method == "GET" else client.post("/api/v1" + path, body)
 
 
 def _play_a_day(url: str, operator: str) -> None:
@@ -303,11 +291,7 @@ GROUP BY m.snai_class ORDER BY m.snai_class
 
 
 def _fhir(url: str, token: str, path: str) -> Any:
-    request = urllib.request.Request(  # noqa: S310 - our own loopback API
-        url + "/fhir" + path, headers={"Authorization": f"Bearer {token}"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        return json.loads(response.read())
+    return GatewayClient(url, token).get("/fhir" + path)
 
 
 def _observation_line(resource: dict[str, Any]) -> str:

@@ -25,8 +25,8 @@ from test_gateway_api import run_admin
 from test_ingest import RunningWorker
 
 from ehealthlab.api.app import create_app
+from ehealthlab.api.client import GatewayClient
 from ehealthlab.settings import Settings
-from ehealthlab.simulators.gateway_client import GatewayClient
 from ehealthlab.simulators.onboarding import STATE_FILE, onboard
 from ehealthlab.simulators.runner import PilotRun
 from ehealthlab.simulators.scenario import (

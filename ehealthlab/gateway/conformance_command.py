@@ -12,18 +12,14 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ehealthlab.api.client import GatewayClient
 from ehealthlab.errors import (
-    AuthenticationError,
     ConfigurationError,
-    EhealthlabError,
     NotFoundError,
-    ServiceUnavailableError,
 )
 from ehealthlab.settings import Settings
 
@@ -86,33 +82,10 @@ def _watch(minutes: float, device_id: str) -> None:
 def _get(api_url: str, token: str, device_id: str, since: datetime, until: datetime) -> Any:
     query = urllib.parse.urlencode({"from": since.isoformat(), "to": until.isoformat()})
     path = f"/api/v1/devices/{urllib.parse.quote(device_id, safe='')}/conformance?{query}"
-    request = urllib.request.Request(  # noqa: S310 - the operator's own API URL
-        api_url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"}
-    )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        detail = _problem_detail(exc)
-        if exc.code == 401:
-            raise AuthenticationError(f"the API refused the token: {detail}") from None
-        if exc.code == 404:
-            raise NotFoundError(f"no device {device_id!r} that this token may see") from None
-        raise EhealthlabError(f"the API answered {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ServiceUnavailableError(
-            f"cannot reach the API at {api_url} ({reason}); start it with `ehealthlab api` "
-            "or set EHEALTHLAB_API_URL"
-        ) from None
-
-
-def _problem_detail(error: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(error.read())
-    except ValueError:
-        return error.reason
-    return str(body.get("detail") or body.get("title") or error.reason)
+        return GatewayClient(api_url, token).get(path)
+    except NotFoundError:
+        raise NotFoundError(f"no device {device_id!r} that this token may see") from None
 
 
 def render(report: dict[str, Any]) -> str:

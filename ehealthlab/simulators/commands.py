@@ -19,9 +19,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from ehealthlab.api.client import GatewayClient
 from ehealthlab.errors import ConfigurationError
 from ehealthlab.settings import Settings
-from ehealthlab.simulators.gateway_client import GatewayClient
 from ehealthlab.simulators.onboarding import onboard
 from ehealthlab.simulators.runner import PilotRun, RunReport
 from ehealthlab.simulators.scenario import load_scenario, simulated_patients

@@ -18,9 +18,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ehealthlab.api.client import GatewayClient
 from ehealthlab.errors import ConflictError
 from ehealthlab.simulators.device import DeviceRegistration
-from ehealthlab.simulators.gateway_client import GatewayClient
 from ehealthlab.simulators.scenario import PatientDevice, SimulatedPatient
 
 STATE_FILE = "onboarding.json"

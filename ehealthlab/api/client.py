@@ -1,8 +1,8 @@
-"""The simulator's client of the platform's HTTP API (`/api/v1`): JSON in, JSON out.
+"""A client of the platform's own HTTP API (`/api/v1`, `/fhir`): JSON in, JSON out.
 
-The simulator onboards its start-ups, devices, patients and enrolments exactly as real ones
-are: through the gateway API, with the tokens the API hands out. Answers that are not 2xx
-become the platform's own errors, with the problem detail the API gave.
+The commands that act through the API (`simulate`, `conformance`, `demo`) use it as any
+client would, with the tokens the API hands out. Answers that are not 2xx become the
+platform's own errors, with the problem detail the API gave.
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ class GatewayClient:
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             error = _BY_STATUS.get(exc.code, EhealthlabError)
-            raise error(f"{method} {path}: the API answered {exc.code}: {_detail(exc)}") from None
+            if exc.code == 401:
+                raise error(f"the API refused the token: {_detail(exc)}") from None
+            where = path.split("?", 1)[0]
+            raise error(f"{method} {where}: the API answered {exc.code}: {_detail(exc)}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ServiceUnavailableError(
