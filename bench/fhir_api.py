@@ -75,9 +75,10 @@ from fastapi import APIRouter, Request, Response
 
 from ehealthlab.api.app import create_app
 from ehealthlab.api.auth import AsyncContextDep, CachedPrincipalDep
-from ehealthlab.fhir import fast, mapping, routes
+from ehealthlab.fhir import routes
+from ehealthlab.fhir.mapping import fast, r4b
+from ehealthlab.fhir.mapping.rows import ReadingRecord
 from ehealthlab.fhir.outcome import FhirResponse
-from ehealthlab.fhir.rows import ReadingRecord
 from ehealthlab.gateway import registry
 from ehealthlab.settings import Settings
 from ehealthlab.stack.mosquitto import MosquittoBroker
@@ -700,7 +701,7 @@ def baseline_router() -> APIRouter:
 
 def _r4b_observation(source: Any) -> dict[str, Any]:
     """An Observation as a validated fhir.resources R4B model, then its JSON dict."""
-    result: dict[str, Any] = mapping.observation(source).model_dump(mode="json")
+    result: dict[str, Any] = r4b.observation(source).model_dump(mode="json")
     return result
 
 

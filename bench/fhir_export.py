@@ -42,13 +42,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from pydantic import SecretStr
 
-from ehealthlab.fhir import bulk_store, mapping
+from ehealthlab.fhir import bulk_store
 from ehealthlab.fhir.bulk import ExportRequest
 from ehealthlab.fhir.bulk_store import ExportScope
 from ehealthlab.fhir.bulk_worker import ExportConfig, ExportJobRun, job_directory
-from ehealthlab.fhir.codes import DIASTOLIC, SYSTOLIC
-from ehealthlab.fhir.fast import dumps, observations_json
-from ehealthlab.fhir.rows import BloodPressureReadings, ReadingRecord
+from ehealthlab.fhir.mapping import r4b
+from ehealthlab.fhir.mapping.codes import DIASTOLIC, SYSTOLIC
+from ehealthlab.fhir.mapping.fast import dumps, observations_json
+from ehealthlab.fhir.mapping.rows import BloodPressureReadings, ReadingRecord
 from ehealthlab.settings import Settings
 from ehealthlab.stack.ports import start_on_free_port
 from ehealthlab.stack.postgres import PostgresServer
@@ -241,9 +242,7 @@ def run_rows_only(url: str, _state_dir: str, limit: int) -> dict[str, Any]:
 
 def run_models(url: str, _state_dir: str, limit: int) -> dict[str, Any]:
 
-    return _stream(
-        url, limit, lambda source: mapping.observation(source).model_dump_json().encode()
-    )
+    return _stream(url, limit, lambda source: r4b.observation(source).model_dump_json().encode())
 
 
 def run_fetchall(url: str, _state_dir: str, _limit: int) -> dict[str, Any]:

@@ -5,8 +5,8 @@ Run: .venv/bin/python bench/fhir_mapping.py [READINGS]
 Maps READINGS (default 10,000) readings of a day of the pilot - blood-pressure cuffs (systolic,
 diastolic and pulse of one inflation: a panel and a heart rate), pulse oximeters and scales,
 most attributed to a patient, some clock-corrected - to Observations and their JSON bytes:
-- models: ehealthlab.fhir.mapping (fhir.resources R4B, validated), then model_dump_json();
-- fast: ehealthlab.fhir.fast (plain dicts), then orjson.
+- models: ehealthlab.fhir.mapping.r4b (fhir.resources R4B, validated), then model_dump_json();
+- fast: ehealthlab.fhir.mapping.fast (plain dicts), then orjson.
 Prints the time of each step and Observations per second; the best of three runs counts.
 Figures depend on the machine; compare the rows of one run.
 """
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from ehealthlab.fhir import fast, mapping
-from ehealthlab.fhir.rows import ReadingRecord, group_measurements
+from ehealthlab.fhir.mapping import fast, r4b
+from ehealthlab.fhir.mapping.rows import ReadingRecord, group_measurements
 
 START = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
 T = TypeVar("T")
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     def report(name: str, seconds: float) -> None:
         print(f"{name:<34}{seconds:>10.3f}{observations / seconds:>18,.0f}")
 
-    build, models = best_of(3, lambda: mapping.observations(readings))
+    build, models = best_of(3, lambda: r4b.observations(readings))
     dump, _ = best_of(3, lambda: [m.model_dump_json() for m in models])
     report("models: build and validate", build)
     report("models: model_dump_json", dump)

@@ -36,9 +36,10 @@ from test_gateway_api import run_admin
 
 from ehealthlab.api.app import create_app
 from ehealthlab.errors import PermissionDeniedError
-from ehealthlab.fhir import access, fast, queries
-from ehealthlab.fhir.ids import observation_identifier
-from ehealthlab.fhir.rows import BloodPressureReadings, ReadingRecord, group_measurements
+from ehealthlab.fhir import access, queries
+from ehealthlab.fhir.mapping import fast
+from ehealthlab.fhir.mapping.ids import observation_identifier
+from ehealthlab.fhir.mapping.rows import BloodPressureReadings, ReadingRecord, group_measurements
 from ehealthlab.fhir.search import (
     PARAMETERS,
     Cursor,

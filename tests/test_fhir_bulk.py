@@ -55,7 +55,7 @@ from ehealthlab.fhir.bulk_worker import (
     NdjsonFiles,
     job_directory,
 )
-from ehealthlab.fhir.fast import (
+from ehealthlab.fhir.mapping.fast import (
     device_json,
     dumps,
     location_json,
@@ -63,7 +63,7 @@ from ehealthlab.fhir.fast import (
     organization_json,
     patient_json,
 )
-from ehealthlab.fhir.rows import (
+from ehealthlab.fhir.mapping.rows import (
     DeviceRecord,
     MunicipalityRecord,
     OrganisationRecord,

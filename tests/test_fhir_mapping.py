@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from ehealthlab.contract.catalogue import DEVICE_TYPES, METRICS
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.fhir import fast, mapping
-from ehealthlab.fhir.codes import (
+from ehealthlab.fhir.mapping import fast, r4b
+from ehealthlab.fhir.mapping.codes import (
     ASL_FLS_SYSTEM,
     BLOOD_PRESSURE,
     DEVICE_CLOCK_TIME_EXTENSION,
@@ -33,13 +33,13 @@ from ehealthlab.fhir.codes import (
     SNAI_CLASS_EXTENSION,
     VITAL_SIGNS_PROFILE,
 )
-from ehealthlab.fhir.ids import (
+from ehealthlab.fhir.mapping.ids import (
     MAX_ID_LENGTH,
     observation_id,
     observation_identifier,
     parse_observation_id,
 )
-from ehealthlab.fhir.rows import (
+from ehealthlab.fhir.mapping.rows import (
     BloodPressureReadings,
     DeviceRecord,
     MunicipalityRecord,
@@ -221,7 +221,7 @@ def test_the_abridged_official_examples_are_still_valid_r4b(example: dict[str, A
 
 
 def test_a_cuff_measurement_is_a_panel_and_a_heart_rate_shaped_like_the_official_examples() -> None:
-    panel, heart_rate = (as_json(o) for o in mapping.observations(cuff_measurement()))
+    panel, heart_rate = (as_json(o) for o in r4b.observations(cuff_measurement()))
     contains_shape(panel, OFFICIAL_BLOOD_PRESSURE)
     contains_shape(heart_rate, OFFICIAL_HEART_RATE)
     assert [c["valueQuantity"]["value"] for c in panel["component"]] == [142.0, 91.0]
@@ -234,7 +234,7 @@ def test_a_cuff_measurement_is_a_panel_and_a_heart_rate_shaped_like_the_official
 
 def test_a_different_shape_is_caught() -> None:
     """The shape comparison fails on a wrong unit or a missing component: it can fail."""
-    panel = as_json(mapping.observation(reading("bp_systolic", 120.0)))
+    panel = as_json(r4b.observation(reading("bp_systolic", 120.0)))
     panel["component"][1]["valueQuantity"] = {"value": 80, "system": UCUM, "code": "kPa"}
     with pytest.raises(AssertionError):
         contains_shape(panel, OFFICIAL_BLOOD_PRESSURE)
@@ -260,7 +260,7 @@ CODES = [
 @pytest.mark.parametrize("row", CODES, ids=[f"{r[0]}-{r[1]}" for r in CODES])
 def test_each_metric_gets_its_codes_category_profile_and_unit(row: tuple[Any, ...]) -> None:
     metric, device_type, loinc, mdc, category, profile, unit = row
-    resource = as_json(mapping.observation(reading(metric, 10.0, device_type=device_type)))
+    resource = as_json(r4b.observation(reading(metric, 10.0, device_type=device_type)))
     coding = resource["code"]["coding"]
     assert [c["code"] for c in coding if c["system"] == LOINC] == loinc
     assert coding[0]["system"] == LOINC  # the vital-signs profiles slice on LOINC
@@ -310,7 +310,7 @@ def test_every_observation_claiming_a_vital_signs_profile_has_its_mandatory_elem
     for metric, device_type, *_ in [*CODES, ("bp_systolic", "blood_pressure_monitor")]:
         for patient in (PATIENT, None):
             changes = {"device_type": device_type, "patient_id": patient, "provider_id": patient}
-            resource = as_json(mapping.observation(reading(metric, 10.0, **changes)))
+            resource = as_json(r4b.observation(reading(metric, 10.0, **changes)))
             claimed = VITAL_SIGNS_PROFILE in resource.get("meta", {}).get("profile", [])
             assert not claimed or conforms_to_r4_vital_signs(resource), resource
             claims += claimed
@@ -322,13 +322,13 @@ def test_every_observation_claiming_a_vital_signs_profile_has_its_mandatory_elem
 
 
 def test_the_order_of_readings_does_not_change_the_panel() -> None:
-    forward = [as_json(o) for o in mapping.observations(cuff_measurement())]
-    backward = [as_json(o) for o in mapping.observations(reversed(cuff_measurement()))]
+    forward = [as_json(o) for o in r4b.observations(cuff_measurement())]
+    backward = [as_json(o) for o in r4b.observations(reversed(cuff_measurement()))]
     assert sorted(forward, key=lambda r: r["id"]) == sorted(backward, key=lambda r: r["id"])
 
 
 def test_a_lone_systolic_reading_is_a_panel_whose_diastolic_is_absent() -> None:
-    panel = as_json(mapping.observation(reading("bp_systolic", 150.0)))
+    panel = as_json(r4b.observation(reading("bp_systolic", 150.0)))
     assert panel["id"] == observation_id(DEVICE, BLOOD_PRESSURE, AT)
     systolic, diastolic = panel["component"]
     assert systolic["valueQuantity"]["value"] == 150.0
@@ -357,7 +357,7 @@ def test_readings_of_other_times_or_devices_are_other_panels() -> None:
 def test_a_panel_is_issued_when_its_last_reading_arrived() -> None:
     late = AT + timedelta(hours=2)
     panel = as_json(
-        mapping.observation(
+        r4b.observation(
             BloodPressureReadings(
                 reading("bp_systolic", 140.0), reading("bp_diastolic", 90.0, received_at=late)
             )
@@ -371,9 +371,7 @@ def test_a_panel_is_issued_when_its_last_reading_arrived() -> None:
 
 @pytest.mark.parametrize("metric", ["bp_systolic", "heart_rate", "steps"])
 def test_an_unassigned_reading_has_no_subject_performer_or_profile_claim(metric: str) -> None:
-    resource = as_json(
-        mapping.observation(reading(metric, 100.0, patient_id=None, provider_id=None))
-    )
+    resource = as_json(r4b.observation(reading(metric, 100.0, patient_id=None, provider_id=None)))
     assert "subject" not in resource
     assert "performer" not in resource
     assert "meta" not in resource
@@ -383,7 +381,7 @@ def test_an_unassigned_reading_has_no_subject_performer_or_profile_claim(metric:
 
 
 def test_an_attributed_reading_names_its_patient_and_provider() -> None:
-    resource = as_json(mapping.observation(reading("heart_rate", 60.0)))
+    resource = as_json(r4b.observation(reading("heart_rate", 60.0)))
     assert resource["subject"] == {"reference": f"Patient/{PATIENT}"}
     assert resource["performer"] == [{"reference": f"Organization/{PROVIDER}"}]
 
@@ -392,7 +390,7 @@ def test_a_clock_corrected_reading_keeps_the_device_time_in_an_extension() -> No
     """A cuff whose clock battery died says 2000-01-01; the platform corrected the time."""
     device_time = datetime(2000, 1, 1, tzinfo=UTC)
     resource = as_json(
-        mapping.observation(
+        r4b.observation(
             reading("heart_rate", 60.0, at=device_time, measured_at=AT, clock_corrected=True)
         )
     )
@@ -406,7 +404,7 @@ def test_a_clock_corrected_reading_keeps_the_device_time_in_an_extension() -> No
 
 
 def test_a_reading_with_a_good_clock_has_no_extension() -> None:
-    resource = as_json(mapping.observation(reading("heart_rate", 60.0)))
+    resource = as_json(r4b.observation(reading("heart_rate", 60.0)))
     assert "extension" not in resource
     assert resource["effectiveDateTime"] == "2026-11-25T07:00:30Z"
     assert resource["issued"] == "2026-11-25T07:01:08Z"
@@ -415,7 +413,7 @@ def test_a_reading_with_a_good_clock_has_no_extension() -> None:
 def test_a_time_without_zone_is_refused() -> None:
     naive = reading("heart_rate", 60.0, measured_at=datetime(2026, 11, 25, 8, 0))
     with pytest.raises(InvalidInputError, match="no time zone"):
-        mapping.observation(naive)
+        r4b.observation(naive)
     with pytest.raises(InvalidInputError, match="no time zone"):
         fast.observation_json(naive)
 
@@ -425,11 +423,11 @@ def test_a_time_without_zone_is_refused() -> None:
 
 def test_ids_and_identifiers_do_not_change_between_runs_or_releases() -> None:
     """Pinned values: a client that stored these must find the same resources tomorrow."""
-    panel, heart_rate = mapping.observations(cuff_measurement())
+    panel, heart_rate = r4b.observations(cuff_measurement())
     assert panel.id == "bpm-9e5ccae6b9b8242b.blood-pressure.1795590030000000"
     assert heart_rate.id == "bpm-9e5ccae6b9b8242b.heart-rate.1795590030000000"
     assert panel.identifier[0].value == "urn:uuid:55f3c67d-56e5-5ae5-bb85-226be4010039"
-    again = mapping.observations(cuff_measurement(received_at=AT + timedelta(days=1)))
+    again = r4b.observations(cuff_measurement(received_at=AT + timedelta(days=1)))
     assert [o.identifier[0].value for o in again] == [
         panel.identifier[0].value,
         heart_rate.identifier[0].value,
@@ -517,7 +515,7 @@ def test_a_device_id_too_long_for_an_observation_id_is_refused() -> None:
 
 
 def test_a_patient_is_pseudonymous() -> None:
-    resource = as_json(mapping.patient(PatientRecord(PATIENT, PROVIDER, bytes(range(32)))))
+    resource = as_json(r4b.patient(PatientRecord(PATIENT, PROVIDER, bytes(range(32)))))
     assert set(resource) == {"resourceType", "id", "meta", "identifier", "managingOrganization"}
     (identifier,) = resource["identifier"]
     assert identifier["system"] == PATIENT_PSEUDONYM_SYSTEM
@@ -529,7 +527,7 @@ def test_a_patient_is_pseudonymous() -> None:
 
 def test_a_device_names_its_type_model_serial_firmware_and_owner() -> None:
     record = DeviceRecord(DEVICE, STARTUP, "blood_pressure_monitor", "BP-200", "SN-1", "2.1", None)
-    resource = as_json(mapping.device(record))
+    resource = as_json(r4b.device(record))
     assert resource["id"] == DEVICE
     assert resource["status"] == "active"
     assert resource["deviceName"] == [{"name": "BP-200", "type": "model-name"}]
@@ -547,7 +545,7 @@ def test_a_device_names_its_type_model_serial_firmware_and_owner() -> None:
 
 def test_a_revoked_device_without_specialization_or_firmware() -> None:
     record = DeviceRecord(DEVICE, STARTUP, "activity_tracker", "Fit", "7", None, AT)
-    resource = as_json(mapping.device(record))
+    resource = as_json(r4b.device(record))
     assert resource["status"] == "inactive"
     assert "specialization" not in resource
     assert "version" not in resource
@@ -560,7 +558,7 @@ def test_a_revoked_device_without_specialization_or_firmware() -> None:
     ("kind", "hl7_type"), [("startup", "bus"), ("provider", "prov"), ("operator", "govt")]
 )
 def test_organisation_kinds(kind: str, hl7_type: str) -> None:
-    resource = as_json(mapping.organization(OrganisationRecord(PROVIDER, kind, "Acme")))
+    resource = as_json(r4b.organization(OrganisationRecord(PROVIDER, kind, "Acme")))
     assert codings(resource["type"][0]) == {
         ("http://terminology.hl7.org/CodeSystem/organization-type", hl7_type),
         (f"{FHIR_BASE}/CodeSystem/organisation-kind", kind),
@@ -570,7 +568,7 @@ def test_organisation_kinds(kind: str, hl7_type: str) -> None:
 
 def test_an_azienda_sanitaria_is_identified_as_hl7_italia_does() -> None:
     record = OrganisationRecord(PROVIDER, "provider", "ASL TO3", fls_code="010203")
-    resource = as_json(mapping.organization(record))
+    resource = as_json(r4b.organization(record))
     assert resource["identifier"] == [{"system": ASL_FLS_SYSTEM, "value": "010203"}]
     assert codings(resource["type"][1]) == {
         ("http://terminology.hl7.it/CodeSystem/it-tipoEntita", "asl")
@@ -579,7 +577,7 @@ def test_an_azienda_sanitaria_is_identified_as_hl7_italia_does() -> None:
 
 def test_a_municipality_carries_its_istat_code_snai_class_and_coordinates() -> None:
     record = MunicipalityRecord("001003", "Ala di Stura", 45.315, 7.304, "E", "E - Periferico")
-    resource = as_json(mapping.location(record))
+    resource = as_json(r4b.location(record))
     assert resource["id"] == "001003"
     assert resource["identifier"] == [{"system": ISTAT_MUNICIPALITY_SYSTEM, "value": "001003"}]
     city_code = resource["address"]["_city"]["extension"][0]
@@ -594,7 +592,7 @@ def test_a_municipality_carries_its_istat_code_snai_class_and_coordinates() -> N
 
 def test_a_municipality_without_coordinates_has_no_position() -> None:
     record = MunicipalityRecord("001003", "Ala di Stura", None, 7.3, "E", "E - Periferico")
-    assert "position" not in as_json(mapping.location(record))
+    assert "position" not in as_json(r4b.location(record))
 
 
 # -- generated rows: R4B validity and the fast serialiser --------------------------------------
@@ -646,7 +644,7 @@ def check_fast_path(model: Any, document: dict[str, Any]) -> None:
 @GENERATED
 @given(measurements())
 def test_fast_observations_equal_the_validated_models(batch: list[ReadingRecord]) -> None:
-    models = mapping.observations(batch)
+    models = r4b.observations(batch)
     documents = fast.observations_json(batch)
     assert len(models) == len(documents) == len(group_measurements(batch))
     for model, document in zip(models, documents, strict=True):
@@ -657,7 +655,7 @@ def test_fast_observations_equal_the_validated_models(batch: list[ReadingRecord]
 @given(readings(values=st.floats(allow_nan=False, allow_infinity=False)))
 def test_fast_values_equal_the_models_for_any_decimal(record: ReadingRecord) -> None:
     """fhir.resources writes a large integral decimal as an integer; the fast path too."""
-    model = mapping.observation(record).model_dump(mode="json")
+    model = r4b.observation(record).model_dump(mode="json")
     assert fast.observation_json(record) == model
 
 
@@ -702,10 +700,10 @@ def test_fast_resources_equal_the_validated_models(
     organisation: OrganisationRecord,
     municipality: MunicipalityRecord,
 ) -> None:
-    check_fast_path(mapping.patient(patient), fast.patient_json(patient))
-    check_fast_path(mapping.device(device), fast.device_json(device))
-    check_fast_path(mapping.organization(organisation), fast.organization_json(organisation))
-    check_fast_path(mapping.location(municipality), fast.location_json(municipality))
+    check_fast_path(r4b.patient(patient), fast.patient_json(patient))
+    check_fast_path(r4b.device(device), fast.device_json(device))
+    check_fast_path(r4b.organization(organisation), fast.organization_json(organisation))
+    check_fast_path(r4b.location(municipality), fast.location_json(municipality))
 
 
 @pytest.mark.parametrize(
@@ -739,4 +737,4 @@ def test_a_wrong_fast_document_fails_the_comparison() -> None:
     document = fast.observation_json(record)
     document = {**document, "status": "preliminary"}
     with pytest.raises(AssertionError):
-        check_fast_path(mapping.observation(record), document)
+        check_fast_path(r4b.observation(record), document)

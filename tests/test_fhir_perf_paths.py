@@ -24,9 +24,10 @@ from test_gateway_api import run_admin
 
 from ehealthlab.api.app import create_app
 from ehealthlab.api.auth import TokenCache
-from ehealthlab.fhir import fast, queries
+from ehealthlab.fhir import queries
 from ehealthlab.fhir.audit import AuditEntry, AuditWriter
-from ehealthlab.fhir.ids import observation_id, observation_identifier
+from ehealthlab.fhir.mapping import fast
+from ehealthlab.fhir.mapping.ids import observation_id, observation_identifier
 from ehealthlab.gateway import registry
 from ehealthlab.settings import Settings
 

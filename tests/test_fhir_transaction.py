@@ -32,7 +32,7 @@ from ehealthlab.contract.messages import MAX_READINGS, ReasonCode
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.contract.validation import validate_message
 from ehealthlab.fhir import transaction
-from ehealthlab.fhir.ids import observation_id
+from ehealthlab.fhir.mapping.ids import observation_id
 from ehealthlab.fhir.transaction import (
     READING_SEQ_SYSTEM,
     REJECTION_REASON_SYSTEM,

@@ -30,8 +30,8 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ehealthlab.fhir.mapping.rows import as_utc
 from ehealthlab.fhir.queries import AuditRow
-from ehealthlab.fhir.rows import as_utc
 from ehealthlab.store.db import Connection
 
 log = logging.getLogger(__name__)

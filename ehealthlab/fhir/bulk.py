@@ -26,9 +26,9 @@ from uuid import UUID
 
 from ehealthlab.contract.timestamps import TimestampError, parse_timestamp
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.fhir.codes import DIASTOLIC, SYSTOLIC
-from ehealthlab.fhir.fast import Json, observation_json
-from ehealthlab.fhir.rows import BloodPressureReadings, ReadingRecord, as_utc
+from ehealthlab.fhir.mapping.codes import DIASTOLIC, SYSTOLIC
+from ehealthlab.fhir.mapping.fast import Json, observation_json
+from ehealthlab.fhir.mapping.rows import BloodPressureReadings, ReadingRecord, as_utc
 
 ExportLevel = Literal["system", "patient", "group"]
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]

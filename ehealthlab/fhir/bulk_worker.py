@@ -41,7 +41,7 @@ from ehealthlab.fhir.bulk import (
     observations_ndjson,
 )
 from ehealthlab.fhir.bulk_store import ExportJob
-from ehealthlab.fhir.fast import (
+from ehealthlab.fhir.mapping.fast import (
     Json,
     device_json,
     dumps,
@@ -49,7 +49,7 @@ from ehealthlab.fhir.fast import (
     organization_json,
     patient_json,
 )
-from ehealthlab.fhir.rows import (
+from ehealthlab.fhir.mapping.rows import (
     DeviceRecord,
     MunicipalityRecord,
     OrganisationRecord,

@@ -13,7 +13,7 @@ from typing import Any
 
 from ehealthlab import __version__
 from ehealthlab.fhir.access import SCOPES
-from ehealthlab.fhir.codes import VITAL_SIGN_PROFILES, VITAL_SIGNS_PROFILE
+from ehealthlab.fhir.mapping.codes import VITAL_SIGN_PROFILES, VITAL_SIGNS_PROFILE
 from ehealthlab.fhir.queries import TOTAL_CAP
 from ehealthlab.fhir.search import DEFAULT_COUNT, MAX_COUNT, PARAMETERS, SORTS
 

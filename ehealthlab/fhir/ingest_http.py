@@ -32,7 +32,7 @@ from ehealthlab.contract.timestamps import TimestampError, parse_timestamp
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.contract.validation import CLOCK_TOLERANCE_S
 from ehealthlab.errors import ServiceUnavailableError
-from ehealthlab.fhir.fast import Json
+from ehealthlab.fhir.mapping.fast import Json
 from ehealthlab.fhir.transaction import (
     ContractMessage,
     EntryPlan,

@@ -35,9 +35,9 @@ import psycopg
 
 from ehealthlab.contract.catalogue import METRICS
 from ehealthlab.fhir.access import Tenant
-from ehealthlab.fhir.codes import BLOOD_PRESSURE, DIASTOLIC, FHIR_BASE, SYSTOLIC
-from ehealthlab.fhir.ids import ObservationKey
-from ehealthlab.fhir.rows import (
+from ehealthlab.fhir.mapping.codes import BLOOD_PRESSURE, DIASTOLIC, FHIR_BASE, SYSTOLIC
+from ehealthlab.fhir.mapping.ids import ObservationKey
+from ehealthlab.fhir.mapping.rows import (
     BloodPressureReadings,
     DeviceRecord,
     MunicipalityRecord,

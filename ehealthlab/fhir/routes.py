@@ -44,14 +44,15 @@ from ehealthlab.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from ehealthlab.fhir import access, audit, fast, outcome, queries
+from ehealthlab.fhir import access, audit, outcome, queries
 from ehealthlab.fhir.access import PATIENT_DATA, Tenant
 from ehealthlab.fhir.audit import AuditEntry, AuditWriter, Interaction
 from ehealthlab.fhir.capability import capability_statement
-from ehealthlab.fhir.ids import parse_observation_id
+from ehealthlab.fhir.mapping import fast
+from ehealthlab.fhir.mapping.ids import parse_observation_id
+from ehealthlab.fhir.mapping.rows import BloodPressureReadings, PatientRecord
 from ehealthlab.fhir.outcome import FhirResponse
 from ehealthlab.fhir.queries import AsyncConnection, ObservationSource, Page, Statement
-from ehealthlab.fhir.rows import BloodPressureReadings, PatientRecord
 from ehealthlab.fhir.search import (
     SORTS,
     Cursor,

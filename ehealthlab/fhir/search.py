@@ -33,8 +33,8 @@ import orjson
 
 from ehealthlab.contract.catalogue import DEVICE_TYPES
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.fhir.codes import ASL_FLS_SYSTEM as FLS_SYSTEM
-from ehealthlab.fhir.codes import (
+from ehealthlab.fhir.mapping.codes import ASL_FLS_SYSTEM as FLS_SYSTEM
+from ehealthlab.fhir.mapping.codes import (
     AZIENDA_SANITARIA_LOCALE,
     BLOOD_PRESSURE,
     BLOOD_PRESSURE_CODES,
@@ -50,7 +50,7 @@ from ehealthlab.fhir.codes import (
     metric_codes,
     observation_category,
 )
-from ehealthlab.fhir.ids import OBSERVATION_CODES, ObservationKey, parse_observation_id
+from ehealthlab.fhir.mapping.ids import OBSERVATION_CODES, ObservationKey, parse_observation_id
 
 #: dates and times without a zone are read in the pilot's time zone (a clinician's "that day")
 PILOT_ZONE = ZoneInfo("Europe/Rome")

@@ -49,15 +49,15 @@ from ehealthlab.contract.timestamps import TimestampError, parse_timestamp
 from ehealthlab.contract.topics import is_valid_device_id
 from ehealthlab.errors import InvalidInputError
 from ehealthlab.fhir.bulk import Issue, operation_outcome
-from ehealthlab.fhir.codes import (
+from ehealthlab.fhir.mapping.codes import (
     BLOOD_PRESSURE,
     DIASTOLIC,
     FHIR_BASE,
     MDC_BLOOD_PRESSURE_COMPOUND,
     SYSTOLIC,
 )
-from ehealthlab.fhir.fast import Json
-from ehealthlab.fhir.ids import observation_id
+from ehealthlab.fhir.mapping.fast import Json
+from ehealthlab.fhir.mapping.ids import observation_id
 
 #: Observation.identifier system whose value is the device's reading counter (`seq`)
 READING_SEQ_SYSTEM = f"{FHIR_BASE}/sid/reading-seq"

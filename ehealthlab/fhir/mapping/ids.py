@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from ehealthlab.contract.catalogue import METRICS
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.fhir.codes import BLOOD_PRESSURE, DIASTOLIC, FHIR_BASE, SYSTOLIC
+from ehealthlab.fhir.mapping.codes import BLOOD_PRESSURE, DIASTOLIC, FHIR_BASE, SYSTOLIC
 
 MAX_ID_LENGTH = 64
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

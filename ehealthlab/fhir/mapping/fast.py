@@ -1,8 +1,8 @@
-"""The FHIR JSON of mapping.py, built as plain dicts: for result sets too large for models.
+"""The FHIR JSON of r4b.py, built as plain dicts: for result sets too large for models.
 
 Building and validating an R4B model costs far more than the resource's JSON (see
 bench/fhir_mapping.py). Each function here returns exactly
-`mapping.<same name>(record).model_dump(mode="json")`, keys in the same order, so
+`r4b.<same name>(record).model_dump(mode="json")`, keys in the same order, so
 `dumps(...)` gives the bytes of `model_dump_json()`; tests/test_fhir_mapping.py proves it
 over generated rows. Sub-dicts that never vary (codes, categories) are shared between
 results: treat what these functions return as read-only.
@@ -27,7 +27,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 import orjson
 
 from ehealthlab.contract.catalogue import DEVICE_TYPES, METRICS
-from ehealthlab.fhir.codes import (
+from ehealthlab.fhir.mapping.codes import (
     ASL_FLS_SYSTEM,
     AZIENDA_SANITARIA_LOCALE,
     BLOOD_PRESSURE,
@@ -59,8 +59,8 @@ from ehealthlab.fhir.codes import (
     observation_category,
     observation_profiles,
 )
-from ehealthlab.fhir.ids import observation_id
-from ehealthlab.fhir.rows import (
+from ehealthlab.fhir.mapping.ids import observation_id
+from ehealthlab.fhir.mapping.rows import (
     BloodPressureReadings,
     DeviceRecord,
     MunicipalityRecord,
@@ -84,12 +84,12 @@ def dumps(resource: Json) -> bytes:
 
 
 def observations_json(readings: Iterable[ReadingRecord]) -> list[Json]:
-    """mapping.observations, as JSON dicts."""
+    """r4b.observations, as JSON dicts."""
     return [observation_json(source) for source in group_measurements(readings)]
 
 
 def observation_json(source: ReadingRecord | BloodPressureReadings) -> Json:
-    """mapping.observation, as a JSON dict."""
+    """r4b.observation, as a JSON dict."""
     if isinstance(source, BloodPressureReadings):
         return _blood_pressure(source)
     if source.metric == SYSTOLIC:
@@ -235,7 +235,7 @@ def _unknown() -> Json:
 
 
 def patient_json(record: PatientRecord) -> Json:
-    """mapping.patient, as a JSON dict."""
+    """r4b.patient, as a JSON dict."""
     pseudonymized = _coding_json(PSEUDONYMIZED)
     return {
         "resourceType": "Patient",

@@ -2,7 +2,7 @@
 
 Two kinds of names live here: those others define (HL7, LOINC, IEEE 11073, HL7 Italia), copied
 exactly as their publications spell them, and those the platform mints under FHIR_BASE. The
-model mapping (mapping.py) and the fast serialiser (fast.py) both read this module, so the two
+model mapping (r4b.py) and the fast serialiser (fast.py) both read this module, so the two
 cannot disagree on a system or a display. docs/fhir.md cites the source of each.
 """
 

@@ -29,7 +29,7 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
 from ehealthlab.contract.catalogue import DEVICE_TYPES, METRICS
-from ehealthlab.fhir.codes import (
+from ehealthlab.fhir.mapping.codes import (
     ASL_FLS_SYSTEM,
     AZIENDA_SANITARIA_LOCALE,
     BLOOD_PRESSURE,
@@ -60,8 +60,8 @@ from ehealthlab.fhir.codes import (
     observation_category,
     observation_profiles,
 )
-from ehealthlab.fhir.ids import observation_id, observation_identifier
-from ehealthlab.fhir.rows import (
+from ehealthlab.fhir.mapping.ids import observation_id, observation_identifier
+from ehealthlab.fhir.mapping.rows import (
     BloodPressureReadings,
     DeviceRecord,
     MunicipalityRecord,

@@ -13,7 +13,7 @@ from typing import NamedTuple
 from uuid import UUID
 
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.fhir.codes import DIASTOLIC, SYSTOLIC
+from ehealthlab.fhir.mapping.codes import DIASTOLIC, SYSTOLIC
 
 _PANEL_PARTS = frozenset({SYSTOLIC, DIASTOLIC})
 
