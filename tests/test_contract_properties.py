@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -315,3 +316,46 @@ def test_the_parser_never_accepts_what_the_schema_pattern_refuses(text: str) -> 
         return
     assert re.fullmatch(RFC3339_PATTERN.strip("^$"), text)
     assert parsed.utcoffset() is not None
+
+
+@FAST
+@given(
+    valid=valid_messages(),
+    later=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=30)),
+)
+def test_a_message_sent_again_is_the_same_content_whatever_its_sent_at(
+    valid: tuple[str, ReadingsMessage, datetime], later: timedelta
+) -> None:
+    """Contract v1.1: a resend refreshes sent_at and keeps msg_id and readings; its content
+    digest is the same, whatever sent_at and the order of its keys."""
+    device_type, message, received_at = valid
+    document = orjson.loads(message.payload())
+    resent = {key: document[key] for key in reversed(list(document))}  # keys in another order
+    resent["sent_at"] = (message.sent_at + later).isoformat()
+    resent["readings"] = [dict(reversed(list(item.items()))) for item in document["readings"]]
+
+    def digest(payload: dict[str, Any]) -> bytes | None:
+        outcome = validate_message(
+            orjson.dumps(payload), device_type=device_type, received_at=received_at
+        )
+        return outcome.content_digest
+
+    assert digest(document) is not None
+    assert digest(resent) == digest(document)
+    other_readings = {**document, "readings": document["readings"][:-1] or [{"seq": 0}]}
+    assert digest(other_readings) != digest(document)
+    assert digest({**document, "msg_id": document["msg_id"] + "x"}) != digest(document)
+
+
+@pytest.mark.parametrize(
+    ("payload", "has_digest"),
+    [
+        (b"not json", False),
+        (b"[1, 2]", False),  # not an object: no msg_id either
+        (b'{"msg_id": "m"}', True),  # refused whole, yet known again by its content
+        (b'{"schema": "ehl.readings/1", "msg_id": "m", "sent_at": "x", "readings": []}', True),
+    ],
+)
+def test_only_a_json_object_has_a_content_digest(payload: bytes, has_digest: bool) -> None:
+    outcome = validate_message(payload, device_type="thermometer", received_at=RECEIVED_AT)
+    assert (outcome.content_digest is not None) is has_digest

@@ -227,6 +227,75 @@ def test_a_message_delivered_again_is_stored_and_logged_once(pilot, workers):
     ]
 
 
+def test_a_message_sent_again_with_a_later_sent_at_is_a_redelivery(pilot, workers):
+    """Contract v1.1: a resend refreshes sent_at (an old one would read as a wrong clock);
+    the same msg_id and readings are the same message whatever sent_at says. Nothing is
+    counted twice, and the stored copy keeps its receive time and clock offset."""
+    workers()
+    device_id, password = pilot.register()
+    readings = bp(10, T0)
+    first = message(readings, msg_id="resent", sent_at=datetime.now(UTC))
+    # the resend arrives with a sent_at ten minutes on (an outage, a device restarted): it
+    # would be a wrong clock (> 120 s) if it were believed
+    resend = message(readings, msg_id="resent", sent_at=datetime.now(UTC) + timedelta(minutes=10))
+    with pilot.device(device_id, password) as device:
+        device.publish(readings_topic(device_id), first)
+        logged = "SELECT msg_id, deliveries, accepted, duplicates FROM device_messages"
+        assert pilot.wait_for(logged, [("resent", 1, 2, 0)]) == [("resent", 1, 2, 0)]
+        before = pilot.query("SELECT received_at, clock_offset_s FROM device_messages")
+        device.publish(readings_topic(device_id), resend)
+    assert pilot.wait_for(logged, [("resent", 2, 2, 0)]) == [("resent", 2, 2, 0)]
+    assert pilot.query("SELECT received_at, clock_offset_s FROM device_messages") == before
+    assert abs(before[0][1]) < 60
+    assert pilot.query("SELECT count(*), bool_or(clock_corrected) FROM readings") == [(2, False)]
+    assert pilot.query("SELECT count(*) FROM duplicate_readings") == [(0,)]
+
+
+def test_a_known_msg_id_with_other_readings_is_a_new_message(pilot, workers):
+    """A msg_id reused for other readings is another message: its readings already stored
+    are the device's duplicates (counted), the others are stored."""
+    workers()
+    device_id, password = pilot.register()
+    later = T0 + timedelta(hours=1)
+    with pilot.device(device_id, password) as device:
+        device.publish(readings_topic(device_id), message(bp(1, T0), msg_id="reused"))
+        logged = "SELECT count(*) FROM device_messages"
+        assert pilot.wait_for(logged, [(1,)]) == [(1,)]
+        device.publish(
+            readings_topic(device_id), message([*bp(1, T0), *bp(3, later)], msg_id="reused")
+        )
+    expected = [("reused", 1, 2, 0), ("reused", 1, 2, 2)]
+    rows = "SELECT msg_id, deliveries, accepted, duplicates FROM device_messages ORDER BY id"
+    assert pilot.wait_for(rows, expected) == expected
+    assert pilot.query("SELECT count(*) FROM readings") == [(4,)]
+    assert pilot.query("SELECT msg_id, count(*) FROM duplicate_readings GROUP BY 1") == [
+        ("reused", 2)
+    ]
+
+
+def test_messages_logged_before_contract_1_1_are_still_known_by_their_bytes(pilot):
+    """Rows logged before migration 0015 carry a digest of the payload's bytes only; the
+    same bytes delivered again after the upgrade are still one message."""
+    device_id, _ = pilot.register()
+    payload = message(bp(1, T0), msg_id="from-before", sent_at=T0)
+    received = ReceivedMessage(readings_topic(device_id), payload, 1, False, 0, T0, True)
+    judged = judge(received, lambda device: KnownDevice("blood_pressure_monitor"))
+    with psycopg.connect(pilot.database_url) as conn:
+        store_judged(conn, ReadingWriter(conn), [judged], DEFAULT_RULES)
+        conn.execute(  # what the row looked like before the migration
+            "UPDATE device_messages"
+            " SET payload_digest = substr(sha256(%s), 1, 16), content_digest = NULL",
+            (payload,),
+        )
+        conn.commit()
+        again = store_judged(conn, ReadingWriter(conn), [judged], DEFAULT_RULES)
+    assert again.redeliveries == 1
+    assert pilot.query("SELECT msg_id, deliveries, duplicates FROM device_messages") == [
+        ("from-before", 2, 0)
+    ]
+    assert pilot.query("SELECT count(*) FROM duplicate_readings") == [(0,)]
+
+
 # --- exactly once, whatever happens ----------------------------------------------------------
 
 

@@ -47,7 +47,12 @@ from ehealthlab.contract.topics import (
     readings_topic,
     status_topic,
 )
-from ehealthlab.contract.validation import CLOCK_TOLERANCE_S, FUTURE_TOLERANCE, validate_message
+from ehealthlab.contract.validation import (
+    CLOCK_TOLERANCE_S,
+    FUTURE_TOLERANCE,
+    content_digest,
+    validate_message,
+)
 
 __all__ = [
     "CLOCK_TOLERANCE_S",
@@ -78,6 +83,7 @@ __all__ = [
     "ValidReading",
     "build_feedback",
     "conflicting_duplicate",
+    "content_digest",
     "convert",
     "device_type",
     "feedback_topic",

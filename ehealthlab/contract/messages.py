@@ -89,7 +89,12 @@ Timestamp = Annotated[
 MsgId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_MSG_ID_LENGTH, pattern=MSG_ID_PATTERN),
-    Field(description="unique per device; a redelivered message carries the same one"),
+    Field(
+        description=(
+            "unique per device; a message sent again carries the same one and the same"
+            " readings, and is then taken as a redelivery whatever its sent_at"
+        )
+    ),
 ]
 
 
@@ -120,7 +125,15 @@ class ReadingsMessage(_DeviceMessage):
         alias="schema", description="the message's version of the contract"
     )
     msg_id: MsgId
-    sent_at: Annotated[Timestamp, Field(description="the device clock when it sent the message")]
+    sent_at: Annotated[
+        Timestamp,
+        Field(
+            description=(
+                "the device clock when it sent this copy of the message; a message sent"
+                " again gets the time of the new send"
+            )
+        ),
+    ]
     readings: Annotated[list[ReadingItem], Field(min_length=1, max_length=MAX_READINGS)]
 
     def payload(self) -> bytes:

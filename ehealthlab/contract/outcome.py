@@ -79,6 +79,9 @@ class MessageOutcome:
     rejected: tuple[Rejection, ...]
     #: set when the message was rejected whole (then nothing is accepted)
     message_rejection: Rejection | None
+    #: what identifies this message's content whatever its `sent_at` (`content_digest`);
+    #: None when the payload was not a JSON object
+    content_digest: bytes | None = None
 
 
 def conflicting_duplicate(reading: ValidReading, stored_value: float) -> Rejection:

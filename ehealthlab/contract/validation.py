@@ -16,6 +16,7 @@ tests hold both to the same verdict on the shape of a message.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -109,6 +110,7 @@ def validate_message(payload: bytes, *, device_type: str, received_at: datetime)
     except orjson.JSONDecodeError as exc:
         return _whole_rejection(payload, received_at, ReasonCode.MALFORMED_JSON, _malformed(exc))
     envelope = _read_envelope(document)
+    digest = content_digest(document) if type(document) is dict else None
     if envelope.problems or envelope.msg_id is None or envelope.sent_at is None:
         return _whole_rejection(
             payload,
@@ -117,6 +119,7 @@ def validate_message(payload: bytes, *, device_type: str, received_at: datetime)
             "; ".join(envelope.problems),
             msg_id=envelope.msg_id,
             sent_at=envelope.sent_at,
+            digest=digest,
         )
     offset = received_at - envelope.sent_at
     accepted, rejected = _judge_readings(
@@ -135,7 +138,20 @@ def validate_message(payload: bytes, *, device_type: str, received_at: datetime)
         accepted=tuple(accepted),
         rejected=tuple(rejected),
         message_rejection=None,
+        content_digest=digest,
     )
+
+
+def content_digest(document: Mapping[str, Any]) -> bytes:
+    """What makes a message the same message when it is sent again (contract v1.1): all of
+    it but `sent_at`, which a resend refreshes. With the device and `msg_id`, this tells a
+    redelivery (same readings: nothing counts twice) from a new message reusing a `msg_id`.
+
+    The first 16 bytes of a SHA-256 over the message without `sent_at`, keys sorted, so a
+    device that re-serialises its message in another key order still sends the same one.
+    """
+    content = {key: value for key, value in document.items() if key != "sent_at"}
+    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).digest()[:16]
 
 
 def _clock_is_wrong(offset: timedelta) -> bool:
@@ -162,6 +178,7 @@ def _whole_rejection(
     *,
     msg_id: str | None = None,
     sent_at: datetime | None = None,
+    digest: bytes | None = None,
 ) -> MessageOutcome:
     rejection = Rejection(
         index=None, seq=None, metric=None, at=None, reason=reason, detail=detail, raw=bytes(payload)
@@ -176,6 +193,7 @@ def _whole_rejection(
         accepted=(),
         rejected=(rejection,),
         message_rejection=rejection,
+        content_digest=digest,
     )
 
 

@@ -31,7 +31,7 @@ class StoredMessage:
 
     judged: JudgedMessage
     settled: Settled
-    #: delivered before (same device, msg_id and content): nothing was written again
+    #: delivered before (same device, msg_id and readings): nothing was written again
     again: bool
     #: positions in judged.readings found already stored with the same value
     duplicates: frozenset[int]
@@ -55,7 +55,7 @@ def store_judged(
     with conn.transaction():
         _share_lock_devices(conn, judged)
         keys = [_message_key(item) for item in judged]
-        again = _claim_messages(conn, keys)
+        again = _claim_messages(conn, judged, keys)
         rows: list[ReadingRow] = []
         owners: list[tuple[int, int]] = []  # (message, reading) of each row
         for m, item in enumerate(judged):
@@ -81,7 +81,7 @@ def store_judged(
                 logs.append((verdict.log, key))
         write_rejections(conn, rejected)
         _write_message_logs(conn, logs)
-        _count_deliveries(conn, again)
+        _count_deliveries(conn, judged, again)
         alerts = raise_alerts_for(conn, result.attributed, rules)
     if judged:
         _touch_devices(conn, judged)  # after commit: no row lock held across batches
@@ -108,22 +108,42 @@ _MESSAGE_LOCK_CLASS = 0x45484C4D
 
 
 def _message_key(item: JudgedMessage) -> MessageKey | None:
-    """A message's identity: device, msg_id and a digest of its bytes (a redelivery has the
-    same bytes; a msg_id reused for other content is another message)."""
+    """A message's identity: device, msg_id and the digest of its content without `sent_at`
+    (contract v1.1: a message sent again refreshes `sent_at` and keeps its readings; a msg_id
+    reused for other readings is another message). An outcome without a content digest (a
+    message the platform assembled itself) is identified by its bytes."""
     if item.outcome.msg_id is None or item.device_id == UNKNOWN_DEVICE:
         return None
-    digest = hashlib.sha256(item.message.payload).digest()[:16]
+    digest = item.outcome.content_digest
+    if digest is None:
+        digest = _payload_digest(item)
     return item.device_id, item.outcome.msg_id, digest
 
 
-def _claim_messages(conn: Connection, keys: Sequence[MessageKey | None]) -> list[MessageKey | None]:
+def _payload_digest(item: JudgedMessage) -> bytes:
+    """How messages logged before contract v1.1 were identified: their bytes."""
+    return hashlib.sha256(item.message.payload).digest()[:16]
+
+
+def _claim_messages(
+    conn: Connection, judged: Sequence[JudgedMessage], keys: Sequence[MessageKey | None]
+) -> list[MessageKey | None]:
     """Each message's key when it was delivered before (in an earlier batch or earlier in
     this one), else None. A lock per (device, msg_id), taken in one order, makes two workers
-    given the same message at once (a device retrying, in shared mode) agree."""
+    given the same message at once (a device retrying, in shared mode) agree.
+
+    Rows logged before migration 0015 have no content digest; a message matches them by
+    its bytes, as it did then."""
+    legacy = {k: _payload_digest(item) for item, k in zip(judged, keys, strict=True) if k}
     distinct = sorted({k for k in keys if k is not None})
     stored: set[MessageKey] = set()
     if distinct:
-        columns = ([k[0] for k in distinct], [k[1] for k in distinct], [k[2] for k in distinct])
+        columns = (
+            [k[0] for k in distinct],
+            [k[1] for k in distinct],
+            [k[2] for k in distinct],
+            [legacy[k] for k in distinct],
+        )
         conn.execute(
             "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT"
             " hashtext(device_id || '/' || msg_id) AS h"
@@ -131,10 +151,12 @@ def _claim_messages(conn: Connection, keys: Sequence[MessageKey | None]) -> list
             (_MESSAGE_LOCK_CLASS, columns[0], columns[1]),
         )
         found = conn.execute(
-            "SELECT m.device_id, m.msg_id, m.payload_digest FROM device_messages m"
-            " JOIN unnest(%s::text[], %s::text[], %s::bytea[]) AS k(device_id, msg_id, digest)"
+            "SELECT k.device_id, k.msg_id, k.digest FROM device_messages m"
+            " JOIN unnest(%s::text[], %s::text[], %s::bytea[], %s::bytea[])"
+            " AS k(device_id, msg_id, digest, payload_digest)"
             " ON m.device_id = k.device_id AND m.msg_id = k.msg_id"
-            " AND m.payload_digest = k.digest",
+            " AND (m.content_digest = k.digest"
+            " OR (m.content_digest IS NULL AND m.payload_digest = k.payload_digest))",
             columns,
         ).fetchall()
         stored = {(d, m, bytes(h)) for d, m, h in found}
@@ -146,23 +168,29 @@ def _claim_messages(conn: Connection, keys: Sequence[MessageKey | None]) -> list
     return again
 
 
-def _count_deliveries(conn: Connection, again: Sequence[MessageKey | None]) -> None:
-    """Add each repeated delivery to its message's log row (written now or before)."""
+def _count_deliveries(
+    conn: Connection, judged: Sequence[JudgedMessage], again: Sequence[MessageKey | None]
+) -> None:
+    """Add each repeated delivery to its message's log row (written now or before; before
+    migration 0015, matched by bytes)."""
     repeats: dict[MessageKey, int] = {}
-    for key in again:
+    legacy: dict[MessageKey, bytes] = {}
+    for item, key in zip(judged, again, strict=True):
         if key is not None:
             repeats[key] = repeats.get(key, 0) + 1
+            legacy.setdefault(key, _payload_digest(item))
     if not repeats:
         return
     keys = sorted(repeats)
     conn.execute(
         "UPDATE device_messages m SET deliveries = m.deliveries + k.n"
-        " FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::int[])"
-        " AS k(device_id, msg_id, digest, n)"
+        " FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::bytea[], %s::int[])"
+        " AS k(device_id, msg_id, digest, payload_digest, n)"
         " WHERE m.device_id = k.device_id AND m.msg_id = k.msg_id"
-        " AND m.payload_digest = k.digest",
+        " AND (m.content_digest = k.digest"
+        " OR (m.content_digest IS NULL AND m.payload_digest = k.payload_digest))",
         ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-         [repeats[k] for k in keys]),
+         [legacy[k] for k in keys], [repeats[k] for k in keys]),
     )  # fmt: skip
 
 
@@ -194,7 +222,7 @@ def _write_message_logs(
         cur.copy(
             "COPY device_messages (device_id, received_at, msg_id, qos, payload_bytes, readings,"
             " accepted, duplicates, rejected, clock_offset_s, oldest_at, newest_at,"
-            " payload_digest) FROM STDIN"
+            " content_digest) FROM STDIN"
         ) as copy,
     ):
         for entry, key in logs:
