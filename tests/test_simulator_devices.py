@@ -317,7 +317,7 @@ def cuff_readings(at: datetime = T0):
 
 
 #: what a pump passes on: the device clock's sent_at, and the true time it sends at
-SEND = {"sent_at": "2026-11-25T07:00:00+00:00", "now": T0}
+SEND = {"sent_at": "2026-11-25T07:00:00+00:00"}
 
 
 def test_the_buffer_keeps_seq_and_readings_across_a_reopen(tmp_path):
@@ -359,20 +359,29 @@ def test_a_formed_message_keeps_its_msg_id_and_readings_until_acknowledged(tmp_p
     assert buffer.pending_seqs() == list(range(7, 19))
 
 
-def test_a_message_sent_again_soon_keeps_its_sent_at_later_it_gets_a_fresh_one(tmp_path):
+def test_a_message_sent_again_keeps_its_msg_id_and_readings_with_a_fresh_sent_at(tmp_path):
+    """Contract v1.1: an old sent_at on a resend would read as a wrong clock."""
     buffer = StoreAndForward(tmp_path, "dev-1")
     buffer.append(cuff_readings())
 
-    def send(after: timedelta) -> str:
-        at = T0 + after
-        [batch] = buffer.next_batches(0, 1, max_readings=500, sent_at=at.isoformat(), now=at)
-        assert batch.msg_id == "s1-3"
-        return batch.sent_at
+    def send(after: timedelta) -> tuple[str, str, list]:
+        at = (T0 + after).isoformat()
+        [batch] = buffer.next_batches(0, 1, max_readings=500, sent_at=at)
+        return batch.msg_id, batch.sent_at, batch.readings
 
-    assert send(timedelta(0)) == "2026-11-25T07:00:00+00:00"
-    assert send(timedelta(seconds=59)) == "2026-11-25T07:00:00+00:00"  # the same bytes again
-    assert send(timedelta(minutes=5)) == "2026-11-25T07:05:00+00:00"  # not a wrong clock
-    assert send(timedelta(minutes=5, seconds=30)) == "2026-11-25T07:05:00+00:00"
+    first = send(timedelta(0))
+    for after in (timedelta(seconds=1), timedelta(minutes=5), timedelta(days=2)):
+        again = send(after)
+        assert again[0] == first[0] == "s1-3"
+        assert again[2] == first[2]
+        assert again[1] == (T0 + after).isoformat()
+    reopened = StoreAndForward(tmp_path, "dev-1")  # a restarted simulator
+    [batch] = reopened.next_batches(0, 1, max_readings=500, sent_at="2026-11-26T00:00:00+00:00")
+    assert (batch.msg_id, batch.readings, batch.sent_at) == (
+        first[0],
+        first[2],
+        "2026-11-26T00:00:00+00:00",
+    )
 
 
 def test_a_measurement_is_never_split_across_messages(tmp_path):
@@ -610,11 +619,11 @@ def test_a_killed_simulator_resumes_its_seq_and_flushes_its_buffer(lab, tmp_path
     ) == [(35, 35)]
 
 
-def test_a_message_sent_again_soon_after_a_restart_is_a_redelivery_not_duplicates(lab, tmp_path):
+def test_a_message_sent_again_after_a_restart_is_a_redelivery_not_duplicates(lab, tmp_path):
     """A simulator that dies between its publication and the broker's PUBACK sends the
-    message again on restart; within a minute it is the same bytes, so ingest logs a second
-    delivery of one message rather than a new message repeating readings (the rule for a
-    later resend, a fresh sent_at, is tested on the buffer above)."""
+    message again on restart, with the same msg_id and readings and a fresh sent_at (here
+    ten minutes later): ingest logs a second delivery of one message, counts no duplicate,
+    and keeps the clock offset of the copy it stored (contract v1.1)."""
     registration = lab.register("thermometer")
     state_dir = tmp_path / "resent"
     now = real_now()
@@ -625,13 +634,17 @@ def test_a_message_sent_again_soon_after_a_restart_is_a_redelivery_not_duplicate
 
     restarted = lab.keep(Device(registration, state_dir))
     assert restarted.pending_seqs() == [1]
-    restarted.drain(now + timedelta(seconds=30))
+    restarted.drain(now + timedelta(minutes=10))  # its sent_at reads 600 s ahead
     messages = (
-        "SELECT msg_id, deliveries, accepted, duplicates FROM device_messages WHERE device_id = %s"
+        "SELECT msg_id, deliveries, accepted, duplicates, abs(clock_offset_s) < 60"
+        " FROM device_messages WHERE device_id = %s"
     )
-    expected = [("s1-1", 2, 1, 0)]
+    expected = [("s1-1", 2, 1, 0, True)]
     assert lab.pilot.wait_for(messages, expected, registration.device_id) == expected
     assert lab.readings(registration.device_id, "seq, clock_corrected") == [(1, False)]
+    assert lab.pilot.query(
+        "SELECT count(*) FROM duplicate_readings WHERE device_id = %s", registration.device_id
+    ) == [(0,)]
 
 
 def test_a_badly_set_clock_is_corrected_in_the_store_a_drifting_one_is_not(lab):

@@ -18,11 +18,10 @@ file, which a simulator can afford.
 Readings are kept one row per measurement (the readings that share an `at`). A message is
 formed from consecutive rows and its `msg_id` is written to them before it is first
 published, so a message sent again after a lost connection carries the same `msg_id` and
-the same readings, as the contract asks. Sent again soon (within `RESEND_SAME_WITHIN`), it
-is the same bytes, `sent_at` included: ingest then knows it for a redelivery of a message it
-may already have, not a new message repeating readings (which it counts as the device's
-duplicates). Sent again later, it gets a fresh `sent_at`, since an old one would make the
-platform see the delay as a wrong clock and "correct" the readings by it.
+the same readings, as the contract asks, with a fresh `sent_at` (contract v1.1): an old one
+would make the platform read the delay as a wrong clock and "correct" the readings by it,
+and ingest knows the resend for a redelivery by its `msg_id` and readings whatever its
+`sent_at`.
 """
 
 from __future__ import annotations
@@ -30,8 +29,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -41,19 +39,13 @@ from ehealthlab.simulators.payloads import Reading, fits, msg_id_for
 
 FILE_NAME = "device.sqlite3"
 
-#: a message re-sent this soon keeps its `sent_at`: the error that makes in the platform's
-#: clock offset stays well under the 120 s past which it corrects readings
-RESEND_SAME_WITHIN = timedelta(seconds=60)
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (
     first_seq INTEGER PRIMARY KEY,  -- seq of the measurement's first reading
     last_seq  INTEGER NOT NULL,
     readings  BLOB NOT NULL,        -- the readings as a JSON array, exactly as they are sent
-    msg_id    TEXT,                 -- set once a message carrying them was formed
-    sent_at   TEXT,                 -- that message's sent_at, as first published
-    first_sent TEXT                 -- the (simulated) true time it was first published
+    msg_id    TEXT                  -- set once a message carrying them was formed
 );
 CREATE INDEX IF NOT EXISTS pending_msg_idx ON pending (msg_id);
 """
@@ -83,10 +75,6 @@ class StoreAndForward:
         self.path = state_dir / FILE_NAME
         with self._open() as db:
             db.executescript(_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(pending)")}
-            for column in ("sent_at", "first_sent"):  # a file from before they existed
-                if column not in columns:
-                    db.execute(f"ALTER TABLE pending ADD COLUMN {column} TEXT")
         owner = self.get("device_id")
         if owner is None:
             self.set("device_id", device_id)
@@ -142,46 +130,33 @@ class StoreAndForward:
         return readings
 
     def next_batches(
-        self,
-        after_seq: int,
-        count: int,
-        *,
-        max_readings: int,
-        sent_at: str,
-        now: datetime,
+        self, after_seq: int, count: int, *, max_readings: int, sent_at: str
     ) -> list[Batch]:
         """Up to `count` messages carrying the oldest readings beyond `after_seq`, to be
-        published at (simulated true time) `now` with `sent_at` unless sent very recently.
+        published with `sent_at`.
 
         Readings already given a message keep it; the others are grouped, whole
         measurements at a time, into messages of at most `max_readings` readings and
         64 KiB, and the grouping is committed before the caller publishes any.
         """
-        formed: list[tuple[Batch, tuple[str, datetime] | None]] = []
-        batches: list[Batch] = []
+        formed: list[Batch] = []
         with self._transaction() as db:
             query = (
-                "SELECT first_seq, last_seq, readings, msg_id, sent_at, first_sent"
+                "SELECT first_seq, last_seq, readings, msg_id"
                 " FROM pending WHERE first_seq > ? ORDER BY first_seq"
             )
             with closing(db.execute(query, (after_seq,))) as rows:
-                for group in _groups(rows, max_readings):
+                for batch in _groups(rows, max_readings, sent_at):
                     if len(formed) == count:
                         break
-                    formed.append(group)
-            for batch, stamped in formed:  # the rows are read: now write
-                if stamped is not None:
-                    previous_sent_at, first_sent = stamped
-                    if timedelta(0) <= now - first_sent <= RESEND_SAME_WITHIN:
-                        batches.append(replace(batch, sent_at=previous_sent_at))
-                        continue
-                batches.append(replace(batch, sent_at=sent_at))
+                    formed.append(batch)
+            for batch in formed:  # the rows are read: now write
                 db.execute(
-                    "UPDATE pending SET msg_id = ?, sent_at = ?, first_sent = ?"
-                    " WHERE first_seq BETWEEN ? AND ?",
-                    (batch.msg_id, sent_at, now.isoformat(), batch.first_seq, batch.last_seq),
+                    "UPDATE pending SET msg_id = ? WHERE first_seq BETWEEN ? AND ?"
+                    " AND msg_id IS NULL",
+                    (batch.msg_id, batch.first_seq, batch.last_seq),
                 )
-        return batches
+        return formed
 
     def delivered(self, msg_ids: Sequence[str]) -> int:
         """Forget the readings of messages the broker acknowledged; how many went."""
@@ -245,25 +220,21 @@ def _next_seq(db: sqlite3.Connection) -> int:
     return 1 if row is None else int(row[0])
 
 
-def _groups(
-    rows: sqlite3.Cursor, max_readings: int
-) -> Iterator[tuple[Batch, tuple[str, datetime] | None]]:
-    """Rows (oldest first) gathered into messages, each with how it was first sent (if it
-    was): rows already given a msg_id stay together; the others fill a message while it
-    stays within the limits."""
+def _groups(rows: sqlite3.Cursor, max_readings: int, sent_at: str) -> Iterator[Batch]:
+    """Rows (oldest first) gathered into messages: rows already given a msg_id stay
+    together; the others fill a message while it stays within the limits."""
     current: list[tuple[int, int, bytes]] = []
     current_id: str | None = None
-    stamped: tuple[str, datetime] | None = None
     count = size = 0
 
-    def flush() -> tuple[Batch, tuple[str, datetime] | None]:
+    def flush() -> Batch:
         readings: list[Reading] = []
         for _, _, blob in current:
             readings.extend(orjson.loads(blob))
         first, last = current[0][0], current[-1][1]
-        return Batch(current_id or msg_id_for(first, last), first, last, readings, ""), stamped
+        return Batch(current_id or msg_id_for(first, last), first, last, readings, sent_at)
 
-    for first_seq, last_seq, blob, msg_id, sent_at, first_sent in rows:
+    for first_seq, last_seq, blob, msg_id in rows:
         rows_readings = last_seq - first_seq + 1
         joins = current and msg_id == current_id
         if joins and msg_id is None:
@@ -271,8 +242,6 @@ def _groups(
         if current and not joins:
             yield flush()
             current, count, size = [], 0, 0
-        if not current:
-            stamped = (sent_at, datetime.fromisoformat(first_sent)) if first_sent else None
         current.append((first_seq, last_seq, blob))
         current_id = msg_id
         count += rows_readings

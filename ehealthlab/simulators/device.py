@@ -449,7 +449,6 @@ class Device:
             room,
             max_readings=self.config.max_batch_readings,
             sent_at=self._builder.sent_at(wall_now or now, clock_at=now),
-            now=now,
         )
         if not batches:
             return
