@@ -36,23 +36,16 @@ from test_gateway_api import run_admin
 
 from ehealthlab.api.app import create_app
 from ehealthlab.errors import PermissionDeniedError
-from ehealthlab.fhir import access, queries
+from ehealthlab.fhir import access
 from ehealthlab.fhir.mapping import fast
 from ehealthlab.fhir.mapping.ids import observation_identifier
 from ehealthlab.fhir.mapping.rows import BloodPressureReadings, ReadingRecord, group_measurements
-from ehealthlab.fhir.search import (
-    PARAMETERS,
-    Cursor,
-    MetricMatch,
-    SearchParameterError,
-    decode_cursor,
-    encode_cursor,
-    micros,
-    parse_date,
-    parse_lastn,
-    parse_search,
-    strict_handling,
-)
+from ehealthlab.fhir.search import observations
+from ehealthlab.fhir.search.criteria import MetricMatch, SearchParameterError
+from ehealthlab.fhir.search.cursors import Cursor, decode_cursor, encode_cursor, micros
+from ehealthlab.fhir.search.dates import parse_date
+from ehealthlab.fhir.search.parameters import PARAMETERS
+from ehealthlab.fhir.search.query import parse_lastn, parse_search, strict_handling
 from ehealthlab.settings import Settings
 from ehealthlab.stack.ports import free_port
 from ehealthlab.store.migrate import migrate
@@ -898,7 +891,7 @@ def test_a_panel_matches_when_either_half_does(world):
 def test_totals_are_counted_up_to_a_cap_unless_asked_for(world, monkeypatch):
     # a patient's year of readings costs more to count than its page to answer: searches
     # naming patients are capped like searches over a whole tenant (FHIR makes total optional)
-    monkeypatch.setattr(queries, "TOTAL_CAP", 50)
+    monkeypatch.setattr(observations, "TOTAL_CAP", 50)
     everything = len(oracle(world))
     broad = world.ok("operator", "/Observation", {"_count": "10"})
     assert "total" not in broad and len(ids(broad)) == 10

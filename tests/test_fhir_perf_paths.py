@@ -24,10 +24,10 @@ from test_gateway_api import run_admin
 
 from ehealthlab.api.app import create_app
 from ehealthlab.api.auth import TokenCache
-from ehealthlab.fhir import queries
 from ehealthlab.fhir.audit import AuditEntry, AuditWriter
 from ehealthlab.fhir.mapping import fast
 from ehealthlab.fhir.mapping.ids import observation_id, observation_identifier
+from ehealthlab.fhir.search import sql
 from ehealthlab.gateway import registry
 from ehealthlab.settings import Settings
 
@@ -265,5 +265,5 @@ def test_the_fast_identifier_is_the_ids_one(device, code, at):
 
 
 def test_a_statement_with_an_answer_needs_no_database():
-    answered = asyncio.run(queries.run(None, [queries.Statement.answer(42)]))  # type: ignore[arg-type]
+    answered = asyncio.run(sql.run(None, [sql.Statement.answer(42)]))  # type: ignore[arg-type]
     assert answered == [42]

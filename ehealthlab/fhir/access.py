@@ -10,8 +10,9 @@ syntax, `context/Type.perms`, `rs` = read and search):
   readings included, but no Patient: it has no business with who the patient is.
 
 A type outside the scopes is refused (403: the rule is the same for every caller, so saying
-so reveals nothing); inside them, the tenant filter (queries.py) hides whatever belongs to
-someone else, so another tenant's resource is answered exactly like a missing one (404).
+so reveals nothing); inside them, the tenant filter (the SQL of search/) hides whatever
+belongs to someone else, so another tenant's resource is answered exactly like a missing one
+(404).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ehealthlab.fhir.mapping.rows import as_utc
-from ehealthlab.fhir.queries import AuditRow
+from ehealthlab.fhir.search.audit_events import AuditRow
 from ehealthlab.store.db import Connection
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """The CapabilityStatement of /fhir: only what the server really does.
 
-Search parameters come from search.PARAMETERS, the table the parser itself uses, so a
-parameter is declared exactly when it is understood; a test walks the statement and calls
-every interaction, parameter and operation it declares. Parts of /fhir built elsewhere add
-themselves here with one line each (see "Hooks").
+Search parameters come from PARAMETERS (search/parameters.py), the table the parser itself
+uses, so a parameter is declared exactly when it is understood; a test walks the statement and
+calls every interaction, parameter and operation it declares. Parts of /fhir built elsewhere
+add themselves here with one line each (see "Hooks").
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 from ehealthlab import __version__
 from ehealthlab.fhir.access import SCOPES
 from ehealthlab.fhir.mapping.codes import VITAL_SIGN_PROFILES, VITAL_SIGNS_PROFILE
-from ehealthlab.fhir.queries import TOTAL_CAP
-from ehealthlab.fhir.search import DEFAULT_COUNT, MAX_COUNT, PARAMETERS, SORTS
+from ehealthlab.fhir.search.parameters import PARAMETERS, SORTS
+from ehealthlab.fhir.search.query import DEFAULT_COUNT, MAX_COUNT
+from ehealthlab.fhir.search.sql import TOTAL_CAP
 
 Json = dict[str, Any]
 

@@ -30,7 +30,7 @@ from ehealthlab.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from ehealthlab.fhir.search import UnsupportedFormatError
+from ehealthlab.fhir.search.query import UnsupportedFormatError
 
 FHIR_MEDIA_TYPE = "application/fhir+json"
 FHIR_PREFIX = "/fhir"

@@ -1,7 +1,7 @@
 """The FHIR R4 REST API at /fhir: capabilities, read, search and Observation/$lastn.
 
-Handlers stay thin: check the token's scopes (access), parse the query (search), run the SQL
-(queries) confined to the caller's tenant, build the JSON with fast.py and answer orjson
+Handlers stay thin: check the token's scopes (access), parse the query (search/query.py), run the
+SQL (search/) confined to the caller's tenant, build the JSON with fast.py and answer orjson
 bytes as `application/fhir+json` — never FastAPI's JSON encoder, which costs more than the
 query. `install(app)` mounts the router and the OperationOutcome error handlers.
 
@@ -9,7 +9,7 @@ What makes a request cheap (docs/fhir.md, "Performance"): handlers and their dep
 are coroutines, so a request never waits for the thread pool; a token verified recently is
 trusted without the database (CachedPrincipalDep); the SQL goes over connections of the
 router's own asynchronous pool, all of a request's statements in one round trip
-(queries.run); and reads of patient data are audited by an AuditWriter, off the request
+(sql.run); and reads of patient data are audited by an AuditWriter, off the request
 path. The router's lifespan opens the pool and runs the writer while the application runs.
 
 Routes name their resource types and match only FHIR ids, so other routers under /fhir
@@ -44,7 +44,7 @@ from ehealthlab.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from ehealthlab.fhir import access, audit, outcome, queries
+from ehealthlab.fhir import access, audit, outcome
 from ehealthlab.fhir.access import PATIENT_DATA, Tenant
 from ehealthlab.fhir.audit import AuditEntry, AuditWriter, Interaction
 from ehealthlab.fhir.capability import capability_statement
@@ -52,20 +52,24 @@ from ehealthlab.fhir.mapping import fast
 from ehealthlab.fhir.mapping.ids import parse_observation_id
 from ehealthlab.fhir.mapping.rows import BloodPressureReadings, PatientRecord
 from ehealthlab.fhir.outcome import FhirResponse
-from ehealthlab.fhir.queries import AsyncConnection, ObservationSource, Page, Statement
-from ehealthlab.fhir.search import (
-    SORTS,
+from ehealthlab.fhir.search import observations, sql, tables
+from ehealthlab.fhir.search.cursors import (
     Cursor,
     CursorKey,
-    SearchQuery,
-    check_format,
     decode_cursor,
     encode_cursor,
     fingerprint,
+)
+from ehealthlab.fhir.search.observations import ObservationSource
+from ehealthlab.fhir.search.parameters import SORTS
+from ehealthlab.fhir.search.query import (
+    SearchQuery,
+    check_format,
     parse_lastn,
     parse_search,
     strict_handling,
 )
+from ehealthlab.fhir.search.sql import AsyncConnection, Page, Statement
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,7 @@ async def _resources(app: FastAPI) -> AsyncIterator[None]:
         max_size=POOL_MAX_SIZE,
         timeout=POOL_TIMEOUT,
         # UTC: times come as fast.py writes them, with nothing to convert
-        kwargs={"autocommit": True, "options": f"{queries.GENERIC_PLANS} -c TimeZone=UTC"},
+        kwargs={"autocommit": True, "options": f"{sql.GENERIC_PLANS} -c TimeZone=UTC"},
         open=False,
         name="ehl-fhir",
     )
@@ -196,7 +200,7 @@ async def _run(resources: FhirResources, *statements: Statement[Any]) -> list[An
     for attempt in (1, 2):
         try:
             async with resources.pool.connection() as conn:
-                return await queries.run(conn, statements)
+                return await sql.run(conn, statements)
         except PoolTimeout as exc:
             raise ServiceUnavailableError("the database is busy; try again") from exc
         except psycopg.OperationalError as exc:
@@ -392,13 +396,13 @@ async def _read_json(
             key = parse_observation_id(resource_id)
         except InvalidInputError:
             raise missing from None
-        source = await _one(resources, queries.read_observation(key, tenant))
+        source = await _one(resources, observations.read_observation(key, tenant))
         if source is None:
             raise missing
         trail.patients = _patients_of([source])
         resource = fast.observation_json(source)
     else:
-        record = await _one(resources, queries.read(resource_type, resource_id, tenant))
+        record = await _one(resources, tables.read(resource_type, resource_id, tenant))
         if record is None:
             raise missing
         if isinstance(record, PatientRecord):
@@ -507,11 +511,11 @@ async def _search_json(
         await trail.success(matches)
         return fast.dumps(_bundle(base, [], matches, _self_link(search_url, query), []))
     if resource_type == "Observation":
-        page_statement = queries.search_observations(
+        page_statement = observations.search_observations(
             query.clauses, tenant, descending=query.descending, limit=query.count, cursor=cursor
         )
     else:
-        page_statement = queries.search(
+        page_statement = tables.search(
             resource_type,
             query.clauses,
             tenant,
@@ -572,8 +576,8 @@ async def _rendered(
 def _count(query: SearchQuery, tenant: Tenant) -> Statement[int | None]:
     accurate = query.total == "accurate"
     if query.resource_type == "Observation":
-        return queries.count_observations(query.clauses, tenant, accurate=accurate)
-    return queries.count(query.resource_type, query.clauses, tenant, accurate=accurate)
+        return observations.count_observations(query.clauses, tenant, accurate=accurate)
+    return tables.count(query.resource_type, query.clauses, tenant, accurate=accurate)
 
 
 def _link_params(query: SearchQuery) -> list[tuple[str, str]]:
@@ -607,7 +611,7 @@ def _search_url(base: str, query: SearchQuery) -> str:
 def _page_links(
     search_url: str,
     *,
-    page: queries.Page,
+    page: Page,
     total: int | None,
     bound_to: str,
     secret: bytes,
@@ -670,7 +674,7 @@ async def lastn(request: Request, caller: CachedPrincipalDep, context: AsyncCont
         trail.query = [*query.used, ("max", str(query.max))]
         trail.patients = _named_patients(query.clauses, ("patient", "subject"))
         tenant = Tenant(caller.kind, caller.organisation_id)
-        statement = queries.lastn_observations(query.clauses, tenant, query.max)
+        statement = observations.lastn_observations(query.clauses, tenant, query.max)
         sources = await _one(_resources_of(request), statement)
         trail.patients |= _patients_of(sources)
         await trail.success(len(sources))
