@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ehealthlab.contract.pilot_time import pilot_day
 from ehealthlab.errors import ConfigurationError
-from ehealthlab.ingest.alerts import DEFAULT_RULES, alert_candidates, load_rules, pilot_day
+from ehealthlab.ingest.alerts import DEFAULT_RULES, alert_candidates, load_rules
 from ehealthlab.store.readings import AttributedRow
 
 PATIENT = uuid.UUID(int=1)

@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ehealthlab.contract.catalogue import DEVICE_TYPES, METRICS
+from ehealthlab.contract.pilot_time import PILOT_ZONE
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.ingest.alerts import DEFAULT_RULES, PILOT_ZONE, alert_candidates
+from ehealthlab.ingest.alerts import DEFAULT_RULES, alert_candidates
 from ehealthlab.simulators.behaviour import (
     DEFAULT_BEHAVIOUR,
     DevicePlan,

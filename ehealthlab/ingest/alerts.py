@@ -17,11 +17,9 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
+from ehealthlab.contract.pilot_time import pilot_day
 from ehealthlab.errors import ConfigurationError
-
-PILOT_ZONE = ZoneInfo("Europe/Rome")
 
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
 
@@ -111,10 +109,6 @@ class AlertCandidate:
     @property
     def key(self) -> tuple[UUID, str, date]:
         return (self.patient_id, self.rule_id, self.day)
-
-
-def pilot_day(moment: datetime) -> date:
-    return moment.astimezone(PILOT_ZONE).date()
 
 
 def alert_candidates(

@@ -24,8 +24,8 @@ from typing import TypeVar
 import numpy as np
 
 from ehealthlab.contract.catalogue import DEVICE_TYPES
+from ehealthlab.contract.pilot_time import PILOT_ZONE
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.ingest.alerts import PILOT_ZONE
 from ehealthlab.simulators.measurement import Measurement
 from ehealthlab.simulators.physiology import (
     DEFAULT_PHYSIOLOGY,

@@ -23,8 +23,8 @@ from types import MappingProxyType
 import numpy as np
 
 from ehealthlab.contract.catalogue import METRICS
+from ehealthlab.contract.pilot_time import PILOT_ZONE
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.ingest.alerts import PILOT_ZONE
 from ehealthlab.simulators.seeds import derive
 
 #: mean length of a month in days, to turn "per patient-month" rates into day rates

@@ -36,8 +36,8 @@ from pydantic import (
 )
 
 from ehealthlab.contract.catalogue import DEVICE_TYPES, METRICS
+from ehealthlab.contract.pilot_time import PILOT_ZONE
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.ingest.alerts import PILOT_ZONE
 from ehealthlab.simulators.behaviour import (
     DEFAULT_BEHAVIOUR,
     BehaviourAssumptions,
