@@ -75,10 +75,11 @@ from fastapi import APIRouter, Request, Response
 
 from ehealthlab.api.app import create_app
 from ehealthlab.api.auth import AsyncContextDep, CachedPrincipalDep
-from ehealthlab.fhir import routes
 from ehealthlab.fhir.mapping import fast, r4b
 from ehealthlab.fhir.mapping.rows import ReadingRecord
 from ehealthlab.fhir.outcome import FhirResponse
+from ehealthlab.fhir.rest.interactions import search_response
+from ehealthlab.fhir.rest.runtime import resources_of
 from ehealthlab.gateway import registry
 from ehealthlab.settings import Settings
 from ehealthlab.stack.mosquitto import MosquittoBroker
@@ -682,7 +683,7 @@ def baseline_router() -> APIRouter:
 
     @router.get("/select")
     async def one_select(caller: CachedPrincipalDep, request: Request) -> Response:
-        async with routes._resources_of(request).pool.connection() as conn:
+        async with resources_of(request).pool.connection() as conn:
             await (await conn.execute("SELECT 1")).fetchall()
         return FhirResponse(encoded)
 
@@ -692,7 +693,7 @@ def baseline_router() -> APIRouter:
     ) -> Response:
         """The production search, each Observation built as a validated R4B model."""
         items = request.query_params.multi_items()
-        return await routes.search_response(
+        return await search_response(
             items, request, caller, context, "Observation", observation_json=_r4b_observation
         )
 

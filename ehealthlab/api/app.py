@@ -26,7 +26,7 @@ from ehealthlab.errors import (
     ServiceUnavailableError,
 )
 from ehealthlab.fhir import bulk_routes
-from ehealthlab.fhir import routes as fhir_routes
+from ehealthlab.fhir.rest import router as fhir_rest
 from ehealthlab.gateway import routes
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.presence import Presence
@@ -84,7 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.context = None
     problems.install(app)
     app.include_router(routes.router)
-    fhir_routes.install(app)  # /fhir, with OperationOutcomes for its errors
+    fhir_rest.install(app)  # /fhir, with OperationOutcomes for its errors
     app.include_router(bulk_routes.router)  # $export and POST /fhir Bundles (docs/fhir-bulk.md)
     return app
 
