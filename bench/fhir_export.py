@@ -42,10 +42,10 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from pydantic import SecretStr
 
-from ehealthlab.fhir import bulk_store
-from ehealthlab.fhir.bulk import ExportRequest
-from ehealthlab.fhir.bulk_store import ExportScope
-from ehealthlab.fhir.bulk_worker import ExportConfig, ExportJobRun, job_directory
+from ehealthlab.fhir.bulk import store
+from ehealthlab.fhir.bulk.export import ExportRequest
+from ehealthlab.fhir.bulk.store import ExportScope
+from ehealthlab.fhir.bulk.worker import ExportConfig, ExportJobRun, job_directory
 from ehealthlab.fhir.mapping import r4b
 from ehealthlab.fhir.mapping.codes import DIASTOLIC, SYSTOLIC
 from ehealthlab.fhir.mapping.fast import dumps, observations_json
@@ -158,7 +158,7 @@ def run_export(url: str, state_dir: str, _limit: int) -> dict[str, Any]:
     settings = _settings(url, state_dir)
     with psycopg.connect(url, autocommit=True) as conn:
         operator = conn.execute("SELECT id FROM organisations WHERE kind = 'operator'").fetchone()
-        job = bulk_store.create_job(
+        job = store.create_job(
             conn, operator[0], ExportRequest("system", ("Observation",), None), None, "bench"
         )
     before = _peak_rss_mib()
@@ -167,7 +167,7 @@ def run_export(url: str, state_dir: str, _limit: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     peak = _peak_rss_mib()
     with psycopg.connect(url) as conn:
-        done = bulk_store.get_job(conn, job.id)
+        done = store.get_job(conn, job.id)
     assert done is not None and done.status == "completed", done
     directory = job_directory(settings, job.id)
     size = sum(p.stat().st_size for p in directory.iterdir())
@@ -194,7 +194,7 @@ def _stream(url: str, limit: int, map_row: Callable[[Any], Any] | None) -> dict[
     started = time.perf_counter()
     count = 0
     with psycopg.connect(url) as conn, conn.transaction():
-        batches = bulk_store.stream_rows(conn, "Observation", ExportScope(None, False), None)
+        batches = store.stream_rows(conn, "Observation", ExportScope(None, False), None)
         if map_row is None:
             for rows in batches:
                 count += len(rows)
@@ -216,7 +216,7 @@ def _stream(url: str, limit: int, map_row: Callable[[Any], Any] | None) -> dict[
 
 
 def _sources(records: Any) -> Any:
-    """What bulk.observations_ndjson pairs, before it maps (for the models baseline)."""
+    """What export.observations_ndjson pairs, before it maps (for the models baseline)."""
 
     key, systolic, diastolic = None, None, None
     for record in records:
@@ -250,7 +250,7 @@ def run_fetchall(url: str, _state_dir: str, _limit: int) -> dict[str, Any]:
     before = _peak_rss_mib()
     started = time.perf_counter()
     with psycopg.connect(url) as conn:
-        query = bulk_store.observation_query(ExportScope(None, False), None)
+        query = store.observation_query(ExportScope(None, False), None)
         records = [ReadingRecord(*row) for row in conn.execute(query).fetchall()]
     count = 0
     with open(Path(tempfile.gettempdir()) / f"bench-{uuid.uuid4().hex}", "wb") as out:

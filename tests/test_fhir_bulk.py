@@ -34,9 +34,11 @@ from test_gateway_api import PATIENT_KEY, Cast, bearer, enrol, register_patient,
 
 from ehealthlab.api.app import create_app
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.fhir import bulk, bulk_routes, bulk_store
-from ehealthlab.fhir.bulk import (
+from ehealthlab.fhir.bulk import routes, store
+from ehealthlab.fhir.bulk.export import (
+    LEVEL_TYPES,
     ExportFile,
+    ExportRequest,
     UnsupportedError,
     file_name,
     is_file_name,
@@ -46,8 +48,8 @@ from ehealthlab.fhir.bulk import (
     prefers_async,
     progress,
 )
-from ehealthlab.fhir.bulk_store import ExportScope
-from ehealthlab.fhir.bulk_worker import (
+from ehealthlab.fhir.bulk.store import ExportScope
+from ehealthlab.fhir.bulk.worker import (
     BackgroundWriter,
     ExportConfig,
     ExportJobRun,
@@ -570,9 +572,9 @@ def test_delete_cancels_an_export_and_discards_its_files(client, cast, world, se
 
 
 def test_a_failed_export_answers_500_with_an_operation_outcome(client, cast, settings):
-    job = new_job(settings, cast, "operator", bulk.ExportRequest("system", ("Location",), None))
+    job = new_job(settings, cast, "operator", ExportRequest("system", ("Location",), None))
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        bulk_store.fail_job(conn, job.id, None, "the export failed: disk full")
+        store.fail_job(conn, job.id, None, "the export failed: disk full")
     answer = client.get(f"/fhir/$export-poll-status/{job.id}", headers=cast.h("operator"))
     assert answer.status_code == 500
     outcome = OperationOutcome.model_validate(answer.json())
@@ -600,10 +602,10 @@ def test_too_many_exports_at_once_are_429(client, cast, settings):
             settings,
             cast,
             "q",
-            bulk.ExportRequest("patient", ("Patient",), None),
+            ExportRequest("patient", ("Patient",), None),
             provider=uuid.UUID(cast.organisations["q"]),
         )
-        for _ in range(bulk_routes.MAX_ACTIVE_EXPORTS)
+        for _ in range(routes.MAX_ACTIVE_EXPORTS)
     ]
     answer = client.get("/fhir/Patient/$export", headers={**cast.h("q"), "Prefer": "respond-async"})
     assert answer.status_code == 429
@@ -626,12 +628,12 @@ def new_job(
     settings: Settings,
     cast: Cast,
     who: str,
-    request: bulk.ExportRequest,
+    request: ExportRequest,
     provider: uuid.UUID | None = None,
-) -> bulk_store.ExportJob:
+) -> store.ExportJob:
     """A queued job written straight into the store (no runner sees it until a sweep)."""
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        return bulk_store.create_job(
+        return store.create_job(
             conn,
             uuid.UUID(cast.organisations.get(who) or operator_id(conn)),
             request,
@@ -648,13 +650,13 @@ def operator_id(conn) -> str:
 
 
 def test_a_stopping_process_gives_its_job_back_and_another_resumes_it(cast, world, settings):
-    job = new_job(settings, cast, "operator", bulk.ExportRequest("system", ("Observation",), None))
+    job = new_job(settings, cast, "operator", ExportRequest("system", ("Observation",), None))
     stop = threading.Event()
     stop.set()  # the process is stopping as the job starts
     config = ExportConfig(batch_rows=2)
     ExportJobRun(settings, job.id, "dying-process", stop, config).run()
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        back = bulk_store.get_job(conn, job.id)
+        back = store.get_job(conn, job.id)
         assert back is not None and back.status == "queued" and back.attempts == 1
         assert not job_directory(settings, job.id).exists()
         # a process that dies leaves its job "running", silent: a sweep takes it up again
@@ -669,7 +671,7 @@ def test_a_stopping_process_gives_its_job_back_and_another_resumes_it(cast, worl
         deadline = time.monotonic() + DEADLINE_S
         while time.monotonic() < deadline:
             with psycopg.connect(settings.require_database_url()) as conn:
-                done = bulk_store.get_job(conn, job.id)
+                done = store.get_job(conn, job.id)
             if done is not None and done.status not in ("queued", "running"):
                 break
             time.sleep(0.05)
@@ -680,18 +682,18 @@ def test_a_stopping_process_gives_its_job_back_and_another_resumes_it(cast, worl
 
 
 def test_a_cancelled_job_is_not_run(cast, settings):
-    job = new_job(settings, cast, "operator", bulk.ExportRequest("system", ("Location",), None))
+    job = new_job(settings, cast, "operator", ExportRequest("system", ("Location",), None))
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        assert bulk_store.cancel_job(conn, job.id, job.organisation_id)
+        assert store.cancel_job(conn, job.id, job.organisation_id)
     ExportJobRun(settings, job.id, "w", threading.Event(), ExportConfig()).run()
     assert not job_directory(settings, job.id).exists()
 
 
 def test_files_are_split_at_the_configured_number_of_lines(cast, world, settings):
-    job = new_job(settings, cast, "operator", bulk.ExportRequest("system", ("Location",), None))
+    job = new_job(settings, cast, "operator", ExportRequest("system", ("Location",), None))
     ExportJobRun(settings, job.id, "w", threading.Event(), ExportConfig(file_lines=100)).run()
     with psycopg.connect(settings.require_database_url()) as conn:
-        done = bulk_store.get_job(conn, job.id)
+        done = store.get_job(conn, job.id)
     assert done is not None and done.status == "completed"
     assert [(f.name, f.count) for f in done.export_files] == [
         ("Location.1.ndjson", 100),
@@ -735,7 +737,7 @@ def test_the_background_writer_writes_every_line_in_order_and_reports_failures(t
 @pytest.mark.parametrize(
     ("level", "params", "prefer", "types", "ignored"),
     [
-        ("system", [], None, bulk.LEVEL_TYPES["system"], ()),
+        ("system", [], None, LEVEL_TYPES["system"], ()),
         ("system", [("_type", "Observation, Patient")], None, ("Patient", "Observation"), ()),
         (
             "group",
@@ -748,14 +750,14 @@ def test_the_background_writer_writes_every_line_in_order_and_reports_failures(t
             "patient",
             [("_outputFormat", "application/fhir+ndjson")],
             None,
-            bulk.LEVEL_TYPES["patient"],
+            LEVEL_TYPES["patient"],
             (),
         ),
         (
             "system",
             [("_elements", "id"), ("patient", "x"), ("_elements", "y")],
             "respond-async; handling=lenient",
-            bulk.LEVEL_TYPES["system"],
+            LEVEL_TYPES["system"],
             ("_elements", "patient"),
         ),
     ],
@@ -853,7 +855,7 @@ def test_file_names_and_manifest():
 def test_export_queries_select_by_scope():
     """The provider filter appears exactly where a scope has a provider."""
     p = uuid.uuid4()
-    for resource_type, query in bulk_store.QUERIES.items():
+    for resource_type, query in store.QUERIES.items():
         for scope in (ExportScope(None, False), ExportScope(None, True), ExportScope(p, True)):
             text = repr(query(scope, None))
             assert ("%(provider)s" in text) == (

@@ -31,16 +31,15 @@ from ehealthlab.api.app import create_app
 from ehealthlab.contract.messages import MAX_READINGS, ReasonCode
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.contract.validation import validate_message
-from ehealthlab.fhir import transaction
 from ehealthlab.fhir.mapping.ids import observation_id
-from ehealthlab.fhir.transaction import (
+from ehealthlab.fhir.transaction.bundle import (
+    MAX_ENTRIES,
     READING_SEQ_SYSTEM,
-    REJECTION_REASON_SYSTEM,
     BundleError,
-    contract_messages,
-    message_id_base,
     read_bundle,
 )
+from ehealthlab.fhir.transaction.messages import contract_messages, message_id_base
+from ehealthlab.fhir.transaction.response import REJECTION_REASON_SYSTEM
 from ehealthlab.ingest.worker import IngestConfig, IngestWorker
 from ehealthlab.mqtt import BrokerAddress, MqttConnection
 from ehealthlab.settings import Settings
@@ -605,7 +604,7 @@ def test_an_empty_bundle_is_an_empty_response(client, cast):
             400,
             "structure",
         ),
-        (orjson.dumps(bundle(*[{}] * (transaction.MAX_ENTRIES + 1))), 413, "too-costly"),
+        (orjson.dumps(bundle(*[{}] * (MAX_ENTRIES + 1))), 413, "too-costly"),
         (
             b'{"resourceType": "Bundle", "type": "batch", "x": "' + b"a" * (5 << 20) + b'"}',
             413,
@@ -819,12 +818,12 @@ def test_a_panel_gives_seq_and_seq_plus_one_and_skips_absent_components():
 def test_large_bundles_are_cut_into_contract_sized_messages():
     resources = [
         observation(D, i, AT, metric="heart_rate", value=60 + i % 50, unit="/min")
-        for i in range(transaction.MAX_ENTRIES)
+        for i in range(MAX_ENTRIES)
     ]
     plan = read_bundle(orjson.dumps(bundle(*resources)))
     messages = contract_messages(plan, {D}, msg_id="m", sent_at=AT)
     assert [m.msg_id for m in messages] == ["m/1", "m/2"]
-    assert sum(len(m.sources) for m in messages) == transaction.MAX_ENTRIES
+    assert sum(len(m.sources) for m in messages) == MAX_ENTRIES
     received = datetime.fromisoformat(AT)
     for message in messages:
         assert len(message.sources) <= MAX_READINGS

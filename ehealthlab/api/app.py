@@ -25,8 +25,9 @@ from ehealthlab.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from ehealthlab.fhir import bulk_routes
+from ehealthlab.fhir.bulk import routes as bulk_routes
 from ehealthlab.fhir.rest import router as fhir_rest
+from ehealthlab.fhir.transaction import routes as transaction_routes
 from ehealthlab.gateway import routes
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.presence import Presence
@@ -85,7 +86,8 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     app.include_router(routes.router)
     fhir_rest.install(app)  # /fhir, with OperationOutcomes for its errors
-    app.include_router(bulk_routes.router)  # $export and POST /fhir Bundles (docs/fhir-bulk.md)
+    app.include_router(bulk_routes.router)  # $export (docs/fhir-bulk.md)
+    app.include_router(transaction_routes.router)  # POST /fhir Bundles (docs/fhir-bulk.md)
     return app
 
 

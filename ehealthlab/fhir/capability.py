@@ -72,7 +72,7 @@ PATIENT_EXPORT = Operation(
     "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
     "FHIR Bulk Data export of the patients a provider may see",
 )
-#: whole-system interactions (POST /fhir: ehealthlab/fhir/bulk_routes.py)
+#: whole-system interactions (POST /fhir: ehealthlab/fhir/transaction/routes.py)
 SYSTEM_INTERACTIONS: tuple[str, ...] = ("transaction", "batch")
 #: whole-system operations (GET /fhir/$export)
 SYSTEM_OPERATIONS: tuple[Operation, ...] = (BULK_EXPORT,)

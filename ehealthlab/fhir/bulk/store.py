@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from ehealthlab.fhir.bulk import ExportFile, ExportLevel, ExportRequest, JobStatus
+from ehealthlab.fhir.bulk.export import ExportFile, ExportLevel, ExportRequest, JobStatus
 from ehealthlab.store.db import Connection
 
 #: a statement psycopg can run: plain or composed SQL

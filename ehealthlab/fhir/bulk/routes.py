@@ -1,4 +1,4 @@
-"""HTTP routes of FHIR Bulk Data export and of `POST /fhir` transaction Bundles.
+"""HTTP routes of FHIR Bulk Data export.
 
 `$export` follows the Bulk Data Access IG v2.0.0: a kick-off answers 202 with the status
 URL in `Content-Location`; polling it answers 202 with `X-Progress` while the job runs and
@@ -12,17 +12,14 @@ Who may export what:
 | provider | 403 | its own Group only (another id: 404) | its own patients |
 | start-up | 403 | 403 | 403 |
 
-`POST /fhir` takes a transaction or batch Bundle of Observations from a start-up, for its
-own devices only, and stores them as MQTT ingest would (ingest_http.py).
-
-Every error is an OperationOutcome (`application/fhir+json`), also for a missing token.
+Every error is an OperationOutcome (`application/fhir+json`), also for a missing token
+(FhirRoute, outcome_route.py).
 """
 
 from __future__ import annotations
 
-import logging
 import shutil
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -31,28 +28,20 @@ from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, FastAPI, Header, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ehealthlab.api.auth import ApiContext, ContextDep, Principal, PrincipalDep, StartupDep
-from ehealthlab.errors import (
-    AuthenticationError,
-    ConflictError,
-    EhealthlabError,
-    InvalidInputError,
-    NotFoundError,
-    PermissionDeniedError,
-    ServiceUnavailableError,
-)
-from ehealthlab.fhir import audit, bulk_store
+from ehealthlab.api.auth import ApiContext, ContextDep, Principal, PrincipalDep
+from ehealthlab.errors import NotFoundError, PermissionDeniedError, ServiceUnavailableError
+from ehealthlab.fhir import audit
 from ehealthlab.fhir.audit import AuditEntry
-from ehealthlab.fhir.bulk import (
+from ehealthlab.fhir.bulk import store
+from ehealthlab.fhir.bulk.export import (
     NDJSON_MEDIA_TYPE,
+    RETRY_AFTER_S,
     ExportLevel,
     Issue,
+    TooManyExportsError,
     UnsupportedError,
     is_file_name,
     manifest,
@@ -61,100 +50,15 @@ from ehealthlab.fhir.bulk import (
     prefers_async,
     progress,
 )
-from ehealthlab.fhir.bulk_store import ExportJob
-from ehealthlab.fhir.bulk_worker import ExportRunner, job_directory
-from ehealthlab.fhir.ingest_http import deliver_bundle
-from ehealthlab.fhir.transaction import BundleError
+from ehealthlab.fhir.bulk.store import ExportJob
+from ehealthlab.fhir.bulk.worker import ExportRunner, job_directory
+from ehealthlab.fhir.outcome_route import FhirResponse, FhirRoute, outcome_response
 
-log = logging.getLogger(__name__)
-
-FHIR_JSON = "application/fhir+json"
 #: exports an organisation may have queued or running at once (the IG's advice: 429 beyond)
 MAX_ACTIVE_EXPORTS = 2
-#: seconds a client is asked to wait between status requests
-RETRY_AFTER_S = 2
-#: largest transaction Bundle taken, in bytes
-MAX_BUNDLE_BYTES = 4 * 1024 * 1024
 _STATE_KEY = "fhir_export_runner"
 #: advisory-lock name space of kick-offs ("EHLX"), apart from ingest's and migrations'
 _KICK_OFF_LOCK_CLASS = 0x45484C58
-
-
-class TooManyExportsError(EhealthlabError):
-    """An organisation already has as many exports in progress as it may (429)."""
-
-
-class FhirResponse(Response):
-    """`application/fhir+json`, encoded with orjson."""
-
-    media_type = FHIR_JSON
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-# -- errors as OperationOutcome ---------------------------------------------------------------
-
-# Most specific first: the first class an error is an instance of decides.
-_ERRORS: tuple[tuple[type[EhealthlabError], int, str], ...] = (
-    (AuthenticationError, 401, "login"),
-    (PermissionDeniedError, 403, "forbidden"),
-    (NotFoundError, 404, "not-found"),
-    (TooManyExportsError, 429, "throttled"),
-    (ConflictError, 409, "conflict"),
-    (UnsupportedError, 400, "not-supported"),
-    (InvalidInputError, 400, "invalid"),
-    (ServiceUnavailableError, 503, "transient"),
-)
-
-
-def outcome_response(
-    status: int, code: str, diagnostics: str, headers: dict[str, str] | None = None
-) -> FhirResponse:
-    """An error answered as a FHIR OperationOutcome."""
-    body = operation_outcome(Issue("error", code, diagnostics))
-    return FhirResponse(body, status_code=status, headers=headers)
-
-
-def error_response(exc: EhealthlabError, request: Request) -> FhirResponse:
-    """The OperationOutcome of one of the platform's errors (never echoing the input)."""
-    if isinstance(exc, BundleError):
-        return outcome_response(413 if exc.too_large else 400, exc.code, str(exc))
-    for cls, status, code in _ERRORS:
-        if isinstance(exc, cls):
-            headers = None
-            if status == 401:
-                headers = {"WWW-Authenticate": 'Bearer realm="ehealthlab"'}
-            elif status in (429, 503):
-                headers = {"Retry-After": str(RETRY_AFTER_S if status == 429 else 5)}
-            return outcome_response(status, code, str(exc), headers)
-    log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
-    return outcome_response(
-        500, "exception", "the server could not complete the request; the operator has the details"
-    )
-
-
-class FhirRoute(APIRoute):
-    """A route whose errors, its dependencies' included (a missing token), are answered as
-    OperationOutcome, as FHIR clients expect, instead of the API's problem details."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def fhir_handler(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except EhealthlabError as exc:
-                return error_response(exc, request)
-            except RequestValidationError as exc:
-                fields = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
-                )
-                return outcome_response(400, "invalid", f"invalid request: {fields}")
-            except StarletteHTTPException as exc:
-                return outcome_response(exc.status_code, "processing", str(exc.detail))
-
-        return fhir_handler
 
 
 # -- the export runner, for the application's lifetime -------------------------------------
@@ -244,7 +148,7 @@ def export_group(
     if caller.kind == "provider" and provider != caller.organisation_id:
         raise NotFoundError(f"no Group {group_id} among yours")
     with context.transaction() as conn:
-        if not bulk_store.provider_exists(conn, provider):
+        if not store.provider_exists(conn, provider):
             raise NotFoundError(f"no Group {group_id}")
     return _kick_off(request, caller, context, "group", provider, prefer=prefer)
 
@@ -288,14 +192,12 @@ def _kick_off(
             "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
             (_KICK_OFF_LOCK_CLASS, str(caller.organisation_id)),
         )
-        if bulk_store.active_jobs(conn, caller.organisation_id) >= MAX_ACTIVE_EXPORTS:
+        if store.active_jobs(conn, caller.organisation_id) >= MAX_ACTIVE_EXPORTS:
             raise TooManyExportsError(
                 f"{MAX_ACTIVE_EXPORTS} exports of yours are already in progress; wait for one "
                 "to finish, or cancel one (DELETE its status URL)"
             )
-        job = bulk_store.create_job(
-            conn, caller.organisation_id, asked, provider_id, str(request.url)
-        )
+        job = store.create_job(conn, caller.organisation_id, asked, provider_id, str(request.url))
         audit.record(conn, AuditEntry(
             caller.organisation_id, caller.token_id, "operation",
             {"system": "system", "group": "Group", "patient": "Patient"}[level],
@@ -316,7 +218,7 @@ def _kick_off(
 def _visible_job(context: ApiContext, caller: Principal, job_id: str) -> ExportJob:
     """The caller's export, if it exists and was not cancelled or discarded."""
     with context.transaction() as conn:
-        job = bulk_store.get_job(conn, _uuid(job_id, "export"), caller.organisation_id)
+        job = store.get_job(conn, _uuid(job_id, "export"), caller.organisation_id)
     if job is None or job.status == "cancelled":
         raise NotFoundError(f"no export {job_id} (never started, someone else's, or cancelled)")
     expired = job.expires_at is not None and job.expires_at < datetime.now(UTC)
@@ -370,7 +272,7 @@ def export_status(
 def cancel_export(job_id: str, caller: PrincipalDep, context: ContextDep) -> Response:
     job = _visible_job(context, caller, job_id)
     with context.transaction() as conn:
-        if not bulk_store.cancel_job(conn, job.id, caller.organisation_id):
+        if not store.cancel_job(conn, job.id, caller.organisation_id):
             raise NotFoundError(f"no export {job_id}")
     if job.status == "completed":  # a running job deletes its own files when it stops
         shutil.rmtree(job_directory(context.settings, job.id), ignore_errors=True)
@@ -398,49 +300,3 @@ def export_file(job_id: str, name: str, caller: PrincipalDep, context: ContextDe
             operation="export", detail=f"file {name} of export {job.id} downloaded",
         ))  # fmt: skip
     return FileResponse(path, media_type=NDJSON_MEDIA_TYPE, content_disposition_type="inline")
-
-
-# -- transaction Bundles ----------------------------------------------------------------------
-
-_BUNDLE_MEDIA_TYPES = frozenset({FHIR_JSON, "application/json"})
-
-
-@router.post(
-    "",
-    summary="Deliver readings as a transaction or batch Bundle of Observations (start-up)",
-    description="Each Observation of one of the caller's devices is validated, deduplicated, "
-    "attributed and alerted on exactly as the same reading sent over MQTT; the response "
-    "Bundle gives each entry's status, and an OperationOutcome for every rejected reading "
-    "(which is kept as a dead letter, visible in /api/v1/devices/{id}/rejects).",
-    response_class=FhirResponse,
-)
-async def post_bundle(request: Request, caller: StartupDep, context: ContextDep) -> Response:
-    media_type = request.headers.get("content-type", FHIR_JSON).split(";")[0].strip().lower()
-    if media_type not in _BUNDLE_MEDIA_TYPES:
-        return outcome_response(
-            415, "not-supported", f"send the Bundle as {FHIR_JSON}, not {media_type[:64]}"
-        )
-    body = await _read_body(request, MAX_BUNDLE_BYTES)
-    answer = await run_in_threadpool(
-        deliver_bundle, context.pool, caller.organisation_id, body, context.alert_rules
-    )
-    return FhirResponse(answer)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_large = BundleError(
-        f"the Bundle is larger than {limit // (1024 * 1024)} MiB: send fewer entries per request",
-        code="too-costly",
-        too_large=True,
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -30,8 +30,8 @@ from uuid import UUID
 import psycopg
 
 from ehealthlab.errors import EhealthlabError
-from ehealthlab.fhir import bulk_store
-from ehealthlab.fhir.bulk import (
+from ehealthlab.fhir.bulk import store
+from ehealthlab.fhir.bulk.export import (
     EXPORT_LIFETIME,
     FILE_LINES,
     OUTCOME_TYPE,
@@ -40,7 +40,7 @@ from ehealthlab.fhir.bulk import (
     ignored_outcomes,
     observations_ndjson,
 )
-from ehealthlab.fhir.bulk_store import ExportJob
+from ehealthlab.fhir.bulk.store import ExportJob
 from ehealthlab.fhir.mapping.fast import (
     Json,
     device_json,
@@ -80,7 +80,7 @@ class ExportConfig:
     #: how often a process looks for jobs nobody runs, and for expired files
     sweep_s: float = 10.0
     file_lines: int = FILE_LINES
-    batch_rows: int = bulk_store.BATCH_ROWS
+    batch_rows: int = store.BATCH_ROWS
     lifetime: timedelta = EXPORT_LIFETIME
 
 
@@ -107,7 +107,7 @@ def _records(record: Callable[..., Any], batches: Iterable[list[tuple[Any, ...]]
 
 
 def resources(resource_type: str, batches: Iterable[list[tuple[Any, ...]]]) -> Iterator[Json]:
-    """The FHIR JSON of one type's rows (as bulk_store.stream_rows gives them)."""
+    """The FHIR JSON of one type's rows (as store.stream_rows gives them)."""
     if resource_type == "Observation":
         return observations_ndjson(_records(ReadingRecord, batches))
     if resource_type == "Patient":
@@ -228,7 +228,7 @@ class ExportJobRun:
     def run(self) -> None:
         """Claim the job and export it; any outcome is recorded on the job's row."""
         with connect(self.settings, autocommit=True) as control:
-            job = bulk_store.claim_job(
+            job = store.claim_job(
                 control,
                 self.job_id,
                 self.worker,
@@ -249,15 +249,15 @@ class ExportJobRun:
                 if isinstance(exc, _StopError) or self._halted():
                     if self._stop.is_set() and not self._lost.is_set():
                         # the process is stopping: the job runs again later
-                        bulk_store.release_job(control, job.id, self.worker)
+                        store.release_job(control, job.id, self.worker)
                     return
                 log.exception("export %s failed", job.id)
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                bulk_store.fail_job(control, job.id, self.worker, f"the export failed: {reason}")
+                store.fail_job(control, job.id, self.worker, f"the export failed: {reason}")
             except Exception:  # a bug: retrying would only meet it again
                 shutil.rmtree(directory, ignore_errors=True)
                 log.exception("export %s: unexpected failure", job.id)
-                bulk_store.fail_job(
+                store.fail_job(
                     control,
                     job.id,
                     self.worker,
@@ -277,9 +277,7 @@ class ExportJobRun:
             with connect(self.settings, autocommit=True) as conn:
                 while not self._done.wait(min(self.config.heartbeat_s, 0.2)):
                     beat = not self._stop.is_set() and self._beat_due()
-                    if beat and not bulk_store.heartbeat(
-                        conn, self.job_id, self.worker, self.written
-                    ):
+                    if beat and not store.heartbeat(conn, self.job_id, self.worker, self.written):
                         self._lost.set()
                     if self._halted():
                         source = self._source
@@ -316,7 +314,7 @@ class ExportJobRun:
                     files.extend(self._write_type(source, job, resource_type, directory))
             self._source = None
         files.extend(self._write_outcomes(job, directory))
-        if self._halted() or not bulk_store.complete_job(
+        if self._halted() or not store.complete_job(
             control,
             job.id,
             self.worker,
@@ -329,7 +327,7 @@ class ExportJobRun:
     def _write_type(
         self, source: Connection, job: ExportJob, resource_type: str, directory: Path
     ) -> list[ExportFile]:
-        batches = bulk_store.stream_rows(
+        batches = store.stream_rows(
             source, resource_type, job.scope, job.since, batch_rows=self.config.batch_rows
         )
         files = NdjsonFiles(directory, resource_type, self.config.file_lines)
@@ -406,12 +404,12 @@ class ExportRunner:
     def sweep(self) -> None:
         """Submit jobs nobody runs; delete the files of expired, cancelled and failed jobs."""
         with connect(self.settings, autocommit=True) as conn:
-            waiting = bulk_store.jobs_to_resume(
+            waiting = store.jobs_to_resume(
                 conn,
                 stale_after=timedelta(seconds=self.config.stale_after_s),
                 max_attempts=MAX_ATTEMPTS,
             )
-            finished = bulk_store.expired_jobs(conn)
+            finished = store.expired_jobs(conn)
         for job_id in waiting:
             self.submit(job_id)
         for job_id in finished:

@@ -1,11 +1,12 @@
 """Readings delivered as a FHIR Bundle over HTTPS, stored exactly as MQTT ingest stores them.
 
-transaction.py turns the Bundle into the device contract's readings messages; from there the
-path is ingest's own: `pipeline.judge` validates each message, the ReadingWriter stores the
-accepted readings once (duplicates counted, conflicts refused), rejected ones become dead
-letters with their reason code, the message is logged (once, however often it is delivered),
-readings find their patient through enrolments and the alert rules see them — in one
-transaction, with the same locks, as `IngestWorker._write_batch` does for a batch.
+bundle.py and messages.py turn the Bundle into the device contract's readings messages;
+from there the path is ingest's own: `pipeline.judge` validates each message, the
+ReadingWriter stores the accepted readings once (duplicates counted, conflicts refused),
+rejected ones become dead letters with their reason code, the message is logged (once,
+however often it is delivered), readings find their patient through enrolments and the alert
+rules see them — in one transaction, with the same locks, as `IngestWorker._write_batch`
+does for a batch.
 
 What differs from MQTT is only the envelope: the receive time is the API's clock, QoS is 1
 (at least once, as HTTP retries are), a reading's dead letter keeps the Observation as the
@@ -33,16 +34,16 @@ from ehealthlab.contract.topics import readings_topic
 from ehealthlab.contract.validation import CLOCK_TOLERANCE_S
 from ehealthlab.errors import ServiceUnavailableError
 from ehealthlab.fhir.mapping.fast import Json
-from ehealthlab.fhir.transaction import (
+from ehealthlab.fhir.transaction.bundle import EntryPlan, Fault, read_bundle
+from ehealthlab.fhir.transaction.messages import (
     ContractMessage,
-    EntryPlan,
-    EntryResult,
-    Fault,
-    ReadingResult,
     contract_messages,
     message_id_base,
+)
+from ehealthlab.fhir.transaction.response import (
+    EntryResult,
+    ReadingResult,
     not_your_device,
-    read_bundle,
     response_bundle,
 )
 from ehealthlab.ingest.alerts import AlertRules
@@ -71,7 +72,7 @@ def deliver_bundle(
 ) -> Json:
     """Store a start-up's transaction or batch Bundle of Observations; the response Bundle.
 
-    transaction.BundleError when the body is not a Bundle this server takes (nothing is
+    bundle.BundleError when the body is not a Bundle this server takes (nothing is
     stored); ServiceUnavailableError when the database cannot be reached.
     """
     plan = read_bundle(body)

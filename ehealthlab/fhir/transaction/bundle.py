@@ -1,5 +1,6 @@
-"""A FHIR transaction (or batch) Bundle of Observations as device-contract readings messages,
-and the transaction-response Bundle that says what became of each entry. Pure.
+"""A FHIR transaction (or batch) Bundle of Observations read into the device contract's
+reading items, entry by entry; messages.py makes them contract messages, response.py the
+transaction-response Bundle that says what became of each entry. Pure.
 
 A start-up whose device speaks FHIR posts what it measured; ingest must treat it exactly as
 the same readings published over MQTT. So each Observation becomes the contract's reading
@@ -20,10 +21,7 @@ with seq + 1, as the device contract's example numbers a cuff inflation's readin
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
@@ -37,18 +35,11 @@ from ehealthlab.contract.catalogue import (
     METRICS,
     UCUM_SYSTEM,
 )
-from ehealthlab.contract.messages import (
-    MAX_MSG_ID_LENGTH,
-    MAX_PAYLOAD_BYTES,
-    MAX_READINGS,
-    MAX_SEQ,
-    READINGS_SCHEMA,
-    ReasonCode,
-)
+from ehealthlab.contract.messages import MAX_SEQ, ReasonCode
 from ehealthlab.contract.timestamps import TimestampError, parse_timestamp
 from ehealthlab.contract.topics import is_valid_device_id
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.fhir.bulk import Issue, operation_outcome
+from ehealthlab.fhir.bulk.export import Issue
 from ehealthlab.fhir.mapping.codes import (
     BLOOD_PRESSURE,
     DIASTOLIC,
@@ -57,18 +48,11 @@ from ehealthlab.fhir.mapping.codes import (
     SYSTOLIC,
 )
 from ehealthlab.fhir.mapping.fast import Json
-from ehealthlab.fhir.mapping.ids import observation_id
 
 #: Observation.identifier system whose value is the device's reading counter (`seq`)
 READING_SEQ_SYSTEM = f"{FHIR_BASE}/sid/reading-seq"
-#: OperationOutcome.issue.details coding: the device contract's reason codes
-REJECTION_REASON_SYSTEM = f"{FHIR_BASE}/CodeSystem/rejection-reason"
 #: entries one Bundle may hold (an MQTT message holds at most 500 readings)
 MAX_ENTRIES = 1000
-#: a contract message is cut before this size, leaving room for its envelope
-_CHUNK_BYTES = MAX_PAYLOAD_BYTES - 1024
-_MSG_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, f"{FHIR_BASE}/Bundle")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DEVICE_REFERENCE = re.compile(r"(?:.*/)?Device/(?P<id>[^/]+)")
 _FINAL = "final"
 
@@ -587,231 +571,3 @@ def _panel(
             )
         )
     return tuple(drafts), tuple(faults), tuple(notes)
-
-
-# -- contract messages -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ContractMessage:
-    """One readings message of the device contract, built from a device's entries."""
-
-    device_id: str
-    msg_id: str
-    #: the contract's JSON (no readings when every reading of the device was a fault)
-    payload: bytes
-    #: the payload's readings: the entry, metric and element each came from
-    sources: tuple[tuple[int, str, str], ...]
-    #: faults of this device's entries (carried by its first message)
-    faults: tuple[tuple[EntryPlan, Fault], ...] = ()
-    #: the `sent_at` written in the payload
-    sent_at: str = ""
-
-
-def message_id_base(plan: BundlePlan, fallback: str) -> str:
-    """The `msg_id` of the Bundle's messages: its identifier's value when it fits the
-    contract (so a client retrying the same Bundle is recognised, as a device retrying a
-    publication is), a UUID of the identifier when it does not, `fallback` without one."""
-    if plan.identifier is None:
-        return fallback
-    system, value = plan.identifier
-    if system is None and len(value) <= MAX_MSG_ID_LENGTH - 8 and not _CONTROL.search(value):
-        return value
-    return uuid.uuid5(_MSG_ID_NAMESPACE, f"{system or ''}|{value}").hex
-
-
-def contract_messages(
-    plan: BundlePlan, devices: Iterable[str], *, msg_id: str, sent_at: str
-) -> list[ContractMessage]:
-    """The contract messages of the entries whose device is among `devices` (the caller's
-    active ones), per device, cut to the contract's limits (500 readings, 64 KiB)."""
-    allowed = set(devices)
-    by_device: dict[str, list[EntryPlan]] = {}
-    for entry in plan.entries:
-        if entry.refusal is None and entry.device_id in allowed:
-            by_device.setdefault(entry.device_id, []).append(entry)
-    messages: list[ContractMessage] = []
-    for device_id, entries in by_device.items():
-        faults = tuple((entry, fault) for entry in entries for fault in entry.faults)
-        chunks = _chunks([(entry.index, draft) for entry in entries for draft in entry.drafts])
-        for k, chunk in enumerate(chunks or [[]]):
-            items = [draft.item for _, draft in chunk]
-            payload = (
-                orjson.dumps(
-                    {
-                        "schema": READINGS_SCHEMA,
-                        "msg_id": _nth(msg_id, k, len(chunks)),
-                        "sent_at": sent_at,
-                        "readings": items,
-                    }
-                )
-                if items
-                else b""
-            )
-            messages.append(
-                ContractMessage(
-                    device_id=device_id,
-                    msg_id=_nth(msg_id, k, len(chunks)),
-                    payload=payload,
-                    sources=tuple((i, draft.metric, draft.expression) for i, draft in chunk),
-                    faults=faults if k == 0 else (),
-                    sent_at=sent_at,
-                )
-            )
-    return messages
-
-
-def _nth(msg_id: str, k: int, count: int) -> str:
-    return msg_id if count <= 1 else f"{msg_id}/{k + 1}"
-
-
-def _chunks(drafts: Sequence[tuple[int, Draft]]) -> list[list[tuple[int, Draft]]]:
-    chunks: list[list[tuple[int, Draft]]] = []
-    size = 0
-    for pair in drafts:
-        item_size = len(orjson.dumps(pair[1].item)) + 1
-        if not chunks or len(chunks[-1]) == MAX_READINGS or size + item_size > _CHUNK_BYTES:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(pair)
-        size += item_size
-    return chunks
-
-
-# -- the response ----------------------------------------------------------------------------
-
-Verdict = Literal["created", "duplicate", "again", "rejected"]
-
-
-@dataclass(frozen=True, slots=True)
-class ReadingResult:
-    """What ingest made of one reading of an entry."""
-
-    metric: str | None
-    verdict: Verdict
-    #: the reading's time as validated (for the Observation's location)
-    at: datetime | None = None
-    reason: str | None = None
-    detail: str | None = None
-    expression: str | None = None
-
-
-@dataclass
-class EntryResult:
-    """The readings of one entry, as ingest judged and stored them."""
-
-    readings: list[ReadingResult] = field(default_factory=list)
-
-
-_STATUS_TEXT = {
-    200: "200 OK",
-    201: "201 Created",
-    400: "400 Bad Request",
-    404: "404 Not Found",
-    405: "405 Method Not Allowed",
-    409: "409 Conflict",
-    422: "422 Unprocessable Entity",
-}
-#: the OperationOutcome issue type of each reason code
-_ISSUE_TYPES: dict[str, str] = {
-    ReasonCode.MALFORMED_JSON: "structure",
-    ReasonCode.SCHEMA_VIOLATION: "invalid",
-    ReasonCode.PAYLOAD_TOO_LARGE: "too-costly",
-    ReasonCode.UNKNOWN_METRIC: "code-invalid",
-    ReasonCode.METRIC_NOT_FOR_DEVICE_TYPE: "business-rule",
-    ReasonCode.UNIT_MISMATCH: "value",
-    ReasonCode.OUT_OF_RANGE: "value",
-    ReasonCode.TIMESTAMP_IN_FUTURE: "business-rule",
-    ReasonCode.CONFLICTING_DUPLICATE: "conflict",
-}
-
-
-def not_your_device(entry: EntryPlan) -> Refusal:
-    """The refusal of an entry whose device is not one of the caller's active devices."""
-    return Refusal(
-        404,
-        "not-found",
-        f"Device/{entry.device_id} is not one of your active devices",
-        f"{entry.where}.resource.device",
-    )
-
-
-def response_bundle(
-    plan: BundlePlan, results: Mapping[int, EntryResult], refusals: Mapping[int, Refusal]
-) -> Json:
-    """The transaction-response (or batch-response) Bundle: one entry per request entry, in
-    order, each with its HTTP status, the Observation's location when a reading of it is
-    stored, and an OperationOutcome naming every rejected reading with its reason code."""
-    return {
-        "resourceType": "Bundle",
-        "type": f"{plan.type}-response",
-        "entry": [
-            {"response": _entry_response(entry, results.get(entry.index), refusals)}
-            for entry in plan.entries
-        ],
-    }
-
-
-def _entry_response(
-    entry: EntryPlan, result: EntryResult | None, refusals: Mapping[int, Refusal]
-) -> Json:
-    refusal = entry.refusal or refusals.get(entry.index)
-    if refusal is not None:
-        issue = Issue("error", refusal.code, refusal.diagnostics, (refusal.expression,))
-        return {"status": _STATUS_TEXT[refusal.status], "outcome": operation_outcome(issue)}
-    readings = result.readings if result is not None else []
-    # every reading stored anew needs no word, unless others of the entry were not
-    mixed = any(r.verdict != "created" for r in readings)
-    issues = [_issue(r, entry) for r in readings if mixed or r.verdict != "created"]
-    issues.extend(entry.notes)
-    issues.sort(key=lambda issue: _SEVERITY_ORDER[issue.severity])
-    rejected = [r for r in readings if r.verdict == "rejected"]
-    kept = [r for r in readings if r.verdict != "rejected"]
-    if rejected:
-        conflicts = all(r.reason == ReasonCode.CONFLICTING_DUPLICATE for r in rejected)
-        status = 409 if conflicts else 422
-    elif any(r.verdict == "created" for r in readings):
-        status = 201
-    else:
-        status = 200
-    response: Json = {"status": _STATUS_TEXT[status]}
-    locations = [location for r in kept if (location := _location(entry, r)) is not None]
-    if locations:
-        response["location"] = locations[0]
-    if issues:
-        response["outcome"] = operation_outcome(*issues)
-    return response
-
-
-def _location(entry: EntryPlan, reading: ReadingResult) -> str | None:
-    """Observation/{id} of a stored reading (its panel's id for blood pressure)."""
-    if entry.device_id is None or reading.metric is None or reading.at is None:
-        return None
-    code = BLOOD_PRESSURE if reading.metric in (SYSTOLIC, DIASTOLIC) else reading.metric
-    return f"Observation/{observation_id(entry.device_id, code, reading.at)}"
-
-
-_SEVERITY_ORDER = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
-_KEPT_TEXT = {
-    "created": "stored",
-    "duplicate": "already stored with the same value: counted as a duplicate, not stored twice",
-    "again": "this Bundle (same identifier and content) was delivered before: nothing is "
-    "stored again",
-}
-
-
-def _issue(reading: ReadingResult, entry: EntryPlan) -> Issue:
-    expression = (reading.expression or f"{entry.where}.resource",)
-    name = reading.metric or "the reading"
-    if reading.verdict == "rejected":
-        reason = reading.reason or ReasonCode.SCHEMA_VIOLATION
-        issue_type = _ISSUE_TYPES.get(reason, "processing")
-        return Issue(
-            "error",
-            issue_type,
-            reading.detail or reason,
-            expression,
-            (REJECTION_REASON_SYSTEM, reason),
-        )
-    code = "duplicate" if reading.verdict != "created" else "informational"
-    return Issue("information", code, f"{name}: {_KEPT_TEXT[reading.verdict]}", expression)

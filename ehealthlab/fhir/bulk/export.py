@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 from uuid import UUID
 
 from ehealthlab.contract.timestamps import TimestampError, parse_timestamp
-from ehealthlab.errors import InvalidInputError
+from ehealthlab.errors import EhealthlabError, InvalidInputError
 from ehealthlab.fhir.mapping.codes import DIASTOLIC, SYSTOLIC
 from ehealthlab.fhir.mapping.fast import Json, observation_json
 from ehealthlab.fhir.mapping.rows import BloodPressureReadings, ReadingRecord, as_utc
@@ -51,6 +51,8 @@ FILE_LINES = 200_000
 EXPORT_LIFETIME = timedelta(hours=24)
 #: the error file's type: the IG allows only OperationOutcome there
 OUTCOME_TYPE = "OperationOutcome"
+#: seconds a client is asked to wait between status requests
+RETRY_AFTER_S = 2
 
 _FILE_NAME = re.compile(
     r"(?P<type>Organization|Location|Device|Patient|Observation|OperationOutcome)"
@@ -61,6 +63,10 @@ _FILE_NAME = re.compile(
 class UnsupportedError(InvalidInputError):
     """A valid request for something this server does not do (OperationOutcome code
     `not-supported`, status 400)."""
+
+
+class TooManyExportsError(EhealthlabError):
+    """An organisation already has as many exports in progress as it may (429)."""
 
 
 @dataclass(frozen=True, slots=True)
