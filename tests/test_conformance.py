@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import psycopg
 import pytest
 import uvicorn
 from conftest import create_database, drop_database, with_database
@@ -164,9 +165,10 @@ def lab(plain_admin_url, migrated_template, mosquitto_broker, tmp_path_factory):
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60  # bounds a failure only: a loaded machine starts slowly
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert server.started, "the API server did not start"
     worker = RunningWorker(settings, f"ingest-conf-{uuid.uuid4().hex[:6]}")
     operator = run_admin(settings, "admin", "bootstrap")["token"]
     url = f"http://127.0.0.1:{port}"
@@ -176,6 +178,7 @@ def lab(plain_admin_url, migrated_template, mosquitto_broker, tmp_path_factory):
             "url": url,
             "token": startup["token"],
             "admin": BrokerAddress(b.host, b.port, b.admin_username, b.admin_password),
+            "database_url": settings.require_database_url(),
         }
     finally:
         worker.close()
@@ -231,8 +234,24 @@ def readings_message(seqs, *, unit="mm[Hg]", clock_skew_s=0.0, age=timedelta(0))
     )
 
 
-def judge(lab, device_id: str, capsys) -> tuple[int, dict]:
-    time.sleep(1.5)  # let ingest and presence store what was sent
+def stored(lab, device_id: str) -> tuple[int, int]:
+    """How many of the device's messages ingest logged, and status messages presence did."""
+    with psycopg.connect(lab["database_url"]) as conn:
+        return conn.execute(
+            "SELECT (SELECT count(*) FROM device_messages WHERE device_id = %(d)s),"
+            " (SELECT count(*) FROM device_status_events WHERE device_id = %(d)s)",
+            {"d": device_id},
+        ).fetchone()
+
+
+def judge(lab, device_id: str, capsys, *, messages: int, status_events: int) -> tuple[int, dict]:
+    """The conformance report, once ingest and presence have stored all that was sent (each
+    message and its readings in one transaction, each status message in one too)."""
+    expected = (messages, status_events)
+    deadline = time.monotonic() + 60  # bounds a failure only
+    while (got := stored(lab, device_id)) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert got == expected, f"(messages, status events) stored: {got}, not {expected}"
     capsys.readouterr()
     status = cli.main(
         [
@@ -258,7 +277,7 @@ def test_a_clean_device_passes_end_to_end(lab, capsys):
     connection.publish(readings_topic(device_id), readings_message([4, 5], age=timedelta(hours=2)))
     connection.publish(readings_topic(device_id), readings_message([6]))
     connection.drop()  # the Last Will says offline
-    status, report = judge(lab, device_id, capsys)
+    status, report = judge(lab, device_id, capsys, messages=3, status_events=2)
     failed = [c for c in report["checks"] if c["verdict"] == "fail"]
     assert (status, report["verdict"], failed) == (0, "conformant", [])
     by_id = {c["id"]: c for c in report["checks"]}
@@ -287,8 +306,8 @@ def test_a_device_with_known_defects_is_told_what_to_fix(lab, capsys):
         connection.publish(topic, readings_message([7, 8], clock_skew_s=900))  # skewed clock, gap
         connection.publish(topic, readings_message([9]), qos=0)
     finally:
-        connection.close()
-    status, report = judge(lab, device_id, capsys)
+        connection.close()  # clean: no Will, and no status ever said
+    status, report = judge(lab, device_id, capsys, messages=4, status_events=0)
     assert (status, report["verdict"]) == (1, "not_conformant")
     failed = {c["id"]: c for c in report["checks"] if c["verdict"] == "fail"}
     assert set(failed) == {"units", "clock", "seq", "qos", "status"}
