@@ -12,13 +12,14 @@ import time
 import uuid
 
 import pytest
+from paho.mqtt.client import topic_matches_sub
 
 from ehealthlab.contract.topics import feedback_topic, readings_topic, status_topic
 from ehealthlab.errors import AuthenticationError, PermissionDeniedError
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError, ReceivedMessage
 
-QUIET_S = 0.7  # how long "nothing arrives" is watched for
+WAIT_S = 30.0  # bounds a failure only: what is awaited comes sooner on any machine
 
 
 @pytest.fixture(scope="module")
@@ -50,22 +51,34 @@ def devices(admin):
 
 
 class Watcher:
-    """A subscriber with the admin's rights, collecting what arrives."""
+    """A subscriber with the admin's rights, collecting what arrives.
 
-    def __init__(self, admin: BrokerAddress, topic_filter: str) -> None:
+    `nothing_arrives` needs no quiet period: the watcher sends itself a marker on
+    `marker_topic` (a feedback topic, where the platform may publish) and checks that the
+    marker is the first thing to arrive. Mosquitto handles messages one at a time and queues
+    them for a client in that order, so whatever it let through before (every refused publish
+    was answered before) would arrive ahead of the marker.
+    """
+
+    def __init__(self, admin: BrokerAddress, topic_filter: str, marker_topic: str) -> None:
         self.messages: queue.Queue[ReceivedMessage] = queue.Queue()
+        self.marker_topic = marker_topic
         self.connection = MqttConnection(
             admin, f"watcher-{uuid.uuid4().hex[:6]}", on_message=self.messages.put
         )
         self.connection.connect()
         self.connection.subscribe(topic_filter)
+        if not topic_matches_sub(topic_filter, marker_topic):
+            self.connection.subscribe(marker_topic)
 
-    def next(self, timeout: float = 5.0) -> ReceivedMessage:
+    def next(self, timeout: float = WAIT_S) -> ReceivedMessage:
         return self.messages.get(timeout=timeout)
 
     def nothing_arrives(self) -> bool:
-        time.sleep(QUIET_S)
-        return self.messages.empty()
+        marker = f"marker-{uuid.uuid4().hex}".encode()
+        self.connection.publish(self.marker_topic, marker)
+        first = self.next()
+        return (first.topic, first.payload) == (self.marker_topic, marker)
 
     def close(self) -> None:
         self.connection.close()
@@ -75,8 +88,8 @@ class Watcher:
 def watch(admin):
     watchers = []
 
-    def start(topic_filter: str) -> Watcher:
-        watchers.append(Watcher(admin, topic_filter))
+    def start(topic_filter: str, marker_topic: str) -> Watcher:
+        watchers.append(Watcher(admin, topic_filter, marker_topic))
         return watchers[-1]
 
     yield start
@@ -90,7 +103,7 @@ def connect_as(admin: BrokerAddress, device_id: str, password: str, client_id: s
 
 def test_a_device_publishes_readings_and_status_on_its_own_topics(admin, devices, watch):
     (device_id, password), _ = devices
-    seen = watch(f"ehl/v1/devices/{device_id}/#")
+    seen = watch(f"ehl/v1/devices/{device_id}/#", feedback_topic(device_id))
     with connect_as(admin, device_id, password) as device:
         device.publish(readings_topic(device_id), b'{"hello": 1}')
         device.publish(status_topic(device_id), b'{"state": "online"}', retain=True)
@@ -101,7 +114,7 @@ def test_a_device_publishes_readings_and_status_on_its_own_topics(admin, devices
 
 def test_publishing_on_another_devices_topic_delivers_nothing(admin, devices, watch):
     (a, a_password), (b, _) = devices
-    seen = watch(f"ehl/v1/devices/{b}/#")
+    seen = watch(f"ehl/v1/devices/{b}/#", feedback_topic(b))
     with connect_as(admin, a, a_password) as device:
         for topic in (readings_topic(b), status_topic(b), feedback_topic(a), "ehl/v1/other"):
             with pytest.raises(PermissionDeniedError, match="Not authorized"):
@@ -121,9 +134,12 @@ def test_a_device_subscribes_to_its_own_feedback_only(admin, devices):
         with MqttConnection(admin, "feedback-sender").connect() as platform:
             platform.publish(feedback_topic(b), b'{"for": "b"}')
             platform.publish(feedback_topic(a), b'{"for": "a"}')
-        only = received.get(timeout=5)
+            platform.publish(feedback_topic(a), b'{"for": "a", "last": true}')
+        # b's feedback, had it leaked, would come first: the broker queues in order
+        only = received.get(timeout=WAIT_S)
         assert (only.topic, only.payload) == (feedback_topic(a), b'{"for": "a"}')
-        time.sleep(QUIET_S)
+        last = received.get(timeout=WAIT_S)
+        assert (last.topic, last.payload) == (feedback_topic(a), b'{"for": "a", "last": true}')
         assert received.empty()
     finally:
         device.close()
@@ -145,14 +161,15 @@ def test_a_revoked_device_is_dropped_and_cannot_come_back(admin, devices, watch)
     lost = []
     device = MqttConnection(admin.as_user(a, a_password), a, on_connection_lost=lost.append)
     device.connect()
-    seen = watch(readings_topic(a))
+    seen = watch(readings_topic(a), feedback_topic(a))
     with DynamicSecurity(admin) as dynsec:
         dynsec.delete_device_client(a)
         assert dynsec.get_client(a) is None
-    deadline = time.monotonic() + 5
-    while device.is_connected and time.monotonic() < deadline:
+    # wait for the callback itself: it runs just after is_connected turns false
+    deadline = time.monotonic() + WAIT_S
+    while not lost and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not device.is_connected and lost
+    assert lost and not device.is_connected
     with pytest.raises((MqttError, PermissionDeniedError)):
         device.publish(readings_topic(a), b"{}", timeout=1)
     device.drop()
