@@ -455,9 +455,10 @@ def world(
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60  # bounds a failure only: a loaded machine starts slowly
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert server.started, "the API server did not start"
     url = f"http://127.0.0.1:{port}"
     http = httpx2.Client(timeout=30)
     try:

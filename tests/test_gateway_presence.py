@@ -82,7 +82,8 @@ def message(device_id: str, payload: bytes, at: datetime, *, retain: bool = Fals
     return ReceivedMessage(topic or status_topic(device_id), payload, 1, retain, 1, at)
 
 
-def wait_until(condition, timeout: float = 5.0) -> bool:
+def wait_until(condition, timeout: float = 30.0) -> bool:
+    """Poll `condition`; the timeout only bounds a failure (a loaded machine is slow)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -197,7 +198,7 @@ def test_presence_comes_back_after_a_broker_restart(pool, platform, device, mosq
         assert presence.running
         connection = wait_for_connection(lambda: go_online(device_id, address))
         try:
-            assert wait_until(lambda: state_of(pool, device_id)[0] == "online", timeout=10)
+            assert wait_until(lambda: state_of(pool, device_id)[0] == "online")
         finally:
             connection.close()
     finally:
@@ -205,7 +206,7 @@ def test_presence_comes_back_after_a_broker_restart(pool, platform, device, mosq
     assert not presence.running
 
 
-def wait_for_connection(connect, timeout: float = 10.0) -> MqttConnection:
+def wait_for_connection(connect, timeout: float = 30.0) -> MqttConnection:
     """The broker accepts connections a moment after it starts."""
     deadline = time.monotonic() + timeout
     while True:

@@ -62,12 +62,12 @@ def connack(
     if username is not None:
         client.username_pw_set(username, password)
     client.connect(host, port, keepalive=10)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # bounds a failure only: a loaded machine is slow
     while not reasons and time.monotonic() < deadline:
         client.loop(timeout=0.1)
     client.disconnect()
     client.loop(timeout=0.1)
-    assert reasons, "no CONNACK within 5 s"
+    assert reasons, "no CONNACK within 30 s"
     return reasons[0]
 
 
@@ -463,11 +463,11 @@ def test_mosquitto_broker_fixture_restarts_with_its_persistence(
         assert broker.port == port
 
         received = subprocess.run(
-            ["mosquitto_sub", *device, "-t", "fixture/retained", "-C", "1", "-W", "5"],
+            ["mosquitto_sub", *device, "-t", "fixture/retained", "-C", "1", "-W", "30"],
             capture_output=True,
             text=True,
             check=False,
-            timeout=10,
+            timeout=60,
         )
         assert received.stdout.strip() == "kept", received.stderr
     finally:

@@ -217,19 +217,30 @@ def test_two_writers_reaching_a_new_month_at_once_both_go_on(store_url):
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
+        other = second.info.backend_pid
         thread = threading.Thread(target=other_writer)
         thread.start()
-        deadline = time.monotonic() + 15
+        # the window on purpose: commit only once the second writer waits for the first's
+        # lock (the plain form's advisory lock; the TimescaleDB form's function takes none,
+        # and the second writer is then done at once)
+        deadline = time.monotonic() + 60  # bounds a failure only
         with psycopg.connect(store_url, autocommit=True) as watcher:
-            while (
-                time.monotonic() < deadline
-                and not watcher.execute(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            while not (
+                waiting := watcher.execute(
+                    "SELECT count(*) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND NOT granted AND pid = %s",
+                    (other,),
                 ).fetchone()[0]
             ):
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    break
                 time.sleep(0.02)
+        if first.execute("SELECT ehl_store_form()").fetchone()[0] == "plain":
+            assert waiting, "the second writer did not wait for the first's partition"
+        assert waiting or not thread.is_alive(), "the second writer neither waited nor finished"
         first.commit()
-        thread.join(30)
+        thread.join(60)
+        assert not thread.is_alive()
     assert not errors, errors
 
 
