@@ -8,6 +8,8 @@ paho, OSError) are wrapped where they enter, never leaked through the core.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class EhealthlabError(Exception):
     """Root of every error the platform raises on purpose."""
@@ -73,8 +75,13 @@ class ConflictError(InvalidInputError):
 
 class InvalidFieldError(InvalidInputError):
     """One field of a request body is well formed but not acceptable (an unknown
-    municipality, a metric the device does not measure); `field` names it."""
+    municipality, a metric the device does not measure); `field` names it.
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
+    `also` names further unacceptable fields, so that a caller learns of every one at once
+    (each of several unknown references); `errors` holds them all, the first first.
+    """
+
+    def __init__(self, field: str, message: str, *, also: Sequence[tuple[str, str]] = ()) -> None:
+        self.errors: tuple[tuple[str, str], ...] = ((field, message), *also)
+        super().__init__("; ".join(f"{f}: {m}" for f, m in self.errors) if also else message)
         self.field = field

@@ -15,8 +15,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import settings as hypothesis_settings
+from pydantic import SecretStr
 
+from ehealthlab.settings import Settings
 from ehealthlab.store.migrate import migrate
 from ehealthlab.store.reference import load_municipalities
 
@@ -29,6 +32,8 @@ if os.environ.get("CI") == "true":
     hypothesis_settings.load_profile("ci")
 
 TIMESCALE_URL_VARIABLE = "EHEALTHLAB_TEST_TIMESCALE_URL"
+#: the patient key of the `settings` fixture
+API_PATIENT_KEY = "patient key of the API tests, long enough"
 
 
 def with_database(url: str, dbname: str) -> str:
@@ -95,3 +100,40 @@ def empty_database_url(plain_admin_url: str) -> Iterator[str]:
         yield with_database(plain_admin_url, name)
     finally:
         drop_database(plain_admin_url, name)
+
+
+# -- one application per test module, over its own copy of the migrated template -----------
+# A module may override any of these (several older modules still define their own).
+
+
+@pytest.fixture(scope="module")
+def database_url(plain_admin_url: str, migrated_template: str) -> Iterator[str]:
+    """The module's own migrated database, with the municipalities loaded."""
+    name = create_database(plain_admin_url, template=migrated_template)
+    yield with_database(plain_admin_url, name)
+    drop_database(plain_admin_url, name)
+
+
+@pytest.fixture(scope="module")
+def settings(database_url, mosquitto_broker, tmp_path_factory) -> Settings:
+    """Settings for the module's database and the session's broker (no local stack)."""
+    b = mosquitto_broker
+    return Settings(
+        state_dir=tmp_path_factory.mktemp("no-stack"),
+        database_url=SecretStr(database_url),
+        mqtt_host=b.host,
+        mqtt_port=b.port,
+        mqtt_username=b.admin_username,
+        mqtt_password=SecretStr(b.admin_password),
+        patient_key=SecretStr(API_PATIENT_KEY),
+    )
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The HTTP API over `settings`, started (pool, broker role, presence) for the module."""
+    # imported here: a module that needs no application does not import all of it
+    from ehealthlab.api.app import create_app  # noqa: PLC0415
+
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client

@@ -25,6 +25,7 @@ from ehealthlab.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
+from ehealthlab.evaluation import routes as evaluation_routes
 from ehealthlab.fhir.bulk import routes as bulk_routes
 from ehealthlab.fhir.rest import router as fhir_rest
 from ehealthlab.fhir.transaction import routes as transaction_routes
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.context = None
     problems.install(app)
     app.include_router(routes.router)
+    app.include_router(evaluation_routes.router)  # mini-pilots (and the evaluation)
     fhir_rest.install(app)  # /fhir, with OperationOutcomes for its errors
     app.include_router(bulk_routes.router)  # $export (docs/fhir-bulk.md)
     app.include_router(transaction_routes.router)  # POST /fhir Bundles (docs/fhir-bulk.md)

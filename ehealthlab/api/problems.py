@@ -106,7 +106,7 @@ async def _platform_error(request: Request, exc: EhealthlabError) -> Response:
     elif isinstance(exc, ConflictError):
         extensions = {k: v for k, v in exc.extensions.items() if v is not None}
     elif isinstance(exc, InvalidFieldError):
-        extensions = {"errors": [{"field": f"body.{exc.field}", "message": detail}]}
+        extensions = {"errors": [{"field": f"body.{f}", "message": m} for f, m in exc.errors]}
     if kind is _INTERNAL:
         # an error of the tree with no HTTP meaning is a bug or a broken server: log it,
         # tell the caller nothing internal
