@@ -224,7 +224,7 @@ class MqttConnection:
             properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 0
         self._client.disconnect(properties=properties)
-        self._client.loop_stop()
+        self._stop_network_thread()
 
     def drop(self) -> None:
         """Close the socket without DISCONNECT, as a device losing power: the Will is sent.
@@ -238,7 +238,19 @@ class MqttConnection:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+        self._stop_network_thread()
+
+    def _stop_network_thread(self) -> None:
+        """Stop paho's network thread and close the socket pair it woke it with.
+
+        paho 2.2 opens that pair in loop_start and leaves it to the client's finaliser,
+        so a client caught in a reference cycle leaks two sockets until a garbage
+        collection reports them as unclosed. Its own reset closes only the pair.
+        """
         self._client.loop_stop()
+        if threading.current_thread().name.startswith("paho-mqtt-client-"):
+            return  # called from the network thread itself, which ends on its own
+        self._client._reset_sockets(sockpair_only=True)  # private: see the docstring
 
     @property
     def is_connected(self) -> bool:
