@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -83,6 +84,16 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         "README's 'Connect a device'; stop it with `ehealthlab stack down`."
     )
     return 0
+
+
+def _wait_until(done: Callable[[], bool], *, what: str, timeout_s: float = 120.0) -> None:
+    """Poll until `done()`; a loaded machine only makes it slower, and if it never comes
+    the demo says what it was waiting for instead of printing a partial picture."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise StackError(f"waited {timeout_s:.0f} s for {what}; is ingest running?")
+        time.sleep(0.1)
 
 
 def _say(line: str) -> None:
@@ -205,7 +216,12 @@ def _play_a_day(url: str, operator: str) -> None:
         cuff.publish(topics["readings"], orjson.dumps(payload))
     cuff.drop()  # the battery dies: the Last Will says offline
     _say("the cuff came online, sent its morning and evening readings and went offline\n")
-    time.sleep(2.0)  # ingest commits within tens of milliseconds; presence too
+    # wait for what is shown: ingest's three message rows and presence's offline status
+    _wait_until(
+        lambda: len(_api(url, startup, "GET", f"/devices/{device_id}/messages")) >= 3
+        and _api(url, startup, "GET", f"/devices/{device_id}")["status"] == "offline",
+        what="the cuff's three messages and its going offline",
+    )
 
     for m in reversed(_api(url, startup, "GET", f"/devices/{device_id}/messages")):
         _say(
@@ -253,15 +269,15 @@ def _simulate_a_week(settings: Settings, url: str, operator: str, state_dir: Pat
     expected = sum(len(i.measurement.values) for i in pilot_measurements(scenario, patients))
     device_ids = [d.device_id for d in onboarded.devices.values()]
     with connect(settings) as conn:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def all_stored() -> bool:
             stored = conn.execute(
                 "SELECT count(*) FROM readings WHERE device_id = ANY(%s)", (device_ids,)
             ).fetchone()
             conn.rollback()
-            if stored is not None and stored[0] >= expected:
-                break
-            time.sleep(0.2)
+            return stored is not None and stored[0] >= expected
+
+        _wait_until(all_stored, what=f"the week's {expected} readings in the store")
         rows = conn.execute(_BY_AREA, (device_ids,)).fetchall()
         alerts = conn.execute(
             "SELECT count(*) FROM alerts WHERE device_id = ANY(%s)", (device_ids,)
