@@ -7,7 +7,13 @@ syntax, `context/Type.perms`, `rs` = read and search):
 - the operator (CMTo) reads everything: `system/*.rs`;
 - a health provider reads its own patients' data as a user acting for them (`user/...`);
 - a start-up reads, as a backend system, what its own devices sent (`system/...`), unassigned
-  readings included, but no Patient: it has no business with who the patient is.
+  readings included, but no Patient: it has no business with who the patient is;
+- every token reads what the platform publishes (PUBLISHED): the SUS Questionnaire, the
+  indicators' Measures, and MeasureReports with their Groups, whose small groups are
+  suppressed (indicators.md, "Published outputs protect small groups");
+- a provider also posts (`c`) SUS QuestionnaireResponses about its own patients and reads
+  them; the operator posts and reads any (the route checks the create, routes.py of
+  questionnaires/).
 
 A type outside the scopes is refused (403: the rule is the same for every caller, so saying
 so reveals nothing); inside them, the tenant filter (the SQL of search/) hides whatever
@@ -26,32 +32,39 @@ from uuid import UUID
 from ehealthlab.errors import PermissionDeniedError
 
 Kind = Literal["operator", "provider", "startup"]
-Interaction = Literal["read", "search"]
+Interaction = Literal["read", "search", "create"]
+
+#: what the platform publishes for every token to read (no patient data, small groups
+#: suppressed): the SUS Questionnaire, the indicators' Measures, MeasureReports and Groups
+PUBLISHED: tuple[str, ...] = ("Questionnaire", "Measure", "MeasureReport", "Group")
 
 #: the scopes each kind of organisation's tokens carry
 SCOPES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "operator": ("system/*.rs",),
+        "operator": ("system/*.rs", "system/QuestionnaireResponse.c"),
         "provider": (
             "user/Patient.rs",
             "user/Observation.rs",
             "user/Device.rs",
             "user/Organization.rs",
             "user/Location.rs",
+            "user/QuestionnaireResponse.crs",
+            *(f"user/{t}.rs" for t in PUBLISHED),
         ),
         "startup": (
             "system/Observation.rs",
             "system/Device.rs",
             "system/Organization.rs",
             "system/Location.rs",
+            *(f"system/{t}.rs" for t in PUBLISHED),
         ),
     }
 )
 
 #: resource types whose reads are reads of patient data, and so are audited
-PATIENT_DATA = frozenset({"Patient", "Observation"})
+PATIENT_DATA = frozenset({"Patient", "Observation", "QuestionnaireResponse"})
 
-_PERMISSION = {"read": "r", "search": "s"}
+_PERMISSION = {"create": "c", "read": "r", "search": "s"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ BULK_EXPORT = Operation(
     "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
     "FHIR Bulk Data system export",
 )
+SUS_QUESTIONNAIRE = OtherResource("Questionnaire", interactions=("read",))
 GROUP_EXPORT = OtherResource(
     "Group",
     operations=(
@@ -76,8 +77,10 @@ PATIENT_EXPORT = Operation(
 SYSTEM_INTERACTIONS: tuple[str, ...] = ("transaction", "batch")
 #: whole-system operations (GET /fhir/$export)
 SYSTEM_OPERATIONS: tuple[Operation, ...] = (BULK_EXPORT,)
-#: resource types served elsewhere (Group/[id]/$export)
-OTHER_RESOURCES: tuple[OtherResource, ...] = (GROUP_EXPORT,)
+#: resource types served elsewhere (Group/[id]/$export) or only read (Questionnaire/sus)
+OTHER_RESOURCES: tuple[OtherResource, ...] = (SUS_QUESTIONNAIRE, GROUP_EXPORT)
+#: interactions of a resource type searched here besides read and search-type
+TYPE_INTERACTIONS: dict[str, tuple[str, ...]] = {"QuestionnaireResponse": ("create",)}
 #: canonical CapabilityStatements this server instantiates
 INSTANTIATES: tuple[str, ...] = ("http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data",)
 #: operations on a resource type searched here
@@ -93,6 +96,7 @@ _PROFILES = {
     "Location": "http://hl7.org/fhir/StructureDefinition/Location",
     "Organization": "http://hl7.org/fhir/StructureDefinition/Organization",
     "AuditEvent": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+    "QuestionnaireResponse": "http://hl7.org/fhir/StructureDefinition/QuestionnaireResponse",
 }
 _SUPPORTED_PROFILES = {
     "Observation": [VITAL_SIGNS_PROFILE, *VITAL_SIGN_PROFILES.values()],
@@ -107,6 +111,10 @@ _RESOURCE_DOCUMENTATION = {
     "Organization": "Start-ups, providers and the operator; each caller sees itself and the "
     "organisations its resources refer to.",
     "AuditEvent": "Every read and search of patient data. The operator only.",
+    "QuestionnaireResponse": "System Usability Scale responses, against the SUS "
+    "Questionnaire (GET Questionnaire/sus). Created (POST) by a provider about its own "
+    "patients, or by the operator; read by the provider of the patient and the operator. "
+    "Responses imported without a patient have a Location (municipality) as subject.",
 }
 
 _HANDLING = (
@@ -142,7 +150,8 @@ def _resource(resource_type: str) -> Json:
     if resource_type in _SUPPORTED_PROFILES:
         resource["supportedProfile"] = list(_SUPPORTED_PROFILES[resource_type])
     resource["documentation"] = _RESOURCE_DOCUMENTATION[resource_type]
-    resource["interaction"] = [{"code": "read"}, {"code": "search-type"}]
+    codes = ("read", "search-type", *TYPE_INTERACTIONS.get(resource_type, ()))
+    resource["interaction"] = [{"code": code} for code in codes]
     resource["versioning"] = "no-version"
     resource["readHistory"] = False
     resource["updateCreate"] = False
@@ -198,7 +207,8 @@ def capability_statement(base_url: str) -> Json:
         "date": STATEMENT_DATE,
         "publisher": "Città Metropolitana di Torino",
         "description": "Telemonitoring readings, pseudonymous patients, devices, organisations "
-        "and municipalities of the E-health Territorial LAB as FHIR R4.",
+        "and municipalities of the E-health Territorial LAB as FHIR R4, with the System "
+        "Usability Scale responses of its users and the pilot's indicators.",
         "kind": "instance",
     }
     if INSTANTIATES:

@@ -224,3 +224,18 @@ AZIENDA_SANITARIA_LOCALE = Code(IT_ENTITY_TYPE_SYSTEM, "asl", "Azienda Sanitaria
 JURISDICTION = Code(LOCATION_PHYSICAL_TYPE_SYSTEM, "jdn", "Jurisdiction")
 #: Address.country of every municipality in the pilot (ISO 3166 alpha-2)
 ITALY = "IT"
+
+# -- published figures: SUS responses, Measures and MeasureReports -----------------------------
+
+#: meta.tag of a SUS response or MeasureReport: the population it belongs to (indicators.md,
+#: "Populations never mix"): real or simulated
+POPULATION_SYSTEM = f"{FHIR_BASE}/CodeSystem/population"
+POPULATION_CODES: Mapping[str, Code] = MappingProxyType(
+    {
+        "real": Code(POPULATION_SYSTEM, "real", "Real data"),
+        "simulated": Code(POPULATION_SYSTEM, "simulated", "Simulated data"),
+    }
+)
+#: meta.security of simulated data: HL7's label for test health data
+TEST_HEALTH_DATA = Code("http://terminology.hl7.org/CodeSystem/v3-ActReason", "HTEST",
+                        "test health data")  # fmt: skip

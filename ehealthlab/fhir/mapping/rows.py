@@ -8,7 +8,7 @@ stay cheap. Each record's docstring gives the SELECT that fills it; this module 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import NamedTuple
 from uuid import UUID
 
@@ -154,3 +154,24 @@ def as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise InvalidInputError(f"{moment.isoformat()} has no time zone")
     return moment.astimezone(UTC)
+
+
+class SusResponseRecord(NamedTuple):
+    """SELECT q.id, q.answered_on, q.respondent, q.patient_id, q.municipality, q.items,
+    q.score, q.simulated, q.organisation_id FROM sus_responses q
+
+    One System Usability Scale response (migration 0018), as a QuestionnaireResponse.
+    """
+
+    id: UUID
+    answered_on: date
+    #: patient | carer | professional
+    respondent: str
+    #: None: a response about no patient (imported), counted in its municipality
+    patient_id: UUID | None
+    municipality: str
+    items: list[int]
+    score: float
+    simulated: bool
+    #: who posted it through FHIR; None for an imported response
+    organisation_id: UUID | None

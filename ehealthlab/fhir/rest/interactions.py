@@ -28,11 +28,12 @@ from ehealthlab.fhir.access import Tenant
 from ehealthlab.fhir.capability import capability_statement
 from ehealthlab.fhir.mapping import fast
 from ehealthlab.fhir.mapping.ids import parse_observation_id
-from ehealthlab.fhir.mapping.rows import PatientRecord
+from ehealthlab.fhir.mapping.rows import PatientRecord, SusResponseRecord
 from ehealthlab.fhir.outcome import FhirResponse
+from ehealthlab.fhir.questionnaires.sus import questionnaire_response_json
 from ehealthlab.fhir.rest.runtime import FhirResources, resources_of, run_all, run_one
 from ehealthlab.fhir.rest.trail import RequestAudit, named_patients, patients_of, written_trail
-from ehealthlab.fhir.search import observations, tables
+from ehealthlab.fhir.search import observations, published, tables
 from ehealthlab.fhir.search.cursors import (
     Cursor,
     CursorKey,
@@ -64,6 +65,8 @@ _TO_JSON: dict[str, Callable[[Any], Json]] = {
     "Location": fast.location_json,
     "Organization": fast.organization_json,
     "AuditEvent": audit.audit_event_json,
+    "QuestionnaireResponse": questionnaire_response_json,
+    "Questionnaire": lambda resource: resource,  # published.read answers it built
 }
 
 
@@ -157,11 +160,14 @@ async def _read_json(
         trail.patients = patients_of([source])
         resource = fast.observation_json(source)
     else:
-        record = await run_one(resources, tables.read(resource_type, resource_id, tenant))
+        reads = published.read if resource_type in published.TYPES else tables.read
+        record = await run_one(resources, reads(resource_type, resource_id, tenant))
         if record is None:
             raise missing
         if isinstance(record, PatientRecord):
             trail.patients = {record.id}
+        elif isinstance(record, SusResponseRecord) and record.patient_id is not None:
+            trail.patients = {record.patient_id}
         resource = _TO_JSON[resource_type](record)
     await trail.success(1)
     return fast.dumps(resource)
@@ -270,7 +276,8 @@ async def _search_json(
             query.clauses, tenant, descending=query.descending, limit=query.count, cursor=cursor
         )
     else:
-        page_statement = tables.search(
+        searches = published.search if resource_type in published.TYPES else tables.search
+        page_statement = searches(
             resource_type,
             query.clauses,
             tenant,
@@ -294,6 +301,8 @@ async def _search_json(
         trail.patients |= patients_of(page.records)
     elif resource_type == "Patient":
         trail.patients |= {record.id for record in page.records}
+    elif resource_type == "QuestionnaireResponse":
+        trail.patients |= {r.patient_id for r in page.records if r.patient_id is not None}
     await trail.success(len(page.records))
     links = _page_links(search_url, page=page, total=total, bound_to=bound_to, secret=secret)
     to_json = observation_json if resource_type == "Observation" else _TO_JSON[resource_type]
@@ -332,7 +341,8 @@ def _count(query: SearchQuery, tenant: Tenant) -> Statement[int | None]:
     accurate = query.total == "accurate"
     if query.resource_type == "Observation":
         return observations.count_observations(query.clauses, tenant, accurate=accurate)
-    return tables.count(query.resource_type, query.clauses, tenant, accurate=accurate)
+    counts = published.count if query.resource_type in published.TYPES else tables.count
+    return counts(query.resource_type, query.clauses, tenant, accurate=accurate)
 
 
 def _link_params(query: SearchQuery) -> list[tuple[str, str]]:

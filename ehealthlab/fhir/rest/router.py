@@ -1,5 +1,6 @@
 """The router of the FHIR R4 REST API at /fhir: capabilities, read, search and
-Observation/$lastn, for the resource types listed here; `install(app)` mounts it with the
+Observation/$lastn, for the resource types listed here, and the create of SUS
+QuestionnaireResponses (questionnaires/routes.py); `install(app)` mounts it with the
 OperationOutcome error handlers (outcome.py).
 
 Routes name their resource types and match only FHIR ids, so other routers under /fhir
@@ -13,6 +14,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from ehealthlab.fhir import outcome
 from ehealthlab.fhir.outcome import FhirResponse
+from ehealthlab.fhir.questionnaires.routes import create_questionnaire_response
 from ehealthlab.fhir.rest.interactions import (
     metadata,
     read_handler,
@@ -23,7 +25,17 @@ from ehealthlab.fhir.rest.operations import lastn
 from ehealthlab.fhir.rest.runtime import lifespan
 
 #: the resource types read and searched here (AuditEvent: the operator only)
-RESOURCE_TYPES = ("Observation", "Patient", "Device", "Location", "Organization", "AuditEvent")
+RESOURCE_TYPES = (
+    "Observation",
+    "Patient",
+    "Device",
+    "Location",
+    "Organization",
+    "AuditEvent",
+    "QuestionnaireResponse",
+)
+#: the resource types only read here (the SUS Questionnaire)
+READ_ONLY_TYPES = ("Questionnaire",)
 
 
 class _FhirIdConvertor(Convertor[str]):
@@ -56,6 +68,22 @@ router.add_api_route(
     summary="The most recent Observations of each code (Observation-lastn)",
     response_class=FhirResponse,
 )
+router.add_api_route(
+    "/QuestionnaireResponse",
+    create_questionnaire_response,
+    methods=["POST"],
+    summary="Post a System Usability Scale response (a provider's patient's, or the operator)",
+    response_class=FhirResponse,
+    status_code=201,
+)
+for _type in READ_ONLY_TYPES:
+    router.add_api_route(
+        f"/{_type}/{{resource_id:fhirid}}",
+        read_handler(_type),
+        methods=["GET"],
+        summary=f"Read {_type}",
+        response_class=FhirResponse,
+    )
 for _type in RESOURCE_TYPES:
     router.add_api_route(
         f"/{_type}",

@@ -20,11 +20,13 @@ from ehealthlab.fhir.mapping.codes import (
     PATIENT_PSEUDONYM_SYSTEM,
     URI_SYSTEM,
 )
+from ehealthlab.fhir.questionnaires.sus import SUS_ID, SUS_URL
 from ehealthlab.fhir.search.values import (
     CATEGORIES,
     COMPONENT_CODES,
     MAIN_CODES,
     Parser,
+    canonical,
     coded,
     date_range,
     device_status,
@@ -37,6 +39,7 @@ from ehealthlab.fhir.search.values import (
     string_match,
     text_id,
     text_reference,
+    typed_reference,
     urn_uuid,
     uuid_id,
     uuid_reference,
@@ -294,6 +297,39 @@ PARAMETERS: Mapping[str, tuple[SearchParameter, ...]] = MappingProxyType(
                 fixed_token("http://hl7.org/fhir/audit-event-action", ("R", "E")),
             ),
         ),
+        "QuestionnaireResponse": (
+            SearchParameter("_id", "token", _spec("Resource-id"), _ID_DOC, uuid_id),
+            SearchParameter(
+                "patient",
+                "reference",
+                _spec("QuestionnaireResponse-patient"),
+                "Patient/[id] or [id]: the patient the response is about",
+                uuid_reference("Patient"),
+                frozenset({"Patient"}),
+            ),
+            SearchParameter(
+                "subject",
+                "reference",
+                _spec("QuestionnaireResponse-subject"),
+                "Patient/[id], or Location/[ISTAT code] for responses about no patient",
+                typed_reference("Patient", "Location"),
+                frozenset({"Patient", "Location"}),
+            ),
+            SearchParameter(
+                "authored",
+                "date",
+                _spec("QuestionnaireResponse-authored"),
+                "the day it was answered (its start, Europe/Rome); prefixes as Observation's date",
+                date_range,
+            ),
+            SearchParameter(
+                "questionnaire",
+                "reference",
+                _spec("QuestionnaireResponse-questionnaire"),
+                f"the SUS Questionnaire: {SUS_URL} (or Questionnaire/{SUS_ID})",
+                canonical(SUS_URL),
+            ),
+        ),
     }
 )
 
@@ -306,5 +342,6 @@ SORTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "Device": ("_id",),
         "Location": ("_id",),
         "Organization": ("_id",),
+        "QuestionnaireResponse": ("_id",),
     }
 )

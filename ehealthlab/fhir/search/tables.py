@@ -1,6 +1,6 @@
-"""The SQL of the resources kept in one table each, sorted by id: Patient, Device, Location
-and Organization (and AuditEvent, audit_events.py). Reads by id, searches confined to the
-caller's tenant, totals.
+"""The SQL of the resources kept in one table each, sorted by id: Patient, Device, Location,
+Organization and QuestionnaireResponse (and AuditEvent, audit_events.py). Reads by id,
+searches confined to the caller's tenant, totals.
 
 Each type is a Table (sql.py): its SELECT, its sort key, its record (mapping/rows.py), the
 condition that confines it to the tenant, and the condition of each of its criteria.
@@ -8,6 +8,7 @@ condition that confines it to the tenant, and the condition of each of its crite
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -18,6 +19,7 @@ from ehealthlab.fhir.mapping.rows import (
     MunicipalityRecord,
     OrganisationRecord,
     PatientRecord,
+    SusResponseRecord,
 )
 from ehealthlab.fhir.search.audit_events import AUDIT_EVENTS
 from ehealthlab.fhir.search.criteria import Clause, OrganisationTypeMatch, SearchParameterError
@@ -29,6 +31,7 @@ from ehealthlab.fhir.search.sql import (
     Statement,
     Table,
     at_most,
+    date_condition,
     fetches_descending,
     first_int,
     keyset,
@@ -148,6 +151,49 @@ def _organisation_clause(sql: Sql, clause: Clause) -> None:
         raise NotImplementedError(f"Organization search parameter {name}")
 
 
+def _response_tenant(sql: Sql, tenant: Tenant) -> None:
+    """A provider sees the responses about its own patients; the operator every one."""
+    if tenant.kind == "provider":
+        sql.where(f"pt.organisation_id = {sql.bind(tenant.organisation_id)}")
+    elif tenant.kind != "operator":
+        sql.where("FALSE")
+
+
+#: the start of the day a response was answered, as an instant (its `authored`)
+_AUTHORED = "(q.answered_on::timestamp AT TIME ZONE 'Europe/Rome')"
+
+
+def _response_clause(sql: Sql, clause: Clause) -> None:
+    name, values = clause.name, clause.values
+    if name in ("_id", "patient"):
+        sql.where(
+            one_of(sql, "q.id" if name == "_id" else "q.patient_id", values) if values else "FALSE"
+        )
+    elif name == "subject":
+        patients = [v for kind, v in values if kind == "Patient"]
+        places = [v for kind, v in values if kind == "Location"]
+        alternatives = []
+        if patients:
+            with contextlib.suppress(ValueError):  # not one of our ids: it matches nothing
+                alternatives.append(one_of(sql, "q.patient_id", [UUID(p) for p in patients]))
+        if places:
+            alternatives.append(f"q.patient_id IS NULL AND {one_of(sql, 'q.municipality', places)}")
+        sql.where(" OR ".join(f"({a})" for a in alternatives) or "FALSE")
+    elif name == "authored":
+        sql.where(date_condition(sql, _AUTHORED, values))
+    elif name == "questionnaire":
+        sql.where("TRUE" if values else "FALSE")
+    else:
+        raise NotImplementedError(f"QuestionnaireResponse search parameter {name}")
+
+
+#: the SELECT of a QuestionnaireResponse (mapping/rows.py SusResponseRecord)
+SUS_RESPONSES_SELECT = (
+    "SELECT q.id, q.answered_on, q.respondent, q.patient_id, q.municipality,"
+    " q.items::integer[], q.score, q.simulated, q.organisation_id"
+    " FROM sus_responses q LEFT JOIN patients pt ON pt.id = q.patient_id"
+)
+
 _TABLES: dict[str, Table] = {
     "Patient": Table(
         "SELECT pt.id, pt.organisation_id, pt.identifier_hash FROM patients pt",
@@ -188,6 +234,15 @@ _TABLES: dict[str, Table] = {
         _organisation_clause,
     ),
     "AuditEvent": AUDIT_EVENTS,
+    "QuestionnaireResponse": Table(
+        SUS_RESPONSES_SELECT,
+        ("q.id",),
+        _uuid_key,
+        lambda row: (str(row[0]),),
+        lambda row: SusResponseRecord(*row),
+        _response_tenant,
+        _response_clause,
+    ),
 }
 
 #: what a read by id looks up, per type: the id column and how a path id becomes its value
@@ -197,6 +252,7 @@ _ID_COLUMNS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Location": ("m.istat_code", str),
     "Organization": ("o.id", UUID),
     "AuditEvent": ("a.id", UUID),
+    "QuestionnaireResponse": ("q.id", UUID),
 }
 
 

@@ -27,6 +27,7 @@ from ehealthlab.fhir.mapping.codes import (
     BLOOD_PRESSURE,
     BLOOD_PRESSURE_CODES,
     DIASTOLIC,
+    FHIR_BASE,
     ORGANISATION_TYPES,
     SYSTOLIC,
     Code,
@@ -126,6 +127,38 @@ def uuid_reference(resource_type: str) -> Parser:
 def text_reference(resource_type: str) -> Parser:
     def parse(value: str, modifier: str | None, ctx: Context) -> str | None:
         return _reference_id(value, modifier, ctx, resource_type)
+
+    return parse
+
+
+def typed_reference(*resource_types: str) -> Parser:
+    """A reference to one of several types, as (type, id); a bare id only with a type
+    modifier (`subject:Location=001272`), since it could name any of them."""
+
+    def parse(value: str, modifier: str | None, ctx: Context) -> tuple[str, str] | None:
+        target = modifier if modifier and modifier[0].isupper() else None
+        if target is None and "/" not in value:
+            raise ValueError(f"name the type: {' or '.join(resource_types)}/[id]")
+        for resource_type in (target,) if target else resource_types:
+            if resource_type not in resource_types:
+                raise ValueError(f"refers to {' or '.join(resource_types)} only")
+            found = _reference_id(value, modifier, ctx, resource_type)
+            if found is not None:
+                return resource_type, found
+        return None
+
+    return parse
+
+
+def canonical(*urls: str) -> Parser:
+    """A canonical reference (`url[|version]`, or `Type/id` of this server): True when it
+    names one of `urls`, None (no match) otherwise."""
+
+    def parse(value: str, modifier: str | None, ctx: Context) -> bool | None:
+        url = value.split("|", 1)[0]
+        if "://" not in url and "/" in url:
+            url = f"{FHIR_BASE}/{url}"
+        return True if url in urls else None
 
     return parse
 
