@@ -15,13 +15,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 from uuid import UUID
+
+import numpy as np
+import numpy.typing as npt
 
 from ehealthlab.contract.pilot_time import pilot_day
 from ehealthlab.errors import ConfigurationError
 
-_OPERATORS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+# each works on one value (ingest) and on an array of values, elementwise (the replay)
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {">=": operator.ge, "<=": operator.le}
+#: a weight gain equal to `gain_kg` up to float rounding (72.0 - 70.0) breaches
+_GAIN_TOLERANCE_KG = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +42,14 @@ class ThresholdRule:
     op: str
     threshold: float
 
-    def breached_by(self, value: float) -> bool:
-        return _OPERATORS[self.op](value, self.threshold)
+    @overload
+    def breached_by(self, value: float) -> bool: ...
+    @overload
+    def breached_by(self, value: FloatArray) -> BoolArray: ...
+    def breached_by(self, value: float | FloatArray) -> bool | BoolArray:
+        """Whether a value breaches the rule; given an array, the answer for each value (the
+        alert-threshold replay asks this of a period's readings at once)."""
+        return _OPERATORS[self.op](value, self.threshold)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +60,16 @@ class WeightGainRule:
     metric: str = "body_weight"
     gain_kg: float = 2.0
     window: timedelta = timedelta(hours=72)
+
+    @overload
+    def gained(self, value: float, lowest: float) -> bool: ...
+    @overload
+    def gained(self, value: FloatArray, lowest: FloatArray) -> BoolArray: ...
+    def gained(self, value: float | FloatArray, lowest: float | FloatArray) -> bool | BoolArray:
+        """Whether a weight is `gain_kg` above the lowest weight of its window (elementwise for
+        arrays, as the replay asks). The window is [measured - window, measured): a weight
+        measured at the same instant does not precede it."""
+        return value - lowest >= self.gain_kg - _GAIN_TOLERANCE_KG
 
 
 @dataclass(frozen=True)
@@ -155,7 +180,7 @@ def _gained_weight(
 ) -> bool:
     start = reading.measured_at - rule.window
     earlier = [w.value for w in history if start <= w.measured_at < reading.measured_at]
-    return bool(earlier) and reading.value - min(earlier) >= rule.gain_kg - 1e-9
+    return bool(earlier) and rule.gained(reading.value, min(earlier))
 
 
 def _now_gained(
@@ -168,8 +193,7 @@ def _now_gained(
         (
             w
             for w in history
-            if reading.measured_at < w.measured_at <= end
-            and w.value - reading.value >= rule.gain_kg - 1e-9
+            if reading.measured_at < w.measured_at <= end and rule.gained(w.value, reading.value)
         ),
         key=lambda w: w.measured_at,
     )

@@ -1,0 +1,632 @@
+"""Alert-threshold replay: the alerts other thresholds would have raised over a past period.
+Pure: arrays in, counts out (`replay_fetch` reads the store, `replay_command` is the CLI).
+
+The decision is ingest's own: a threshold rule's `ThresholdRule.breached_by` and the weight
+gain's `WeightGainRule.gained` (`ingest/alerts.py`), asked of a whole period's readings at once
+with numpy instead of one reading at a time. Around them, the rules of `indicators.md`
+("Clinical safety"), as ingest applies them:
+
+- at most one alert per patient, rule and day of measurement (Europe/Rome day of the
+  clock-corrected measurement time, `contract.pilot_time`): a (patient, rule, day) alerts when
+  any accepted reading of that day breaches. Which reading raised it (the first to arrive)
+  changes its raised time, not whether it exists, so the replay counts keys;
+- `weight_gain`: a weight at least `gain_kg` above the patient's lowest accepted weight
+  measured in [measured - window, measured); weights of the window before the period count
+  as history, so the readings given start one window before the period for that metric.
+
+An alert belongs to the period of its reading's day; patient-weeks are the period's enrolled
+days (a day on which one of the patient's enrolments is active) ÷ 7, as `alerts_per_patient_week`
+of indicators.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ehealthlab.contract.catalogue import METRICS
+from ehealthlab.contract.pilot_time import day_start, pilot_day
+from ehealthlab.errors import ConfigurationError, InvalidInputError
+from ehealthlab.ingest.alerts import AlertRules, ThresholdRule, WeightGainRule
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+POPULATIONS = ("real", "simulated")
+BREAKDOWNS = ("area", "snai_class", "municipality")
+OPERATORS = (">=", "<=")
+Rule = ThresholdRule | WeightGainRule
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch (how the replay's arrays hold times)."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def from_us(microseconds: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(microseconds))
+
+
+def _ints(values: object = ()) -> IntArray:
+    return np.asarray(values, dtype=np.int64)
+
+
+# -- the period and the data ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """`[start, end)` in whole days of Europe/Rome."""
+
+    start: date
+    end: date
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise InvalidInputError(f"--from {self.start} is not before --to {self.end}")
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days
+
+
+@dataclass(frozen=True, eq=False)
+class MetricReadings:
+    """Accepted readings of one metric: patient number, value (canonical unit) and
+    clock-corrected measurement time (µs since the Unix epoch), one element each."""
+
+    patient: IntArray = field(default_factory=_ints)
+    value: FloatArray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    measured_us: IntArray = field(default_factory=_ints)
+
+    def __post_init__(self) -> None:
+        if not len(self.patient) == len(self.value) == len(self.measured_us):
+            raise ValueError("patient, value and measured_us differ in length")
+
+    def __len__(self) -> int:
+        return len(self.patient)
+
+
+@dataclass(frozen=True, eq=False)
+class StoredAlerts:
+    """The alerts ingest stored for one rule in the period: patient number and day number."""
+
+    patient: IntArray = field(default_factory=_ints)
+    day: IntArray = field(default_factory=_ints)
+
+
+@dataclass(frozen=True, eq=False)
+class ReplayData:
+    """What the replay reads: one population over one period.
+
+    Patients are numbered 0..patients-1; `patient_days` holds each one's enrolled days in
+    the period; `group[p]` is the patient's group of the breakdown (an index into `groups`,
+    -1 for none: no enrolled day). `readings` per metric cover the period, and for the weight
+    gain's metric the longest window before it too. `stored` holds the alerts table's alerts
+    of the period per rule id."""
+
+    period: Period
+    population: str
+    patients: int
+    patient_days: IntArray
+    readings: Mapping[str, MetricReadings]
+    stored: Mapping[str, StoredAlerts] = field(default_factory=dict)
+    by: str | None = None
+    groups: tuple[str, ...] = ()
+    group_titles: Mapping[str, str] = field(default_factory=dict)
+    group: IntArray | None = None
+
+
+def pilot_days(measured_us: IntArray, start: date) -> IntArray:
+    """Each moment's pilot day, numbered from `start` (day 0; earlier days are negative).
+
+    The boundaries are `contract.pilot_time.day_start` of each day in the span, so a day is 23
+    or 25 hours long around the daylight-saving changes exactly as everywhere else."""
+    if len(measured_us) == 0:
+        return _ints()
+    first = pilot_day(from_us(int(measured_us.min())))
+    last = pilot_day(from_us(int(measured_us.max())))
+    count = (last - first).days + 1
+    bounds = _ints([to_us(day_start(first + timedelta(days=k))) for k in range(count + 1)])
+    found = np.searchsorted(bounds, measured_us, side="right") - 1
+    return found.astype(np.int64) + (first - start).days
+
+
+def enrolled_days(
+    days: int, patients: int, *, patient: IntArray, first: IntArray, last: IntArray, start: IntArray
+) -> tuple[IntArray, IntArray]:
+    """Per patient, the enrolled days of a `days`-day period, and the enrolment (an index into
+    the arrays given) whose municipality the patient belongs to: the one active on their last
+    enrolled day (the latest started, when two are; -1: no enrolled day).
+
+    An enrolment runs from day `first` to day `last`, both included, numbered from the
+    period's first day (it may reach outside the period); `start` orders enrolments that are
+    active on the same last day."""
+    first_in = np.maximum(first, 0)
+    last_in = np.minimum(last, days - 1)
+    touches = first_in <= last_in
+    active = np.zeros((patients, days + 1), dtype=np.int16)
+    np.add.at(active, (patient[touches], first_in[touches]), 1)
+    np.add.at(active, (patient[touches], last_in[touches] + 1), -1)
+    enrolled = np.cumsum(active, axis=1)[:, :days] > 0
+    patient_days = enrolled.sum(axis=1).astype(np.int64)
+    last_day = np.full(patients, -1, dtype=np.int64)
+    np.maximum.at(last_day, patient[touches], last_in[touches])
+    index = np.flatnonzero(touches)
+    covers = index[
+        (first_in[index] <= last_day[patient[index]]) & (last_day[patient[index]] <= last_in[index])
+    ]
+    order = covers[np.lexsort((covers, start[covers], patient[covers]))]
+    chosen = np.full(patients, -1, dtype=np.int64)
+    chosen[patient[order]] = order  # the last written wins: the latest start
+    return patient_days, chosen
+
+
+# -- the rules: ingest's decision, over arrays ------------------------------------------------
+
+
+def threshold_alert_keys(
+    readings: MetricReadings, days: IntArray, rule: ThresholdRule, period_days: int
+) -> IntArray:
+    """The (patient, day) keys, as patient * period_days + day, on which any reading of the
+    period breaches the rule: one alert each. Sorted, unique."""
+    breach = rule.breached_by(readings.value) & (days >= 0) & (days < period_days)
+    return np.unique(readings.patient[breach] * period_days + days[breach])
+
+
+def weight_gain_alert_keys(
+    weights: MetricReadings, days: IntArray, rule: WeightGainRule, period_days: int
+) -> IntArray:
+    """The (patient, day) keys on which a weight of the period is `gain_kg` above the lowest
+    weight of the same patient measured in [measured - window, measured). Vectorised: weights
+    sorted by patient and time, each window found by binary search and its minimum taken from
+    a sparse table."""
+    if len(weights) == 0:
+        return _ints()
+    window_us = rule.window // _MICROSECOND
+    order = np.lexsort((weights.measured_us, weights.patient))
+    patient = weights.patient[order]
+    measured = weights.measured_us[order]
+    value = weights.value[order]
+    day = days[order]
+    # one sorted line of all patients' times, each patient's stretch a window apart from the
+    # next, so that a window never reaches into another patient's weights
+    origin = int(measured.min())
+    span = int(measured.max()) - origin + window_us + 1
+    if span * (int(patient.max()) + 1) >= 2**62:
+        raise InvalidInputError("the period is too long to replay the weight gain at once")
+    line = patient * span + (measured - origin)
+    lo = np.searchsorted(line, line - window_us, side="left")
+    hi = np.searchsorted(line, line, side="left")  # a weight of the same instant does not precede
+    has = hi > lo
+    lowest = _range_min(value, lo, hi)
+    breach = np.zeros(len(value), dtype=np.bool_)
+    breach[has] = rule.gained(value[has], lowest[has])
+    breach &= (day >= 0) & (day < period_days)
+    return np.unique(patient[breach] * period_days + day[breach])
+
+
+def _range_min(values: FloatArray, lo: IntArray, hi: IntArray) -> FloatArray:
+    """min(values[lo[i]:hi[i]]) for each i (inf when empty), through a sparse table of as many
+    levels as the longest range needs."""
+    out = np.full(len(lo), np.inf)
+    length = hi - lo
+    if len(length) == 0 or int(length.max()) <= 0:
+        return out
+    levels = [values]
+    while (1 << len(levels)) <= int(length.max()):
+        step = 1 << (len(levels) - 1)
+        previous = levels[-1]
+        levels.append(np.minimum(previous[:-step], previous[step:]))
+    level = np.zeros(len(lo), dtype=np.int64)
+    positive = length > 0
+    level[positive] = np.floor(np.log2(length[positive])).astype(np.int64)
+    # log2 of a power of two may round below it; correct both ways
+    level[positive & ((1 << (level + 1)) <= length)] += 1
+    level[positive & ((1 << level) > length)] -= 1
+    for j, table in enumerate(levels):
+        at = np.flatnonzero(positive & (level == j))
+        if at.size:
+            out[at] = np.minimum(table[lo[at]], table[hi[at] - (1 << j)])
+    return out
+
+
+def alert_keys(data: ReplayData, rule: Rule, days_of: Mapping[str, IntArray]) -> IntArray:
+    """The alerts one rule setting raises over the period, as sorted unique keys."""
+    readings = data.readings.get(rule.metric, MetricReadings())
+    days = days_of.get(rule.metric, _ints())
+    if isinstance(rule, WeightGainRule):
+        return weight_gain_alert_keys(readings, days, rule, data.period.days)
+    return threshold_alert_keys(readings, days, rule, data.period.days)
+
+
+# -- what to replay: the rules file -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting of one rule; `current` when it is the rules' in force."""
+
+    rule: Rule
+    current: bool
+
+    @property
+    def rule_id(self) -> str:
+        return self.rule.rule_id
+
+    @property
+    def label(self) -> str:
+        rule = self.rule
+        if isinstance(rule, WeightGainRule):
+            hours = rule.window / timedelta(hours=1)
+            return f"+{_number(rule.gain_kg)} kg in {_number(hours)} h"
+        return f"{rule.op} {_number(rule.threshold)}"
+
+    def parameters(self) -> dict[str, object]:
+        rule = self.rule
+        if isinstance(rule, WeightGainRule):
+            return {
+                "metric": rule.metric,
+                "gain_kg": rule.gain_kg,
+                "window_hours": rule.window / timedelta(hours=1),
+            }
+        return {"metric": rule.metric, "op": rule.op, "threshold": rule.threshold}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """The settings to replay, rule by rule (the current rules' order, then rules new in the
+    file), each rule's settings in order of strictness; the current rules' own settings are
+    always among them."""
+
+    settings: tuple[Setting, ...]
+    current: AlertRules
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.rule.metric for s in self.settings))
+
+    @property
+    def weight_metric(self) -> str:
+        return self.current.weight_gain.metric
+
+    @property
+    def longest_window(self) -> timedelta:
+        windows = [s.rule.window for s in self.settings if isinstance(s.rule, WeightGainRule)]
+        return max(windows, default=timedelta(0))
+
+
+def plan_of(current: AlertRules) -> ReplayPlan:
+    """Only the current rules (a replay without a rules file)."""
+    return build_plan({}, current, source="(none)")
+
+
+def load_plan(path: Path, current: AlertRules) -> ReplayPlan:
+    """The settings a rules file asks for (see `build_plan`), or ConfigurationError: one line
+    naming the file and what is wrong."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"alert rules {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"alert rules {path}: not TOML: {exc}") from None
+    return build_plan(document, current, source=str(path))
+
+
+_THRESHOLD_KEYS = ("metric", "op", "threshold")
+_WEIGHT_KEYS = ("gain_kg", "window_hours")
+
+
+def build_plan(document: Mapping[str, Any], current: AlertRules, *, source: str) -> ReplayPlan:
+    """The settings of a rules document: ingest's rules file format, where any number may be a
+    list of numbers to compare.
+
+    `[thresholds.<rule_id>]` takes `metric`, `op` (`>=` or `<=`) and `threshold` (a number or
+    a list); for a current rule `metric` and `op` may be left out (they are the current
+    rule's, and may not differ). `[weight_gain]` takes `gain_kg` and `window_hours`, each a
+    number or a list; every combination is replayed, a key left out keeps the current value.
+    """
+    complain = _Complaint(source)
+    unknown = sorted(set(document) - {"thresholds", "weight_gain"})
+    if unknown:
+        raise complain(
+            unknown[0], "unknown table (a rules file has [thresholds.<rule_id>] and [weight_gain])"
+        )
+    wanted = _threshold_variants(document.get("thresholds", {}), current, complain)
+    settings: list[Setting] = []
+    for rule in current.thresholds:
+        variants = {r.threshold: r for r in wanted.pop(rule.rule_id, [])}
+        variants[rule.threshold] = rule
+        settings.extend(
+            Setting(r, current=r.threshold == rule.threshold) for r in _strictness(variants)
+        )
+    for rules in wanted.values():  # rules new in the file
+        settings.extend(
+            Setting(r, current=False) for r in _strictness({r.threshold: r for r in rules})
+        )
+    settings.extend(_weight_settings(document.get("weight_gain", {}), current, complain))
+    return ReplayPlan(tuple(settings), current)
+
+
+def _strictness(variants: Mapping[float, ThresholdRule]) -> list[ThresholdRule]:
+    """From the setting that alerts most to the one that alerts least."""
+    ordered = [variants[t] for t in sorted(variants)]
+    return ordered if ordered[0].op == ">=" else ordered[::-1]
+
+
+class _Complaint:
+    """One line naming the file, the place in it and what is wrong there."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __call__(self, where: str, what: str) -> ConfigurationError:
+        return ConfigurationError(f"alert rules {self.source}: {where}: {what}")
+
+
+def _threshold_variants(
+    tables: object, current: AlertRules, complain: _Complaint
+) -> dict[str, list[ThresholdRule]]:
+    if not isinstance(tables, dict):
+        raise complain("thresholds", "must be tables [thresholds.<rule_id>]")
+    known_rules = {r.rule_id: r for r in current.thresholds}
+    wanted: dict[str, list[ThresholdRule]] = {}
+    for rule_id, spec in tables.items():
+        where = f"thresholds.{rule_id}"
+        if not isinstance(spec, dict):
+            raise complain(where, "must be a table with metric, op and threshold")
+        if rule_id == current.weight_gain.rule_id:
+            raise complain(where, f"{rule_id} is set in [weight_gain]")
+        extra = sorted(set(spec) - set(_THRESHOLD_KEYS))
+        if extra:
+            raise complain(f"{where}.{extra[0]}", "unknown key (expected metric, op, threshold)")
+        known = known_rules.get(rule_id)
+        metric = spec.get("metric", known.metric if known else None)
+        op = spec.get("op", known.op if known else None)
+        if metric is None or op is None:
+            missing = "metric" if metric is None else "op"
+            raise complain(where, f"{missing} is missing (needed for a rule not among the current)")
+        if metric not in METRICS:
+            raise complain(f"{where}.metric", f"unknown metric {metric!r}")
+        if op not in OPERATORS:
+            raise complain(f"{where}.op", f"{op!r} is not an operator (>= or <=)")
+        if known is not None and (metric, op) != (known.metric, known.op):
+            raise complain(
+                where,
+                f"metric and op must be the current rule's ({known.metric} {known.op}); "
+                "give another rule id to replay a different rule",
+            )
+        if "threshold" not in spec:
+            raise complain(where, "threshold is missing (a number or a list of numbers)")
+        values = _numbers(spec["threshold"], f"{where}.threshold", complain)
+        wanted[rule_id] = [ThresholdRule(rule_id, metric, op, v) for v in values]
+    return wanted
+
+
+def _weight_settings(spec: object, current: AlertRules, complain: _Complaint) -> list[Setting]:
+    gain = current.weight_gain
+    if not isinstance(spec, dict):
+        raise complain("weight_gain", "must be a table with gain_kg and window_hours")
+    extra = sorted(set(spec) - set(_WEIGHT_KEYS))
+    if extra:
+        raise complain(f"weight_gain.{extra[0]}", "unknown key (expected gain_kg, window_hours)")
+    current_hours = gain.window / timedelta(hours=1)
+    gains = _numbers(spec.get("gain_kg", gain.gain_kg), "weight_gain.gain_kg", complain)
+    hours = _numbers(spec.get("window_hours", current_hours), "weight_gain.window_hours", complain)
+    for name, values in (("gain_kg", gains), ("window_hours", hours)):
+        if min(values) <= 0:
+            raise complain(f"weight_gain.{name}", f"{_number(min(values))} is not above 0")
+    combinations = set(itertools.product(hours, gains)) | {(current_hours, gain.gain_kg)}
+    return [
+        Setting(
+            WeightGainRule(gain.rule_id, gain.metric, g, timedelta(hours=h)),
+            current=(h, g) == (current_hours, gain.gain_kg),
+        )
+        for h, g in sorted(combinations)
+    ]
+
+
+def _numbers(value: object, where: str, complain: _Complaint) -> list[float]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise complain(where, "an empty list (give a number or a list of numbers)")
+    numbers: list[float] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            raise complain(where, f"{item!r} is not a number (give a number or a list of numbers)")
+        if not math.isfinite(item):
+            raise complain(where, f"{item!r} is not a finite number")
+        if float(item) in numbers:
+            raise complain(where, f"{_number(float(item))} is given twice")
+        numbers.append(float(item))
+    return numbers
+
+
+# -- the replay -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """A rule setting's alerts in one group (or all), with the group's denominators."""
+
+    alerts: int
+    patients_flagged: int
+    patients: int  # with at least one enrolled day in the period
+    patient_days: int
+
+    @property
+    def patient_weeks(self) -> float:
+        return self.patient_days / 7
+
+    @property
+    def alerts_per_patient_week(self) -> float | None:
+        """indicators.md's `alerts_per_patient_week`; None with no enrolled day."""
+        return self.alerts / self.patient_weeks if self.patient_days else None
+
+    @property
+    def alerts_per_100_patient_weeks(self) -> float | None:
+        per_week = self.alerts_per_patient_week
+        return None if per_week is None else 100 * per_week
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """The current setting's replay beside the alerts ingest stored for the rule."""
+
+    stored: int
+    stored_not_replayed: int
+    replayed_not_stored: int
+
+    @property
+    def agrees(self) -> bool:
+        return self.stored_not_replayed == 0 and self.replayed_not_stored == 0
+
+
+@dataclass(frozen=True, slots=True)
+class SettingResult:
+    setting: Setting
+    all: Counts
+    groups: dict[str, Counts]
+    agreement: Agreement | None  # for the current settings only
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    period: Period
+    population: str
+    by: str | None
+    groups: tuple[str, ...]
+    group_titles: Mapping[str, str]
+    #: the denominators: patients with an enrolled day, and their enrolled days
+    everyone: Counts
+    everyone_groups: dict[str, Counts]
+    results: tuple[SettingResult, ...]
+    #: the current rules together: their alerts, and the patients any of them flagged
+    current_total: Counts
+    current_total_groups: dict[str, Counts]
+    #: every stored alert of the period beside the current rules' replay
+    current_agreement: Agreement
+    #: stored alerts of rules that are not among the current rules, per rule id
+    stored_elsewhere: dict[str, int]
+
+    @property
+    def agrees(self) -> bool:
+        return self.current_agreement.agrees
+
+
+def replay(data: ReplayData, plan: ReplayPlan) -> ReplayResult:
+    """Each setting of the plan over the data, counted for everyone and per group, and the
+    current settings compared with the alerts ingest stored."""
+    days_of = {
+        metric: pilot_days(readings.measured_us, data.period.start)
+        for metric, readings in data.readings.items()
+    }
+    tally = _Tally(data)
+    results: list[SettingResult] = []
+    current: list[IntArray] = []
+    for setting in plan.settings:
+        keys = alert_keys(data, setting.rule, days_of)
+        agreement = None
+        if setting.current:
+            stored = data.stored.get(setting.rule_id, StoredAlerts())
+            agreement = _compare(keys, stored, data.period.days)
+            current.append(keys)
+        results.append(SettingResult(setting, *tally.counts(keys), agreement))
+    current_ids = {s.rule_id for s in plan.settings if s.current}
+    elsewhere = {
+        rule: len(stored.patient)
+        for rule, stored in sorted(data.stored.items())
+        if rule not in current_ids and len(stored.patient)
+    }
+    agreements = [r.agreement for r in results if r.agreement is not None]
+    agreement = Agreement(
+        sum(len(s.patient) for s in data.stored.values()),
+        sum(a.stored_not_replayed for a in agreements) + sum(elsewhere.values()),
+        sum(a.replayed_not_stored for a in agreements),
+    )
+    total, total_groups = tally.counts(np.concatenate(current) if current else _ints())
+    everyone, everyone_groups = tally.counts(_ints())
+    return ReplayResult(
+        period=data.period,
+        population=data.population,
+        by=data.by,
+        groups=data.groups,
+        group_titles=dict(data.group_titles),
+        everyone=everyone,
+        everyone_groups=everyone_groups,
+        results=tuple(results),
+        current_total=total,
+        current_total_groups=total_groups,
+        current_agreement=agreement,
+        stored_elsewhere=elsewhere,
+    )
+
+
+def _compare(keys: IntArray, stored: StoredAlerts, period_days: int) -> Agreement:
+    stored_keys = np.unique(stored.patient * period_days + stored.day)
+    return Agreement(
+        stored=len(stored.patient),
+        stored_not_replayed=len(np.setdiff1d(stored_keys, keys, assume_unique=True)),
+        replayed_not_stored=len(np.setdiff1d(keys, stored_keys, assume_unique=True)),
+    )
+
+
+class _Tally:
+    """Counts alert keys (patient * days + day) for everyone and per group."""
+
+    def __init__(self, data: ReplayData) -> None:
+        self.days = data.period.days
+        self.labels = data.groups
+        self.group = (
+            data.group if data.group is not None else np.full(data.patients, -1, dtype=np.int64)
+        )
+        enrolled = data.patient_days > 0
+        self.patients = int(enrolled.sum())
+        self.patient_days = int(data.patient_days.sum())
+        grouped = self.group >= 0
+        width = len(self.labels)
+        self.group_patients = np.bincount(self.group[grouped & enrolled], minlength=width)
+        self.group_days = np.bincount(
+            self.group[grouped], weights=data.patient_days[grouped], minlength=width
+        )
+
+    def counts(self, keys: IntArray) -> tuple[Counts, dict[str, Counts]]:
+        """Alerts (each key one; the same key under two rules is two alerts) and patients
+        flagged (distinct)."""
+        patient = keys // self.days
+        flagged = np.unique(patient)
+        everyone = Counts(len(keys), len(flagged), self.patients, self.patient_days)
+        if not self.labels:
+            return everyone, {}
+        width = len(self.labels)
+        alerts = np.bincount(_in_groups(self.group[patient]), minlength=width)
+        patients = np.bincount(_in_groups(self.group[flagged]), minlength=width)
+        return everyone, {
+            label: Counts(
+                int(alerts[i]),
+                int(patients[i]),
+                int(self.group_patients[i]),
+                int(self.group_days[i]),
+            )
+            for i, label in enumerate(self.labels)
+        }
+
+
+def _in_groups(groups: IntArray) -> IntArray:
+    return groups[groups >= 0]
