@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from ehealthlab import __version__, demo
 from ehealthlab.api import commands as api_commands
 from ehealthlab.errors import ConfigurationError, EhealthlabError
+from ehealthlab.evaluation import commands as evaluation_commands
 from ehealthlab.gateway import admin as gateway_admin
 from ehealthlab.gateway import conformance_command
 from ehealthlab.ingest import commands as ingest_commands
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     api_commands.register(subparsers)
     conformance_command.register(subparsers)
     simulator_commands.register(subparsers)
+    evaluation_commands.register(subparsers)
     demo.register(subparsers)
     return parser
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ehealthlab.errors import ConfigurationError
@@ -48,6 +48,13 @@ class Settings(BaseSettings):
 
     #: a TOML file overriding the default clinical alert rules (docs/ingest.md)
     alert_rules: Path | None = None
+
+    #: the economic model's parameters (docs/indicators.md); unset: the shipped defaults
+    economics_file: Path | None = None
+    #: published outputs show only the patient band of a group with fewer patients
+    min_group_patients: int = Field(default=5, ge=1)
+    #: base seed of the evaluation's bootstrap intervals (same seed, same intervals)
+    evaluation_seed: int = Field(default=20260101, ge=0)
 
     #: key of the keyed hash that replaces patient identifiers (never stored in clear)
     patient_key: SecretStr | None = None

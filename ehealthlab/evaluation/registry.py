@@ -162,7 +162,7 @@ INDICATORS: tuple[Indicator, ...] = (
         "Per patient, adherent days ÷ enrolled days, where an adherent day has at least one "
         "accepted reading of every metric planned that day; the mean over patients, with a "
         "95% percentile bootstrap interval (2,000 resamples of patients, seeded).",
-        Kind.MEAN, Term("adherence", "Σ over patients of adherent days ÷ enrolled days"),
+        Kind.MEAN, Term("adherence", "mean of each patient's adherent days ÷ enrolled days"),
         _PATIENTS, higher_is_better=True,
     ),
     _share(
@@ -325,7 +325,7 @@ INDICATORS: tuple[Indicator, ...] = (
         "{score}",
         "Per response 2.5 × (Σ(odd item − 1) + Σ(5 − even item)), items 1–5; the mean over "
         "responses, with a 95% percentile bootstrap interval (2,000 resamples, seeded).",
-        Kind.MEAN, Term("sus_mean", "Σ SUS scores"), Term("sus_responses", "responses"),
+        Kind.MEAN, Term("sus_mean", "mean SUS score"), Term("sus_responses", "responses"),
         higher_is_better=True,
     ),
     Indicator(

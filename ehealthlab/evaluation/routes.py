@@ -1,4 +1,5 @@
-"""The evaluation's HTTP routes under /api/v1: the mini-pilots CMTo defines (operator only).
+"""The evaluation's HTTP routes under /api/v1 (operator only): the indicators, and the
+mini-pilots CMTo defines.
 
 Handlers stay thin, as the gateway's: the body is validated by `schemas`, the caller by the
 API's dependencies, and `mini_pilots` does the rest in the request's one transaction.
@@ -6,15 +7,19 @@ API's dependencies, and `mini_pilots` does the rest in the request's one transac
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import date
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends
+import psycopg
+from fastapi import APIRouter, Depends, Query
 
 from ehealthlab.api.auth import ContextDep, OperatorDep
 from ehealthlab.api.problems import responses
-from ehealthlab.errors import NotFoundError
+from ehealthlab.errors import NotFoundError, ServiceUnavailableError
 from ehealthlab.evaluation import mini_pilots, schemas
+from ehealthlab.evaluation.dataset import GROUPINGS
+from ehealthlab.evaluation.service import check_request, run_evaluation
 
 router = APIRouter(prefix="/api/v1")
 
@@ -100,3 +105,37 @@ def get_mini_pilot(
     if pilot is None:
         raise NotFoundError(f"no mini-pilot {mini_pilot_id}")
     return _view(pilot)
+
+
+# -- the indicators ---------------------------------------------------------------------------
+
+
+@router.get(
+    "/evaluation",
+    tags=["evaluation"],
+    summary="The pilot's indicators (operator)",
+    description="Every indicator of docs/indicators.md over [from, to) in days of "
+    "Europe/Rome, for all patients (`all`) and per group of `by` ("
+    + ", ".join(GROUPINGS)
+    + "), for one population (`real` unless asked; simulated data never mix with real). "
+    "Read in one snapshot of the store. Every value, small groups included: this is the "
+    "operator's view; what is published suppresses small groups.",
+    responses=responses(*_AUTH, 422, 503),
+)
+def get_evaluation(
+    caller: OperatorDep,
+    context: ContextDep,
+    *,
+    start: Annotated[date, Query(alias="from", description="first day of the period")],
+    end: Annotated[date, Query(alias="to", description="first day after the period")],
+    by: Annotated[str, Query(description="the grouping")] = "all",
+    population: Annotated[str, Query(description="real or simulated")] = "real",
+) -> dict[str, Any]:
+    period = check_request(start, end, by, population)
+    try:
+        with context.pool.connection() as conn:
+            return run_evaluation(conn, context.settings, period, by, population)
+    except psycopg.OperationalError as exc:
+        raise ServiceUnavailableError(
+            f"the database is unavailable ({str(exc).strip().splitlines()[0]})"
+        ) from exc

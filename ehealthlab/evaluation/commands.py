@@ -1,0 +1,78 @@
+"""`ehealthlab evaluate`: the pilot's indicators for one period, grouping and population.
+
+JSON and CSV are the operator's (every value); `--save` also keeps the evaluation in the
+store, where the FHIR MeasureReports and the pilot dashboard publish it from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ehealthlab.errors import InvalidInputError
+from ehealthlab.evaluation.dataset import GROUPINGS, POPULATIONS
+from ehealthlab.evaluation.output import to_csv
+from ehealthlab.evaluation.service import check_request, run_evaluation, save_evaluation
+from ehealthlab.settings import Settings
+from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.store.db import connect
+
+FORMATS = ("json", "csv")
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="compute the pilot's indicators (docs/indicators.md)",
+        description="The indicators of docs/indicators.md over [--from, --to) in days of "
+        "Europe/Rome, for all patients and per group of --by, for one population.",
+    )
+    parser.add_argument("--from", dest="start", type=_day, required=True, metavar="DATE")
+    parser.add_argument("--to", dest="end", type=_day, required=True, metavar="DATE",
+                        help="first day after the period")  # fmt: skip
+    parser.add_argument("--by", choices=GROUPINGS, default="all", metavar="GROUP",
+                        help=f"one of {', '.join(GROUPINGS)} (default all)")  # fmt: skip
+    parser.add_argument("--format", choices=FORMATS, default="json")
+    parser.add_argument("--population", choices=POPULATIONS, default="real",
+                        help="real (default) or simulated; they never mix")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help="write here instead of standard output")  # fmt: skip
+    parser.add_argument("--save", action="store_true",
+                        help="also keep it in the store (MeasureReports, dashboards)")  # fmt: skip
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    period = check_request(args.start, args.end, args.by, args.population)
+    settings = settings_with_stack(settings)
+    with connect(settings) as conn:
+        document = run_evaluation(conn, settings, period, args.by, args.population)
+        if args.save:
+            with conn.transaction():
+                save_evaluation(conn, document)
+    text = (
+        orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
+        if args.format == "json"
+        else to_csv(document)
+    )
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
