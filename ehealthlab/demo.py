@@ -31,7 +31,11 @@ import uvicorn
 
 from ehealthlab.api.app import create_app
 from ehealthlab.api.client import GatewayClient
+from ehealthlab.contract.pilot_time import pilot_day
 from ehealthlab.errors import StackError
+from ehealthlab.evaluation.compute import evaluate
+from ehealthlab.evaluation.dataset import Period
+from ehealthlab.evaluation.fetch import fetch_dataset
 from ehealthlab.gateway.admin import bootstrap_operator
 from ehealthlab.gateway.conformance_command import render
 from ehealthlab.gateway.dynsec import DynamicSecurity
@@ -218,8 +222,10 @@ def _play_a_day(url: str, operator: str) -> None:
     _say("the cuff came online, sent its morning and evening readings and went offline\n")
     # wait for what is shown: ingest's three message rows and presence's offline status
     _wait_until(
-        lambda: len(_api(url, startup, "GET", f"/devices/{device_id}/messages")) >= 3
-        and _api(url, startup, "GET", f"/devices/{device_id}")["status"] == "offline",
+        lambda: (
+            len(_api(url, startup, "GET", f"/devices/{device_id}/messages")) >= 3
+            and _api(url, startup, "GET", f"/devices/{device_id}")["status"] == "offline"
+        ),
         what="the cuff's three messages and its going offline",
     )
 
@@ -278,14 +284,21 @@ def _simulate_a_week(settings: Settings, url: str, operator: str, state_dir: Pat
             return stored is not None and stored[0] >= expected
 
         _wait_until(all_stored, what=f"the week's {expected} readings in the store")
-        rows = conn.execute(_BY_AREA, (device_ids,)).fetchall()
-        alerts = conn.execute(
-            "SELECT count(*) FROM alerts WHERE device_id = ANY(%s)", (device_ids,)
-        ).fetchone()
-    _say(f"  {'SNAI class':<12}{'readings':>9}{'mean latency':>14}{'> 1 h late':>12}")
-    for snai_class, readings, latency, late in rows:
-        _say(f"  {snai_class:<12}{readings:>9}{latency:>12.0f} s{late:>12}")
-    _say(f"  {alerts[0] if alerts else 0} clinical alerts raised for the provider")
+        conn.rollback()
+        week = Period(pilot_day(scenario.starts_at), pilot_day(scenario.ends_at) + timedelta(1))
+        data = fetch_dataset(conn, week, "simulated")
+    # the evaluation's own numbers (docs/indicators.md), for the simulated population
+    by_class = evaluate(data, "snai_class", seed=settings.evaluation_seed)
+    _say(f"  {'SNAI class':<12}{'patients':>9}{'readings':>9}{'latency p50':>13}"
+         f"{'p95':>9}{'> 1 h late':>12}{'lost':>8}")  # fmt: skip
+    for snai_class, group in by_class.groups.items():
+        v = group.values
+        _say(
+            f"  {snai_class:<12}{group.patients:>9}{int(group.per_patient['accepted'].sum()):>9}"
+            f"{_number(v['latency_p50_s']):>11} s{_number(v['latency_p95_s']):>7} s"
+            f"{_share(v['late_share']):>12}{_share(v['loss_rate']):>8}"
+        )
+    _say(f"  {by_class.all.values['alerts']} clinical alerts raised for the provider")
     provider = onboarded.token_of(PROVIDER_NAME)
     patient = next(iter(onboarded.patients.values()))
     lastn = _fhir(url, provider, f"/Observation/$lastn?patient={patient}&max=1")
@@ -294,16 +307,12 @@ def _simulate_a_week(settings: Settings, url: str, operator: str, state_dir: Pat
         _say("  " + _observation_line(entry["resource"]))
 
 
-_BY_AREA = """
-SELECT m.snai_class, count(*),
-       avg(extract(epoch FROM r.received_at - r.measured_at)),
-       count(*) FILTER (WHERE r.received_at - r.measured_at > interval '1 hour')
-FROM readings r
-JOIN enrolments e ON e.device_id = r.device_id AND e.patient_id = r.patient_id
-JOIN municipalities m ON m.istat_code = e.municipality
-WHERE r.device_id = ANY(%s)
-GROUP BY m.snai_class ORDER BY m.snai_class
-"""
+def _number(value: object) -> str:
+    return f"{value:.0f}" if isinstance(value, int | float) else "-"
+
+
+def _share(value: object) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else "-"
 
 
 def _fhir(url: str, token: str, path: str) -> Any:
