@@ -177,45 +177,95 @@ def enrolled_days(
 # -- the rules: ingest's decision, over arrays ------------------------------------------------
 
 
-def threshold_alert_keys(
-    readings: MetricReadings, days: IntArray, rule: ThresholdRule, period_days: int
-) -> IntArray:
-    """The (patient, day) keys, as patient * period_days + day, on which any reading of the
-    period breaches the rule: one alert each. Sorted, unique."""
-    breach = rule.breached_by(readings.value) & (days >= 0) & (days < period_days)
-    return np.unique(readings.patient[breach] * period_days + days[breach])
+@dataclass(frozen=True, eq=False)
+class OrderedReadings:
+    """One metric's readings in order of patient and measurement time, with their alert keys
+    (patient * period days + day): sorted once, asked by every setting of the metric's rules."""
+
+    patient: IntArray
+    measured_us: IntArray
+    value: FloatArray
+    day: IntArray
+    key: IntArray
+    in_period: npt.NDArray[np.bool_]
+    origin: int  # the earliest time
+    stretch: int  # the span of times, plus one
+
+    @classmethod
+    def of(cls, readings: MetricReadings, start: date, period_days: int) -> OrderedReadings:
+        days = pilot_days(readings.measured_us, start)
+        if len(readings) == 0:
+            return cls(_ints(), _ints(), readings.value, _ints(), _ints(), days >= 0, 0, 1)
+        origin = int(readings.measured_us.min())
+        stretch = int(readings.measured_us.max()) - origin + 1
+        if stretch * (int(readings.patient.max()) + 1) >= _LINE_LIMIT:
+            raise InvalidInputError("the period is too long to replay at once; split it")
+        order = np.argsort(readings.patient * stretch + (readings.measured_us - origin))
+        patient = readings.patient[order]
+        day = days[order]
+        return cls(
+            patient=patient,
+            measured_us=readings.measured_us[order],
+            value=readings.value[order],
+            day=day,
+            key=patient * period_days + day,
+            in_period=(day >= 0) & (day < period_days),
+            origin=origin,
+            stretch=stretch,
+        )
+
+    def __len__(self) -> int:
+        return len(self.patient)
+
+
+_LINE_LIMIT = 2**62
+
+
+def _distinct_sorted(keys: IntArray) -> IntArray:
+    """The distinct values of an already sorted array, in O(n)."""
+    if len(keys) == 0:
+        return keys
+    first = np.empty(len(keys), dtype=np.bool_)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    return keys[first]
+
+
+def threshold_alert_keys(readings: OrderedReadings, rule: ThresholdRule) -> IntArray:
+    """The (patient, day) keys on which any reading of the period breaches the rule: one
+    alert each. Sorted, distinct."""
+    breach = rule.breached_by(readings.value) & readings.in_period
+    return _distinct_sorted(readings.key[breach])
+
+
+def lowest_preceding(weights: OrderedReadings, window: timedelta) -> FloatArray:
+    """For each weight, the lowest weight of the same patient measured in
+    [measured - window, measured) (inf when there is none): each window found by binary search
+    on one line of all patients' times, a patient's stretch a window apart from the next, and
+    its minimum taken from a sparse table."""
+    if len(weights) == 0:
+        return np.zeros(0, dtype=np.float64)
+    window_us = window // _MICROSECOND
+    spacing = weights.stretch + window_us
+    if spacing * (int(weights.patient.max()) + 1) >= _LINE_LIMIT:
+        raise InvalidInputError("the period is too long to replay the weight gain at once")
+    line = weights.patient * spacing + (weights.measured_us - weights.origin)
+    lo = np.searchsorted(line, line - window_us, side="left")
+    hi = np.searchsorted(line, line, side="left")  # a weight of the same instant does not precede
+    return _range_min(weights.value, lo, hi)
 
 
 def weight_gain_alert_keys(
-    weights: MetricReadings, days: IntArray, rule: WeightGainRule, period_days: int
+    weights: OrderedReadings, rule: WeightGainRule, lowest: FloatArray | None = None
 ) -> IntArray:
     """The (patient, day) keys on which a weight of the period is `gain_kg` above the lowest
-    weight of the same patient measured in [measured - window, measured). Vectorised: weights
-    sorted by patient and time, each window found by binary search and its minimum taken from
-    a sparse table."""
-    if len(weights) == 0:
-        return _ints()
-    window_us = rule.window // _MICROSECOND
-    order = np.lexsort((weights.measured_us, weights.patient))
-    patient = weights.patient[order]
-    measured = weights.measured_us[order]
-    value = weights.value[order]
-    day = days[order]
-    # one sorted line of all patients' times, each patient's stretch a window apart from the
-    # next, so that a window never reaches into another patient's weights
-    origin = int(measured.min())
-    span = int(measured.max()) - origin + window_us + 1
-    if span * (int(patient.max()) + 1) >= 2**62:
-        raise InvalidInputError("the period is too long to replay the weight gain at once")
-    line = patient * span + (measured - origin)
-    lo = np.searchsorted(line, line - window_us, side="left")
-    hi = np.searchsorted(line, line, side="left")  # a weight of the same instant does not precede
-    has = hi > lo
-    lowest = _range_min(value, lo, hi)
-    breach = np.zeros(len(value), dtype=np.bool_)
-    breach[has] = rule.gained(value[has], lowest[has])
-    breach &= (day >= 0) & (day < period_days)
-    return np.unique(patient[breach] * period_days + day[breach])
+    weight of its window (`lowest_preceding`, given when already known for the window)."""
+    if lowest is None:
+        lowest = lowest_preceding(weights, rule.window)
+    has = np.isfinite(lowest) & weights.in_period
+    breach = np.zeros(len(weights), dtype=np.bool_)
+    breach[has] = rule.gained(weights.value[has], lowest[has])
+    return _distinct_sorted(weights.key[breach])
 
 
 def _range_min(values: FloatArray, lo: IntArray, hi: IntArray) -> FloatArray:
@@ -243,13 +293,31 @@ def _range_min(values: FloatArray, lo: IntArray, hi: IntArray) -> FloatArray:
     return out
 
 
-def alert_keys(data: ReplayData, rule: Rule, days_of: Mapping[str, IntArray]) -> IntArray:
-    """The alerts one rule setting raises over the period, as sorted unique keys."""
-    readings = data.readings.get(rule.metric, MetricReadings())
-    days = days_of.get(rule.metric, _ints())
-    if isinstance(rule, WeightGainRule):
-        return weight_gain_alert_keys(readings, days, rule, data.period.days)
-    return threshold_alert_keys(readings, days, rule, data.period.days)
+class _Prepared:
+    """Each metric ordered once, each weight-gain window's lowest weights found once, for all
+    the settings of a replay."""
+
+    def __init__(self, data: ReplayData) -> None:
+        self.data = data
+        self._ordered: dict[str, OrderedReadings] = {}
+        self._lowest: dict[tuple[str, timedelta], FloatArray] = {}
+
+    def ordered(self, metric: str) -> OrderedReadings:
+        if metric not in self._ordered:
+            readings = self.data.readings.get(metric, MetricReadings())
+            period = self.data.period
+            self._ordered[metric] = OrderedReadings.of(readings, period.start, period.days)
+        return self._ordered[metric]
+
+    def alert_keys(self, rule: Rule) -> IntArray:
+        """The alerts one rule setting raises over the period, as sorted distinct keys."""
+        readings = self.ordered(rule.metric)
+        if isinstance(rule, ThresholdRule):
+            return threshold_alert_keys(readings, rule)
+        window = (rule.metric, rule.window)
+        if window not in self._lowest:
+            self._lowest[window] = lowest_preceding(readings, rule.window)
+        return weight_gain_alert_keys(readings, rule, self._lowest[window])
 
 
 # -- what to replay: the rules file -----------------------------------------------------------
@@ -533,15 +601,12 @@ class ReplayResult:
 def replay(data: ReplayData, plan: ReplayPlan) -> ReplayResult:
     """Each setting of the plan over the data, counted for everyone and per group, and the
     current settings compared with the alerts ingest stored."""
-    days_of = {
-        metric: pilot_days(readings.measured_us, data.period.start)
-        for metric, readings in data.readings.items()
-    }
+    prepared = _Prepared(data)
     tally = _Tally(data)
     results: list[SettingResult] = []
     current: list[IntArray] = []
     for setting in plan.settings:
-        keys = alert_keys(data, setting.rule, days_of)
+        keys = prepared.alert_keys(setting.rule)
         agreement = None
         if setting.current:
             stored = data.stored.get(setting.rule_id, StoredAlerts())
@@ -610,7 +675,7 @@ class _Tally:
         """Alerts (each key one; the same key under two rules is two alerts) and patients
         flagged (distinct)."""
         patient = keys // self.days
-        flagged = np.unique(patient)
+        flagged = np.unique(patient)  # keys of one rule come sorted: cheap then
         everyone = Counts(len(keys), len(flagged), self.patients, self.patient_days)
         if not self.labels:
             return everyone, {}
