@@ -18,7 +18,7 @@ from ehealthlab import __version__, demo
 from ehealthlab.api import commands as api_commands
 from ehealthlab.errors import ConfigurationError, EhealthlabError
 from ehealthlab.evaluation import commands as evaluation_commands
-from ehealthlab.evaluation import replay_command, sus_command
+from ehealthlab.evaluation import publish, replay_command, sus_command
 from ehealthlab.gateway import admin as gateway_admin
 from ehealthlab.gateway import conformance_command
 from ehealthlab.ingest import commands as ingest_commands
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     conformance_command.register(subparsers)
     simulator_commands.register(subparsers)
     evaluation_commands.register(subparsers)
+    publish.register(subparsers)
     replay_command.register(subparsers)
     sus_command.register(subparsers)
     demo.register(subparsers)

@@ -277,3 +277,20 @@ def test_day_counts_count_each_seq_once_whoever_saw_it():
     columns = ("enrolment", "day", "min_seq", "max_seq", "distinct_seqs", "duplicates", "rejected")
     table = list(zip(*(getattr(counts, c).tolist() for c in columns), strict=True))
     assert table == [(0, 0, 1, 2, 2, 1, 0), (0, 1, 4, 4, 1, 0, 2), (1, 1, 7, 7, 1, 0, 0)]
+
+
+def test_a_patient_in_two_mini_pilots_counts_in_both_with_the_days_of_each():
+    """p0's cuff (start-up s1, Ala di Stura): mini-pilot A takes days 0-1, B days 1-3."""
+    pilots = (
+        MiniPilotScope("a", "A", frozenset({"s1"}), frozenset({"001003"}), 0, 1),
+        MiniPilotScope("b", "B", frozenset({"s1", "s2"}), frozenset({"001003"}), 1, 3),
+    )
+    groups = evaluate(worked_dataset(mini_pilots=pilots), "mini_pilot", seed=1).groups
+    a, b = groups["a"].values, groups["b"].values
+    assert (a["patients_enrolled"], a["patient_days"]) == (1, 2)
+    assert (b["patients_enrolled"], b["patient_days"]) == (1, 3)  # p1 is in Torino: not in B
+    # days 0-1: readings 2 + 1 of 2 + 2 planned; days 1-3: 1 + 0 + 2 of 6
+    assert a["completeness"] == pytest.approx(3 / 4) and b["completeness"] == pytest.approx(3 / 6)
+    assert (a["alerts"], b["alerts"]) == (1, 2)  # day 1 is in both
+    # seqs: A sees 1-3 (none lost); B sees 3 and 5-7: taken 7 - 3 + 1 = 5, arrived 4
+    assert a["loss_rate"] == 0.0 and b["loss_rate"] == pytest.approx(1 / 5)

@@ -138,3 +138,43 @@ def test_a_wrong_argument_is_one_line_and_status_2(argv, says, as_environment, c
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip()
     assert says in error and len(error.splitlines()) == 1, error
+
+
+def test_publishing_keeps_every_grouping_from_one_snapshot(tokens, as_environment, database_url):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM evaluations")
+    assert cli.main(["publish-evaluation", "--from", "2026-03-01", "--to", "2026-03-05"]) == 0
+    with psycopg.connect(database_url) as conn:
+        saved = conn.execute(
+            "SELECT grouping, document -> 'all' -> 'patients_enrolled', computed_at"
+            " FROM evaluations ORDER BY grouping"
+        ).fetchall()
+    assert [g for g, _, _ in saved] == sorted(
+        ["all", "municipality", "snai_class", "area", "startup", "device_type", "mini_pilot"]
+    )
+    assert {n for _, n, _ in saved} == {2} and len({t for *_, t in saved}) == 1
+
+
+def test_evaluate_writes_nothing(tokens, as_environment, database_url, capsys):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        before = conn.execute("SELECT count(*) FROM evaluations").fetchone()
+    assert cli.main(["evaluate", "--from", "2026-03-01", "--to", "2026-03-05"]) == 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM evaluations").fetchone() == before
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ("visits_per_month = -1\n", "visits_per_month"),
+        ("road_factor = 'far'\n", "road_factor"),
+    ],
+)
+@pytest.mark.usefixtures("tokens", "as_environment")
+def test_a_bad_economics_file_is_one_line_and_status_2(toml, says, monkeypatch, tmp_path, capsys):
+    bad = tmp_path / "economics.toml"
+    bad.write_text(toml)
+    monkeypatch.setenv("EHEALTHLAB_ECONOMICS_FILE", str(bad))
+    assert cli.main(["evaluate", "--from", "2026-03-01", "--to", "2026-03-05"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert says in error and len(error.splitlines()) == 1, error

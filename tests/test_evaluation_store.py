@@ -183,20 +183,32 @@ def test_simulated_data_form_their_own_population(worked_store):
     assert isinstance(simulated["adherence"], Mean) and simulated["adherence"].value == 0.25
 
 
-def test_pilot_days_are_days_of_europe_rome_across_the_autumn_clock_change(store_url):
-    """On 2026-10-25 Rome goes from UTC+2 to UTC+1: its midnights are 22:00 UTC before and
-    23:00 UTC after."""
-    period = Period(date(2026, 10, 24), date(2026, 10, 27))
+@pytest.mark.parametrize(
+    ("first_day", "readings", "days"),
+    [
+        # 2026-03-29 Rome goes from UTC+1 to UTC+2: midnights 23:00 UTC before, 22:00 after
+        (date(2026, 3, 28), ("2026-03-28T22:59:59Z", "2026-03-28T23:00:00Z",
+                             "2026-03-29T21:59:59Z", "2026-03-29T22:00:00Z"), [0, 1, 1, 2]),
+        # 2026-10-25 Rome goes from UTC+2 to UTC+1: midnights 22:00 UTC before, 23:00 after
+        (date(2026, 10, 24), ("2026-10-24T21:59:59Z", "2026-10-24T22:00:00Z",
+                              "2026-10-25T22:59:59Z", "2026-10-25T23:00:00Z"), [0, 1, 1, 2]),
+    ],
+    ids=["spring", "autumn"],
+)  # fmt: skip
+def test_pilot_days_are_days_of_europe_rome_across_the_clock_changes(
+    store_url, first_day, readings, days
+):
+    """Readings a second before and exactly at each local midnight around both changes."""
+    period = Period(first_day, first_day + timedelta(days=3))
     with psycopg.connect(store_url, autocommit=True) as conn:
         rows = Rows(conn)
         startup, provider = rows.organisation("startup", "S"), rows.organisation("provider", "P")
         cuff = rows.device("cuff-dst", startup, "blood_pressure_monitor")
         rows.enrol(provider, cuff, "001003", period.start, plan={"bp_systolic": 1})
-        for seq, at in enumerate(("2026-10-24T21:59:59Z", "2026-10-24T22:00:00Z",
-                                  "2026-10-25T22:59:59Z", "2026-10-25T23:00:00Z"), 1):  # fmt: skip
+        for seq, at in enumerate(readings, 1):
             rows.reading(cuff, "bp_systolic", datetime.fromisoformat(at), seq)
         data = fetch_dataset(conn, period, "real")
-    assert sorted(data.readings.day.tolist()) == [0, 1, 1, 2]
+    assert sorted(data.readings.day.tolist()) == days
     values = evaluate(data, "all", seed=1).all.values
     assert values["patient_days"] == 3
     assert isinstance(values["adherence"], Mean) and values["adherence"].value == 1.0
