@@ -169,8 +169,8 @@ def as_text(result: ReplayResult, *, current_rules: str) -> str:
     period = result.period
     everyone = result.everyone
     lines = [
-        f"Alert-threshold replay, {period.start} to {period.end} ({period.days} days, "
-        f"to excluded), {result.population} population",
+        f"Alert-threshold replay, {period.start} to {period.end} (excluded): "
+        f"{period.days} days, {result.population} population",
         f"Current rules: {current_rules}",
         f"Patients with an enrolled day: {everyone.patients}; "
         f"patient-weeks: {everyone.patient_weeks:.1f}",
@@ -191,7 +191,8 @@ def as_text(result: ReplayResult, *, current_rules: str) -> str:
         counts = result.everyone_groups[group]
         lines += [
             "",
-            f"{result.by} {result.group_titles.get(group, group)}: {counts.patients} patients, "
+            f"{result.by} {result.group_titles.get(group, group)}: {counts.patients} "
+            f"patient{'' if counts.patients == 1 else 's'}, "
             f"{counts.patient_weeks:.1f} patient-weeks",
         ]
         group_rows = [
