@@ -12,14 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
 from ehealthlab.store.db import Connection
-
-PILOT_TIME_ZONE = "Europe/Rome"
-_ROME = ZoneInfo(PILOT_TIME_ZONE)
 
 # The patient is the one whose enrolment with the device covers the reading's pilot day
 # (its clock-corrected time, in Europe/Rome); none yet means unassigned, not dropped.
@@ -245,8 +241,3 @@ def attribute_unassigned(conn: Connection, enrolment_id: UUID) -> list[Attribute
         (enrolment_id,),
     ).fetchall()
     return [AttributedRow(*row) for row in rows]
-
-
-def pilot_day(moment: datetime) -> date:
-    """The Europe/Rome calendar day a moment belongs to (indicators.md conventions)."""
-    return moment.astimezone(_ROME).date()

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from zoneinfo import ZoneInfo
 
+from ehealthlab.contract.pilot_time import PILOT_ZONE
 from ehealthlab.fhir.search.criteria import DateRange
-
-#: dates and times without a zone are read in the pilot's time zone (a clinician's "that day")
-PILOT_ZONE = ZoneInfo("Europe/Rome")
 
 _DATE = re.compile(
     r"(?P<year>[0-9]{4})(?:-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2})"
