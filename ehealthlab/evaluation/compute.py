@@ -37,6 +37,7 @@ from ehealthlab.evaluation.dataset import (
     Dataset,
     FloatArray,
     IntArray,
+    NarrowArray,
 )
 from ehealthlab.evaluation.economics import EconomicInputs
 from ehealthlab.evaluation.registry import Mean, Value, values_of
@@ -87,7 +88,7 @@ class _Sorted:
     offsets: IntArray  # rows of enrolment e: offsets[e]:offsets[e+1]
 
     @classmethod
-    def by(cls, enrolment: IntArray, enrolments: int) -> _Sorted:
+    def by(cls, enrolment: NarrowArray | IntArray, enrolments: int) -> _Sorted:
         order = np.argsort(enrolment, kind="stable")
         counts = np.bincount(enrolment, minlength=enrolments)
         return cls(order, np.concatenate(([0], np.cumsum(counts))))

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
+#: an integer column kept narrow (int8 to int32) where millions of readings hold it
+NarrowArray = npt.NDArray[np.integer[Any]]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
@@ -101,9 +104,9 @@ class Enrolments:
 class Readings:
     """Accepted readings measured in the period, each attributed to an enrolment."""
 
-    enrolment: IntArray = field(default_factory=_ints)
-    metric: IntArray = field(default_factory=_ints)
-    day: IntArray = field(default_factory=_ints)
+    enrolment: NarrowArray = field(default_factory=_ints)
+    metric: NarrowArray = field(default_factory=_ints)
+    day: NarrowArray = field(default_factory=_ints)
     latency_s: FloatArray = field(default_factory=_floats)  # receive - measured, may be < 0
     clock_corrected: BoolArray = field(default_factory=_bools)
 
