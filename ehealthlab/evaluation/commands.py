@@ -1,7 +1,10 @@
 """`ehealthlab evaluate`: the pilot's indicators for one period, grouping and population.
 
 JSON and CSV are the operator's (every value); `--save` also keeps the evaluation in the
-store, where the FHIR MeasureReports and the pilot dashboard publish it from.
+store, where the FHIR MeasureReports and the pilot dashboard publish it from. HTML is the
+pilot report for people (docs/report.md): every grouping it shows is computed from one
+snapshot, small groups suppressed, so it ignores `--by`; it goes to `--out` or standard
+output like the others, and is never saved.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import orjson
 
 from ehealthlab.errors import InvalidInputError
 from ehealthlab.evaluation.dataset import GROUPINGS, POPULATIONS
+from ehealthlab.evaluation.fetch import fetch_dataset
 from ehealthlab.evaluation.output import to_csv
 from ehealthlab.evaluation.service import check_request, run_evaluation, save_evaluation
 from ehealthlab.settings import Settings
 from ehealthlab.stack.local import settings_with_stack
 from ehealthlab.store.db import connect
 
-FORMATS = ("json", "csv")
+FORMATS = ("json", "csv", "html")
 
 
 def _day(text: str) -> date:
@@ -44,19 +48,34 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                         help="first day after the period")  # fmt: skip
     parser.add_argument("--by", choices=GROUPINGS, default="all", metavar="GROUP",
                         help=f"one of {', '.join(GROUPINGS)} (default all)")  # fmt: skip
-    parser.add_argument("--format", choices=FORMATS, default="json")
+    parser.add_argument("--format", choices=FORMATS, default="json",
+                        help="json or csv (every value, for the operator), or html (the "
+                        "pilot report for people: all groupings, small groups suppressed; "
+                        "--by does not apply)")  # fmt: skip
     parser.add_argument("--population", choices=POPULATIONS, default="real",
                         help="real (default) or simulated; they never mix")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, metavar="FILE",
                         help="write here instead of standard output")  # fmt: skip
     parser.add_argument("--save", action="store_true",
-                        help="also keep it in the store (MeasureReports, dashboards)")  # fmt: skip
+                        help="also keep it in the store (MeasureReports, dashboards); "
+                        "json and csv only")  # fmt: skip
     parser.set_defaults(handler=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     period = check_request(args.start, args.end, args.by, args.population)
+    if args.format == "html" and args.save:
+        raise InvalidInputError(
+            "--save keeps a json or csv evaluation; the html report is not saved"
+        )
     settings = settings_with_stack(settings)
+    if args.format == "html":
+        # matplotlib loads only for the report, not on every command line
+        from ehealthlab.evaluation.report import build_report  # noqa: PLC0415
+
+        with connect(settings) as conn:
+            data = fetch_dataset(conn, period, args.population)
+        return _write(build_report(data, settings), args.out)
     with connect(settings) as conn:
         document = run_evaluation(conn, settings, period, args.by, args.population)
         if args.save:
@@ -67,12 +86,16 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         if args.format == "json"
         else to_csv(document)
     )
-    if args.out is None:
+    return _write(text, args.out)
+
+
+def _write(text: str, out: Path | None) -> int:
+    if out is None:
         sys.stdout.write(text)
         return 0
     try:
-        args.out.write_text(text, encoding="utf-8")
+        out.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise InvalidInputError(f"cannot write {args.out}: {exc.strerror or exc}") from None
-    print(f"wrote {args.out}", file=sys.stderr)
+        raise InvalidInputError(f"cannot write {out}: {exc.strerror or exc}") from None
+    print(f"wrote {out}", file=sys.stderr)
     return 0
