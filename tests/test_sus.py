@@ -27,7 +27,7 @@ from test_gateway_api import bearer
 
 from ehealthlab.cli import OneLineParser
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.evaluation import sus_command
+from ehealthlab.evaluation import sus_command, sus_store
 from ehealthlab.evaluation.sus import STATEMENTS, SusFileError, parse_csv, sus_score
 from ehealthlab.fhir.questionnaires.intake import IntakeError, read_submission
 from ehealthlab.fhir.questionnaires.sus import SUS_URL
@@ -624,3 +624,29 @@ def test_the_capability_statement_declares_sus(client):
         "questionnaire",
     }
     assert [i["code"] for i in resources["Questionnaire"]["interaction"]] == ["read"]
+
+
+def test_both_store_forms_keep_responses_all_or_nothing(store_url):
+    """Migration 0018 is one file for both physical forms; the import works on each."""
+    with psycopg.connect(store_url) as conn:
+        provider = conn.execute(
+            "INSERT INTO organisations (kind, name, simulated) VALUES ('provider', 'p', true)"
+            " RETURNING id"
+        ).fetchone()[0]
+        patient = conn.execute(
+            "INSERT INTO patients (organisation_id, identifier_hash, label)"
+            " VALUES (%s, 'x', 'P') RETURNING id",
+            (provider,),
+        ).fetchone()[0]
+        conn.commit()
+        text = (
+            f"{HEADER}\n2026-01-02,patient,{patient},001272,{NEUTRAL}\n"
+            f"2026-01-02,carer,,001003,{NEUTRAL}\n"
+        )
+        report = sus_store.import_responses(conn, parse_csv(text))
+        assert (report.real, report.simulated) == (1, 1)
+        bad = f"{HEADER}\n2026-01-03,carer,,001003,{NEUTRAL}\n2026-01-03,carer,,999999,{NEUTRAL}\n"
+        with pytest.raises(SusFileError, match="line 3, municipality"):
+            sus_store.import_responses(conn, parse_csv(bad))
+        rows = conn.execute("SELECT answered_on, simulated FROM sus_responses ORDER BY simulated")
+        assert rows.fetchall() == [(date(2026, 1, 2), False), (date(2026, 1, 2), True)]

@@ -58,6 +58,7 @@ BULK_EXPORT = Operation(
 SUS_QUESTIONNAIRE = OtherResource("Questionnaire", interactions=("read",))
 GROUP_EXPORT = OtherResource(
     "Group",
+    interactions=("read",),
     operations=(
         Operation(
             "export",
@@ -97,6 +98,8 @@ _PROFILES = {
     "Organization": "http://hl7.org/fhir/StructureDefinition/Organization",
     "AuditEvent": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
     "QuestionnaireResponse": "http://hl7.org/fhir/StructureDefinition/QuestionnaireResponse",
+    "Measure": "http://hl7.org/fhir/StructureDefinition/Measure",
+    "MeasureReport": "http://hl7.org/fhir/StructureDefinition/MeasureReport",
 }
 _SUPPORTED_PROFILES = {
     "Observation": [VITAL_SIGNS_PROFILE, *VITAL_SIGN_PROFILES.values()],
@@ -115,6 +118,15 @@ _RESOURCE_DOCUMENTATION = {
     "Questionnaire (GET Questionnaire/sus). Created (POST) by a provider about its own "
     "patients, or by the operator; read by the provider of the patient and the operator. "
     "Responses imported without a patient have a Location (municipality) as subject.",
+    "Measure": "The pilot's indicators (indicators.md v1.1), one Measure each, and the "
+    "composite pilot-indicators whose groups are the indicators. Every token.",
+    "MeasureReport": "One summary report per group and period of the current evaluations, "
+    "for Measure pilot-indicators: a group per indicator, means with their 95% interval "
+    "(quantity-confidenceInterval), the population in meta.tag. A group with fewer patients "
+    "than the evaluation's min_group_patients shows only that band (< 5); its other scores "
+    "are data-absent-reason masked. Published figures: every token. Subjects: Location (a "
+    "municipality) or Group/[id] (read: all, snai-class-X, area-inner|centre, "
+    "startup-[id], device-type-[type], mini-pilot-[id]).",
 }
 
 _HANDLING = (

@@ -175,3 +175,38 @@ class SusResponseRecord(NamedTuple):
     simulated: bool
     #: who posted it through FHIR; None for an imported response
     organisation_id: UUID | None
+
+
+class MeasureReportRecord(NamedTuple):
+    """One group of a current evaluation (migration 0017), as one MeasureReport: the SELECT
+    is search/measure_reports.py's (current evaluations, each group a row).
+
+    `figures` is the group's object of the evaluation's document (indicator id → a number,
+    null, or {"value", "ci95"}), `min_group_patients` the document's threshold.
+    """
+
+    id: UUID
+    population: str
+    grouping: str
+    period_from: date
+    #: the day after the period (periods are [from, to))
+    period_to: date
+    computed_at: datetime
+    group_key: str
+    #: Location/{ISTAT code} or Group/{id}
+    subject: str
+    figures: dict[str, object] | None
+    min_group_patients: int
+    #: the group's label in the document (a municipality's name), if any
+    label: str | None
+
+
+class GroupRecord(NamedTuple):
+    """A group the evaluation computes indicators for, as a FHIR Group: its id
+    (measures/groups.py), grouping, key and name (looked up for start-ups, mini-pilots and
+    SNAI classes)."""
+
+    id: str
+    grouping: str
+    key: str
+    name: str

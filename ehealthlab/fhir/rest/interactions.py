@@ -29,6 +29,8 @@ from ehealthlab.fhir.capability import capability_statement
 from ehealthlab.fhir.mapping import fast
 from ehealthlab.fhir.mapping.ids import parse_observation_id
 from ehealthlab.fhir.mapping.rows import PatientRecord, SusResponseRecord
+from ehealthlab.fhir.measures.groups import group_json
+from ehealthlab.fhir.measures.reports import measure_report_json
 from ehealthlab.fhir.outcome import FhirResponse
 from ehealthlab.fhir.questionnaires.sus import questionnaire_response_json
 from ehealthlab.fhir.rest.runtime import FhirResources, resources_of, run_all, run_one
@@ -66,7 +68,11 @@ _TO_JSON: dict[str, Callable[[Any], Json]] = {
     "Organization": fast.organization_json,
     "AuditEvent": audit.audit_event_json,
     "QuestionnaireResponse": questionnaire_response_json,
-    "Questionnaire": lambda resource: resource,  # published.read answers it built
+    # published.read answers the JSON of these: it is the code's
+    "Questionnaire": lambda resource: resource,
+    "Measure": lambda resource: resource,
+    "MeasureReport": measure_report_json,
+    "Group": group_json,
 }
 
 

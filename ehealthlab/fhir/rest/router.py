@@ -33,9 +33,11 @@ RESOURCE_TYPES = (
     "Organization",
     "AuditEvent",
     "QuestionnaireResponse",
+    "Measure",
+    "MeasureReport",
 )
-#: the resource types only read here (the SUS Questionnaire)
-READ_ONLY_TYPES = ("Questionnaire",)
+#: the resource types only read here (the SUS Questionnaire, the Groups of MeasureReports)
+READ_ONLY_TYPES = ("Questionnaire", "Group")
 
 
 class _FhirIdConvertor(Convertor[str]):

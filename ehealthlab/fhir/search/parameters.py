@@ -18,8 +18,10 @@ from ehealthlab.fhir.mapping.codes import (
     DEVICE_ID_SYSTEM,
     ISTAT_MUNICIPALITY_SYSTEM,
     PATIENT_PSEUDONYM_SYSTEM,
+    POPULATION_SYSTEM,
     URI_SYSTEM,
 )
+from ehealthlab.fhir.measures.definitions import COMPOSITE_URL, MEASURE_URLS
 from ehealthlab.fhir.questionnaires.sus import SUS_ID, SUS_URL
 from ehealthlab.fhir.search.values import (
     CATEGORIES,
@@ -27,6 +29,7 @@ from ehealthlab.fhir.search.values import (
     MAIN_CODES,
     Parser,
     canonical,
+    canonical_url,
     coded,
     date_range,
     device_status,
@@ -45,7 +48,7 @@ from ehealthlab.fhir.search.values import (
     uuid_reference,
 )
 
-ParamType = Literal["token", "reference", "date", "string", "number"]
+ParamType = Literal["token", "reference", "date", "string", "number", "uri"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +333,58 @@ PARAMETERS: Mapping[str, tuple[SearchParameter, ...]] = MappingProxyType(
                 canonical(SUS_URL),
             ),
         ),
+        "Measure": (
+            SearchParameter(
+                "_id",
+                "token",
+                _spec("Resource-id"),
+                "pilot-indicators, or an indicator's id with - for _ (e.g. loss-rate)",
+                text_id,
+            ),
+            SearchParameter(
+                "url",
+                "uri",
+                _spec("Measure-url"),
+                "the canonical URL ([url][|version]; Measure/[id] for this server's)",
+                canonical_url,
+            ),
+        ),
+        "MeasureReport": (
+            SearchParameter("_id", "token", _spec("Resource-id"), _ID_DOC, uuid_id),
+            SearchParameter(
+                "measure",
+                "reference",
+                _spec("MeasureReport-measure"),
+                f"{COMPOSITE_URL} (every report), or an indicator's Measure: every report "
+                "has a group for each indicator",
+                canonical(*MEASURE_URLS),
+            ),
+            SearchParameter(
+                "subject",
+                "reference",
+                _spec("MeasureReport-subject"),
+                "Location/[ISTAT code] of a municipality, or Group/[id] (all, snai-class-A, "
+                "area-inner, startup-[id], device-type-[type], mini-pilot-[id])",
+                typed_reference("Location", "Group"),
+                frozenset({"Location", "Group"}),
+            ),
+            SearchParameter(
+                "period",
+                "date",
+                _spec("MeasureReport-period"),
+                "the period's days (Europe/Rome) against the value's range: eq when the "
+                "value contains the period (period=2026-01 finds January's); ge, le, gt, lt, "
+                "sa, eb as FHIR defines them for periods",
+                date_range,
+            ),
+            SearchParameter(
+                "_tag",
+                "token",
+                _spec("Resource-tag"),
+                f"the population: {POPULATION_SYSTEM}|real or |simulated",
+                fixed_token(POPULATION_SYSTEM, ("real", "simulated")),
+            ),
+        ),
     }
 )
 
@@ -343,5 +398,7 @@ SORTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "Location": ("_id",),
         "Organization": ("_id",),
         "QuestionnaireResponse": ("_id",),
+        "Measure": ("_id",),
+        "MeasureReport": ("_id",),
     }
 )

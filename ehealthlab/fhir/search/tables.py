@@ -1,5 +1,6 @@
 """The SQL of the resources kept in one table each, sorted by id: Patient, Device, Location,
-Organization and QuestionnaireResponse (and AuditEvent, audit_events.py). Reads by id,
+Organization and QuestionnaireResponse (and AuditEvent, audit_events.py, and MeasureReport,
+measure_reports.py, one row per group of an evaluation). Reads by id,
 searches confined to the caller's tenant, totals.
 
 Each type is a Table (sql.py): its SELECT, its sort key, its record (mapping/rows.py), the
@@ -24,6 +25,7 @@ from ehealthlab.fhir.mapping.rows import (
 from ehealthlab.fhir.search.audit_events import AUDIT_EVENTS
 from ehealthlab.fhir.search.criteria import Clause, OrganisationTypeMatch, SearchParameterError
 from ehealthlab.fhir.search.cursors import Cursor, CursorKey
+from ehealthlab.fhir.search.measure_reports import MEASURE_REPORTS
 from ehealthlab.fhir.search.sql import (
     TOTAL_CAP,
     Page,
@@ -234,6 +236,7 @@ _TABLES: dict[str, Table] = {
         _organisation_clause,
     ),
     "AuditEvent": AUDIT_EVENTS,
+    "MeasureReport": MEASURE_REPORTS,
     "QuestionnaireResponse": Table(
         SUS_RESPONSES_SELECT,
         ("q.id",),
@@ -253,6 +256,7 @@ _ID_COLUMNS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Organization": ("o.id", UUID),
     "AuditEvent": ("a.id", UUID),
     "QuestionnaireResponse": ("q.id", UUID),
+    "MeasureReport": ("r.id", UUID),
 }
 
 

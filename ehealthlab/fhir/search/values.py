@@ -163,6 +163,16 @@ def canonical(*urls: str) -> Parser:
     return parse
 
 
+def canonical_url(value: str, modifier: str | None, ctx: Context) -> str:
+    """A canonical URL, its `|version` dropped; `Type/id` stands for this server's."""
+    url = value.split("|", 1)[0]
+    if not url:
+        raise ValueError("a canonical URL is url[|version]")
+    if "://" not in url and "/" in url:
+        url = f"{FHIR_BASE}/{url}"
+    return url
+
+
 def _fhir_id(value: str) -> str:
     if not _FHIR_ID.fullmatch(value):
         raise ValueError(f"{value!r} is not a FHIR id ([A-Za-z0-9-.], 1 to 64 characters)")
