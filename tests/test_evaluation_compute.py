@@ -13,6 +13,7 @@ from ehealthlab.evaluation.bootstrap import mean_ci95, seed_for
 from ehealthlab.evaluation.compare import difference
 from ehealthlab.evaluation.compute import GroupResult, evaluate
 from ehealthlab.evaluation.dataset import (
+    NO_SEQ,
     Alerts,
     Dataset,
     DayCounts,
@@ -294,3 +295,44 @@ def test_a_patient_in_two_mini_pilots_counts_in_both_with_the_days_of_each():
     assert (a["alerts"], b["alerts"]) == (1, 2)  # day 1 is in both
     # seqs: A sees 1-3 (none lost); B sees 3 and 5-7: taken 7 - 3 + 1 = 5, arrived 4
     assert a["loss_rate"] == 0.0 and b["loss_rate"] == pytest.approx(1 / 5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(-1, 6),
+                  st.integers(0, 2), st.booleans()),
+        max_size=40,
+    )
+)  # fmt: skip
+def test_day_counts_agree_with_counting_by_hand(rows):
+    """Against a plain Python count; the last flag pushes a seq 2^58 above the
+    enrolment's lowest, which takes the unpacked path."""
+    enrolment = np.array([r[0] for r in rows], dtype=np.int64)
+    day = np.array([r[1] for r in rows], dtype=np.int64)
+    seq = np.array([r[2] + (2**58 if r[4] and r[2] >= 0 else 0) for r in rows], dtype=np.int64)
+    kind = np.array([r[3] for r in rows], dtype=np.int64)
+    counts = day_counts_of(enrolment, day, seq, kind, enrolments=4, days=5)
+    earliest: dict[tuple[int, int], int] = {}
+    for e, d, q in zip(enrolment.tolist(), day.tolist(), seq.tolist(), strict=True):
+        if q >= 0:
+            earliest[(e, q)] = min(d, earliest.get((e, q), d))
+    expected = {}
+    for e, d in {(int(e), int(d)) for e, d in zip(enrolment, day, strict=True)}:
+        table = zip(enrolment.tolist(), day.tolist(), seq.tolist(), kind.tolist(), strict=True)
+        here = [(q, k) for ee, dd, q, k in table if (ee, dd) == (e, d)]
+        seqs = [q for q, _ in here if q >= 0]
+        expected[(e, d)] = (
+            min(seqs, default=NO_SEQ), max(seqs, default=-1),
+            sum(1 for (ee, _), dd in earliest.items() if (ee, dd) == (e, d)),
+            sum(k == 1 for _, k in here), sum(k == 2 for _, k in here),
+        )  # fmt: skip
+    got = {
+        (e, d): (lo, hi, n, dup, rej)
+        for e, d, lo, hi, n, dup, rej in zip(
+            counts.enrolment.tolist(), counts.day.tolist(), counts.min_seq.tolist(),
+            counts.max_seq.tolist(), counts.distinct_seqs.tolist(), counts.duplicates.tolist(),
+            counts.rejected.tolist(), strict=True,
+        )
+    }  # fmt: skip
+    assert got == expected

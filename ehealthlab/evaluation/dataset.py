@@ -130,14 +130,14 @@ def day_counts_of(
 ) -> DayCounts:
     """DayCounts from every row seen: `kind` 0 accepted, 1 duplicate, 2 rejected; `seq` -1
     when a rejected row had none. A seq seen more than once (a duplicate of an accepted
-    reading, a rejected resend) arrives once, on the day it was first seen in this order."""
+    reading, a rejected resend) arrives once, on the earliest day it was seen."""
     cell = enrolment * days + day
     cells = enrolments * days
     has_seq = seq >= 0
-    key = enrolment[has_seq] * (1 << 42) + seq[has_seq]
-    _, first = np.unique(key, return_index=True)
-    distinct_cells = cell[has_seq][first]
-    distinct = np.bincount(distinct_cells, minlength=cells)
+    distinct = np.bincount(
+        _first_sightings(enrolment[has_seq], seq[has_seq], day[has_seq], enrolments, days),
+        minlength=cells,
+    )
     lowest = np.full(cells, NO_SEQ, dtype=np.int64)
     highest = np.full(cells, -1, dtype=np.int64)
     np.minimum.at(lowest, cell[has_seq], seq[has_seq])
@@ -154,6 +154,37 @@ def day_counts_of(
         duplicates=duplicates[occupied].astype(np.int64),
         rejected=rejected[occupied].astype(np.int64),
     )
+
+
+def _first_sightings(
+    enrolment: IntArray, seq: IntArray, day: IntArray, enrolments: int, days: int
+) -> IntArray:
+    """The (enrolment, day) cell of each distinct (enrolment, seq), at its earliest day.
+
+    One plain sort of packed integers — enrolment, seq relative to the enrolment's lowest,
+    day, from high bits to low — does it: equal (enrolment, seq) sit together, earliest day
+    first. A sort of 20 million int64 takes a second; np.unique's stable argsort took six.
+    Seq ranges too wide to pack (a device counting past 2^40 within one enrolment) take the
+    slower lexicographic sort."""
+    if seq.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    day_bits = max(int(days).bit_length(), 1)
+    enrolment_bits = max(int(enrolments).bit_length(), 1)
+    lowest = np.full(enrolments, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(lowest, enrolment, seq)
+    relative = seq - lowest[enrolment]
+    seq_bits = 63 - day_bits - enrolment_bits
+    if seq_bits > 0 and int(relative.max()) < (1 << seq_bits):
+        packed = np.sort((enrolment << (seq_bits + day_bits)) | (relative << day_bits) | day)
+        owner = packed >> day_bits
+        first = np.r_[True, owner[1:] != owner[:-1]]
+        chosen = packed[first]
+        return (chosen >> (seq_bits + day_bits)) * days + (chosen & ((1 << day_bits) - 1))
+    order = np.lexsort((day, seq, enrolment))
+    e, q = enrolment[order], seq[order]
+    first = np.r_[True, (e[1:] != e[:-1]) | (q[1:] != q[:-1])]
+    result: IntArray = e[first] * days + day[order][first]
+    return result
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,13 @@ _ENROLMENTS = """
     SELECT (row_number() OVER (ORDER BY e.id) - 1)::int4 AS idx, e.id, e.patient_id,
            e.device_id, e.municipality, e.start_date, e.end_date, e.care_plan,
            greatest(e.start_date, %(first)s::date) AS first_date,
-           least(coalesce(e.end_date, %(last)s::date), %(last)s::date) AS last_date
+           least(coalesce(e.end_date, %(last)s::date), %(last)s::date) AS last_date,
+           -- the same days as instants (local midnights, as ehl_pilot_day counts them), so
+           -- that millions of readings are attributed by comparing timestamps
+           greatest(e.start_date, %(first)s::date)::timestamp AT TIME ZONE 'Europe/Rome'
+               AS from_ts,
+           (least(coalesce(e.end_date, %(last)s::date), %(last)s::date) + 1)::timestamp
+               AT TIME ZONE 'Europe/Rome' AS until_ts
     FROM enrolments e
     JOIN patients p ON p.id = e.patient_id
     JOIN organisations provider ON provider.id = p.organisation_id
@@ -66,20 +72,16 @@ _ENROLMENT_ROWS = f"""
 
 _ATTRIBUTED = """
     JOIN e ON e.device_id = {alias}.device_id
-          AND ehl_pilot_day({alias}.measured_at) BETWEEN e.first_date AND e.last_date
+          AND {alias}.measured_at >= e.from_ts AND {alias}.measured_at < e.until_ts
 """
 
 _READINGS = f"""
     COPY (
         WITH e AS ({_ENROLMENTS})
-        SELECT e.idx,
-               (array_position(%(metrics)s::text[], r.metric) - 1)::int2,
-               (ehl_pilot_day(r.measured_at) - %(first)s::date)::int4,
-               extract(epoch FROM r.received_at - r.measured_at)::float8,
-               r.clock_corrected, r.seq
+        SELECT e.idx, (m.k - 1)::int2, r.measured_at, r.received_at, r.clock_corrected, r.seq
         FROM readings r {_ATTRIBUTED.format(alias="r")}
+        JOIN unnest(%(metrics)s::text[]) WITH ORDINALITY AS m (metric, k) ON m.metric = r.metric
         WHERE r.measured_at >= %(start)s AND r.measured_at < %(end)s
-          AND r.metric = ANY(%(metrics)s::text[])
     ) TO STDOUT (FORMAT BINARY)
 """  # noqa: S608 - composed of constants; values are bound parameters
 
@@ -137,11 +139,13 @@ _MUNICIPALITIES = """
     SELECT istat_code, name, population, snai_class FROM municipalities ORDER BY istat_code
 """
 
-# one reading of the binary COPY: per field its length, then its big-endian value
+# one reading of the binary COPY: per field its length, then its big-endian value (a
+# timestamptz is microseconds since 2000-01-01 UTC); days and latencies are worked out in
+# numpy, not per row in SQL
 _READING_RECORD = np.dtype(
     [("fields", ">i2"),
      ("l1", ">i4"), ("enrolment", ">i4"), ("l2", ">i4"), ("metric", ">i2"),
-     ("l3", ">i4"), ("day", ">i4"), ("l4", ">i4"), ("latency_s", ">f8"),
+     ("l3", ">i4"), ("measured_us", ">i8"), ("l4", ">i4"), ("received_us", ">i8"),
      ("l5", ">i4"), ("clock_corrected", "?"), ("l6", ">i4"), ("seq", ">i8")]
 )  # fmt: skip
 _FIELDS = 6
@@ -217,7 +221,7 @@ def _read(
         score=np.array([s for *_, s in sus_rows], dtype=np.float64),
     )  # fmt: skip
     alerts = conn.execute(_ALERTS, params).fetchall()
-    readings, seqs = _readings(conn, params)
+    readings, seqs = _readings(conn, params, period)
     others = conn.execute(_OTHER_SEQS, params).fetchall()
     other = [np.array(c, dtype=np.int64) for c in zip(*others, strict=True)] if others else [
         np.zeros(0, np.int64)] * 4  # fmt: skip
@@ -271,22 +275,44 @@ def _plan(care_plan: Any) -> dict[str, int]:
 
 
 #: each column of the readings kept in the narrowest type that holds it: 24 bytes a reading
-_READING_COLUMNS = {
-    "enrolment": np.int32, "metric": np.int8, "day": np.int16, "latency_s": np.float64,
-    "clock_corrected": np.bool_, "seq": np.int64,
-}  # fmt: skip
+_POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+#: the types of the readings' columns, as the Dataset keeps them
+_EMPTY = {"enrolment": np.int32, "metric": np.int8, "day": np.int16, "latency_s": np.float64,
+          "clock_corrected": np.bool_, "seq": np.int64}  # fmt: skip
 
 
-def _readings(conn: Connection, params: dict[str, Any]) -> tuple[Readings, npt.NDArray[np.int64]]:
+def _microseconds(moment: datetime) -> int:
+    """A moment as PostgreSQL's binary timestamptz counts it."""
+    return (moment - _POSTGRES_EPOCH) // timedelta(microseconds=1)
+
+
+def _readings(
+    conn: Connection, params: dict[str, Any], period: Period
+) -> tuple[Readings, npt.NDArray[np.int64]]:
     """The accepted readings, and their seqs (for the day counts only). Each chunk of the
-    COPY is narrowed into its columns at once, so the wide records never pile up."""
-    columns: dict[str, list[npt.NDArray[Any]]] = {name: [] for name in _READING_COLUMNS}
+    COPY is narrowed into its columns at once, so the wide records never pile up; the pilot
+    day of each reading is found among the period's local midnights (23- and 25-hour days
+    included), its latency from the two instants."""
+    midnights = np.array(
+        [_microseconds(day_start(period.start + timedelta(days=d)))
+         for d in range(period.days + 1)], dtype=np.int64,
+    )  # fmt: skip
+    columns: dict[str, list[npt.NDArray[Any]]] = {
+        name: [] for name in ("enrolment", "metric", "day", "latency_s", "clock_corrected", "seq")
+    }
     with conn.cursor() as cursor, cursor.copy(_READINGS, params) as copy:
         for records in _records(copy, _READING_RECORD):
-            for name, kind in _READING_COLUMNS.items():
-                columns[name].append(records[name].astype(kind))
+            measured = records["measured_us"]
+            columns["enrolment"].append(records["enrolment"].astype(np.int32))
+            columns["metric"].append(records["metric"].astype(np.int8))
+            columns["day"].append(
+                (np.searchsorted(midnights, measured, side="right") - 1).astype(np.int16)
+            )
+            columns["latency_s"].append((records["received_us"] - measured) / 1e6)
+            columns["clock_corrected"].append(records["clock_corrected"].astype(np.bool_))
+            columns["seq"].append(records["seq"].astype(np.int64))
     whole = {
-        name: np.concatenate(parts) if parts else np.zeros(0, dtype=_READING_COLUMNS[name])
+        name: np.concatenate(parts) if parts else np.zeros(0, dtype=_EMPTY[name])
         for name, parts in columns.items()
     }
     readings = Readings(
