@@ -264,14 +264,6 @@ def test_the_command_writes_the_report(as_environment, monkeypatch, tmp_path, ca
         assert printed.row(indicator.title) == simulated.row(indicator.title)
 
 
-def test_the_report_is_not_saved(as_environment, capsys):
-    argv = ["evaluate", "--from", "2026-03-01", "--to", "2026-03-05", "--format", "html",
-            "--save"]  # fmt: skip
-    assert cli.main(argv) == 2
-    error = capsys.readouterr().err.strip()
-    assert "the html report is not saved" in error and len(error.splitlines()) == 1
-
-
 def test_mean_values_carry_their_interval_in_the_page(pilot, pilot_html):
     value = evaluate(pilot, "area", seed=Settings().evaluation_seed).all.values["adherence"]
     assert isinstance(value, Mean) and value.ci95 is not None

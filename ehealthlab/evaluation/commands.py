@@ -1,17 +1,15 @@
 """`ehealthlab evaluate`: the pilot's indicators for one period, grouping and population.
 
-JSON and CSV are the operator's (every value); `--save` also keeps the evaluation in the
-store, where the FHIR MeasureReports and the pilot dashboard publish it from. HTML is the
-pilot report for people (docs/report.md): every grouping it shows is computed from one
-snapshot, small groups suppressed, so it ignores `--by`; it goes to `--out` or standard
-output like the others, and is never saved.
+JSON and CSV are the operator's (every value). HTML is the pilot report for people
+(docs/report.md): every grouping it shows is computed from one snapshot, small groups
+suppressed, so it ignores `--by`. Nothing is written to the store: `publish-evaluation`
+keeps evaluations for the MeasureReports and the pilot dashboard.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +19,13 @@ from ehealthlab.errors import InvalidInputError
 from ehealthlab.evaluation.dataset import GROUPINGS, POPULATIONS
 from ehealthlab.evaluation.fetch import fetch_dataset
 from ehealthlab.evaluation.output import to_csv
-from ehealthlab.evaluation.service import check_request, run_evaluation, save_evaluation
+from ehealthlab.evaluation.publish import parse_day
+from ehealthlab.evaluation.service import check_request, run_evaluation
 from ehealthlab.settings import Settings
 from ehealthlab.stack.local import settings_with_stack
 from ehealthlab.store.db import connect
 
 FORMATS = ("json", "csv", "html")
-
-
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -43,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="The indicators of docs/indicators.md over [--from, --to) in days of "
         "Europe/Rome, for all patients and per group of --by, for one population.",
     )
-    parser.add_argument("--from", dest="start", type=_day, required=True, metavar="DATE")
-    parser.add_argument("--to", dest="end", type=_day, required=True, metavar="DATE",
+    parser.add_argument("--from", dest="start", type=parse_day, required=True, metavar="DATE")
+    parser.add_argument("--to", dest="end", type=parse_day, required=True, metavar="DATE",
                         help="first day after the period")  # fmt: skip
     parser.add_argument("--by", choices=GROUPINGS, default="all", metavar="GROUP",
                         help=f"one of {', '.join(GROUPINGS)} (default all)")  # fmt: skip
@@ -56,18 +48,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                         help="real (default) or simulated; they never mix")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, metavar="FILE",
                         help="write here instead of standard output")  # fmt: skip
-    parser.add_argument("--save", action="store_true",
-                        help="also keep it in the store (MeasureReports, dashboards); "
-                        "json and csv only")  # fmt: skip
     parser.set_defaults(handler=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     period = check_request(args.start, args.end, args.by, args.population)
-    if args.format == "html" and args.save:
-        raise InvalidInputError(
-            "--save keeps a json or csv evaluation; the html report is not saved"
-        )
     settings = settings_with_stack(settings)
     if args.format == "html":
         # matplotlib loads only for the report, not on every command line
@@ -78,9 +63,6 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         return _write(build_report(data, settings), args.out)
     with connect(settings) as conn:
         document = run_evaluation(conn, settings, period, args.by, args.population)
-        if args.save:
-            with conn.transaction():
-                save_evaluation(conn, document)
     text = (
         orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
         if args.format == "json"

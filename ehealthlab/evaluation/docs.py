@@ -31,12 +31,15 @@ FHIR `Measure` and this page come from that one declaration.
 ```sh
 ehealthlab evaluate --from 2026-03-01 --to 2026-04-01 --by municipality            # JSON
 ehealthlab evaluate --from 2026-03-01 --to 2026-04-01 --by area --format csv --out a.csv
-ehealthlab evaluate --from 2026-03-01 --to 2026-04-01 --population simulated --save
+ehealthlab evaluate --from 2026-03-01 --to 2026-04-01 --format html --out report.html
+ehealthlab publish-evaluation --from 2026-03-01 --to 2026-04-01 --population simulated
 ```
 
 or `GET /api/v1/evaluation?from=2026-03-01&to=2026-04-01&by=municipality` with the
-operator's token. Groupings: {", ".join(f"`{g}`" for g in GROUPINGS)}. `--save` keeps the
-result in the store, where the FHIR `MeasureReport`s and the pilot dashboard publish it from.
+operator's token. Groupings: {", ".join(f"`{g}`" for g in GROUPINGS)}. `evaluate` only
+reads; `publish-evaluation` computes every grouping from one snapshot and keeps the results
+in the store, where the FHIR `MeasureReport`s and the pilot dashboard publish them from. The
+HTML report for people is described in `docs/report.md`.
 
 ## How the numbers are made
 
