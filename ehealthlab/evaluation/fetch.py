@@ -15,8 +15,7 @@ population are read: a patient of a simulated provider, or a simulated device, i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,7 @@ from ehealthlab.evaluation.dataset import (
     SusResponses,
     day_counts_of,
 )
+from ehealthlab.store.binary_copy import POSTGRES_EPOCH, copy_records
 from ehealthlab.store.db import Connection
 
 # the enrolments of the population that touch the period, numbered in a stable order; every
@@ -149,8 +149,6 @@ _READING_RECORD = np.dtype(
      ("l5", ">i4"), ("clock_corrected", "?"), ("l6", ">i4"), ("seq", ">i8")]
 )  # fmt: skip
 _FIELDS = 6
-_COPY_HEADER = 19  # signature (11), flags (4), header extension length (4, always 0 here)
-_CHUNK = 8 << 20
 
 
 def fetch_dataset(conn: Connection, period: Period, population: str) -> Dataset:
@@ -275,7 +273,6 @@ def _plan(care_plan: Any) -> dict[str, int]:
 
 
 #: each column of the readings kept in the narrowest type that holds it: 24 bytes a reading
-_POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 #: the types of the readings' columns, as the Dataset keeps them
 _EMPTY = {"enrolment": np.int32, "metric": np.int8, "day": np.int16, "latency_s": np.float64,
           "clock_corrected": np.bool_, "seq": np.int64}  # fmt: skip
@@ -283,7 +280,7 @@ _EMPTY = {"enrolment": np.int32, "metric": np.int8, "day": np.int16, "latency_s"
 
 def _microseconds(moment: datetime) -> int:
     """A moment as PostgreSQL's binary timestamptz counts it."""
-    return (moment - _POSTGRES_EPOCH) // timedelta(microseconds=1)
+    return (moment - POSTGRES_EPOCH) // timedelta(microseconds=1)
 
 
 def _readings(
@@ -301,7 +298,7 @@ def _readings(
         name: [] for name in ("enrolment", "metric", "day", "latency_s", "clock_corrected", "seq")
     }
     with conn.cursor() as cursor, cursor.copy(_READINGS, params) as copy:
-        for records in _records(copy, _READING_RECORD):
+        for records in copy_records(copy, _READING_RECORD, _FIELDS):
             measured = records["measured_us"]
             columns["enrolment"].append(records["enrolment"].astype(np.int32))
             columns["metric"].append(records["metric"].astype(np.int8))
@@ -323,36 +320,6 @@ def _readings(
         clock_corrected=whole["clock_corrected"],
     )
     return readings, whole["seq"]
-
-
-def _records(chunks: Iterable[Any], record: np.dtype[Any]) -> Iterable[npt.NDArray[Any]]:
-    """The binary COPY's rows as native-endian record arrays, a chunk at a time.
-
-    Every field is fixed-width and never NULL, so a row is `record.itemsize` bytes; the
-    header is skipped and the trailer (a field count of -1) dropped."""
-    pending = bytearray()
-    header_left = _COPY_HEADER
-    for chunk in chunks:
-        pending += chunk
-        if header_left:
-            skip = min(header_left, len(pending))
-            del pending[:skip]
-            header_left -= skip
-        if len(pending) >= _CHUNK:
-            whole = len(pending) // record.itemsize * record.itemsize
-            yield _native(pending[:whole], record)
-            del pending[:whole]
-    if len(pending) >= 2:
-        del pending[-2:]  # the trailer
-    if pending:
-        yield _native(pending, record)
-
-
-def _native(buffer: bytearray, record: np.dtype[Any]) -> npt.NDArray[Any]:
-    rows = np.frombuffer(bytes(buffer), dtype=record)
-    if rows.size and not bool(np.all(rows["fields"] == _FIELDS)):
-        raise ValueError("unexpected row layout in the binary COPY of readings")
-    return rows.astype(record.newbyteorder("="))
 
 
 def _mini_pilots(conn: Connection, params: dict[str, Any]) -> tuple[MiniPilotScope, ...]:

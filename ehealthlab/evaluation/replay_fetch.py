@@ -10,7 +10,6 @@ megabytes at a time, so twenty million readings never become Python objects.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +26,7 @@ from ehealthlab.evaluation.replay import (
     StoredAlerts,
     enrolled_days,
 )
+from ehealthlab.store.binary_copy import POSTGRES_EPOCH, copy_records
 from ehealthlab.store.db import Connection
 
 # the population's patients, numbered from 0 in id order; every query of the snapshot joins
@@ -78,9 +78,7 @@ _RECORD = np.dtype(
      ("l3", ">i4"), ("value", ">f8"), ("l4", ">i4"), ("measured", ">i8")]
 )  # fmt: skip
 _FIELDS = 4
-_COPY_HEADER = 19  # signature (11), flags (4), header extension length (4, 0 here)
-_CHUNK = 8 << 20
-_POSTGRES_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix microseconds
+_POSTGRES_EPOCH_US = int(POSTGRES_EPOCH.timestamp()) * 1_000_000  # in Unix microseconds
 
 
 def fetch_replay_data(
@@ -167,7 +165,7 @@ def _readings(
     is about the arrays themselves (20 bytes a reading), not the COPY's records."""
     parts: list[list[tuple[npt.NDArray[Any], ...]]] = [[] for _ in metrics]
     with conn.cursor() as cursor, cursor.copy(_READINGS, params) as copy:
-        for records in _records(copy, _RECORD):
+        for records in copy_records(copy, _RECORD, _FIELDS):
             metric = records["metric"]
             for code in range(len(metrics)):
                 rows = records[metric == code]
@@ -189,33 +187,3 @@ def _readings(
             + _POSTGRES_EPOCH_US,
         )
     return found
-
-
-def _records(chunks: Iterable[Any], record: np.dtype[Any]) -> Iterator[npt.NDArray[Any]]:
-    """The binary COPY's rows as native-endian record arrays, a chunk at a time.
-
-    Every field is fixed-width and never NULL, so a row is `record.itemsize` bytes; the
-    header is skipped and the trailer (a field count of -1) dropped."""
-    pending = bytearray()
-    header_left = _COPY_HEADER
-    for chunk in chunks:
-        pending += chunk
-        if header_left:
-            skip = min(header_left, len(pending))
-            del pending[:skip]
-            header_left -= skip
-        if len(pending) >= _CHUNK:
-            whole = len(pending) // record.itemsize * record.itemsize
-            yield _native(pending[:whole], record)
-            del pending[:whole]
-    if len(pending) >= 2:
-        del pending[-2:]  # the trailer
-    if pending:
-        yield _native(pending, record)
-
-
-def _native(buffer: bytearray, record: np.dtype[Any]) -> npt.NDArray[Any]:
-    rows = np.frombuffer(bytes(buffer), dtype=record)
-    if rows.size and not bool(np.all(rows["fields"] == _FIELDS)):
-        raise ValueError("unexpected row layout in the binary COPY of readings")
-    return rows.astype(record.newbyteorder("="))
