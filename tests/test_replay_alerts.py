@@ -31,16 +31,14 @@ from ehealthlab.evaluation.replay import (
     Period,
     ReplayData,
     StoredAlerts,
-    build_plan,
     enrolled_days,
-    load_plan,
     pilot_days,
-    plan_of,
     replay,
     to_us,
 )
 from ehealthlab.evaluation.replay_command import register
 from ehealthlab.evaluation.replay_fetch import fetch_replay_data
+from ehealthlab.evaluation.replay_plan import build_plan, load_plan, plan_of
 from ehealthlab.ingest.alerts import (
     DEFAULT_RULES,
     AlertRules,

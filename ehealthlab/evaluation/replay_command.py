@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.evaluation.replay import BREAKDOWNS, POPULATIONS, Period, load_plan, plan_of, replay
+from ehealthlab.evaluation.replay import BREAKDOWNS, POPULATIONS, Period, replay
 from ehealthlab.evaluation.replay_fetch import fetch_replay_data
+from ehealthlab.evaluation.replay_plan import load_plan, plan_of
 from ehealthlab.evaluation.replay_report import FORMATS, render
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.settings import Settings

@@ -22,10 +22,10 @@ from ehealthlab.evaluation.replay import (
     MetricReadings,
     Period,
     ReplayData,
-    ReplayPlan,
     StoredAlerts,
     enrolled_days,
 )
+from ehealthlab.evaluation.replay_plan import ReplayPlan
 from ehealthlab.store.binary_copy import POSTGRES_EPOCH, copy_records
 from ehealthlab.store.db import Connection
 
