@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 
 from ehealthlab.errors import InvalidInputError
+from ehealthlab.evaluation.arguments import add_period
 from ehealthlab.evaluation.dataset import GROUPINGS, POPULATIONS
 from ehealthlab.evaluation.fetch import fetch_dataset
 from ehealthlab.evaluation.output import to_csv
-from ehealthlab.evaluation.publish import parse_day
 from ehealthlab.evaluation.service import check_request, run_evaluation
 from ehealthlab.settings import Settings
 from ehealthlab.stack.local import settings_with_stack
@@ -35,9 +35,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="The indicators of docs/indicators.md over [--from, --to) in days of "
         "Europe/Rome, for all patients and per group of --by, for one population.",
     )
-    parser.add_argument("--from", dest="start", type=parse_day, required=True, metavar="DATE")
-    parser.add_argument("--to", dest="end", type=parse_day, required=True, metavar="DATE",
-                        help="first day after the period")  # fmt: skip
+    add_period(parser)
     parser.add_argument("--by", choices=GROUPINGS, default="all", metavar="GROUP",
                         help=f"one of {', '.join(GROUPINGS)} (default all)")  # fmt: skip
     parser.add_argument("--format", choices=FORMATS, default="json",

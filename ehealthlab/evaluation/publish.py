@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from ehealthlab.evaluation.arguments import add_period
 from ehealthlab.evaluation.compute import evaluate
 from ehealthlab.evaluation.dataset import GROUPINGS, POPULATIONS, Period
 from ehealthlab.evaluation.fetch import fetch_dataset
@@ -47,14 +48,6 @@ def publish_evaluations(
     return saved
 
 
-def parse_day(text: str) -> date:
-    """A command line's date (YYYY-MM-DD), or argparse's one-line error."""
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-
-
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "publish-evaluation",
@@ -62,9 +55,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Evaluate [--from, --to) for every grouping in one snapshot and store the "
         "results; FHIR MeasureReports and the pilot dashboard show the latest.",
     )
-    parser.add_argument("--from", dest="start", type=parse_day, required=True, metavar="DATE")
-    parser.add_argument("--to", dest="end", type=parse_day, required=True, metavar="DATE",
-                        help="first day after the period")  # fmt: skip
+    add_period(parser)
     parser.add_argument("--population", choices=POPULATIONS, default="real")
     parser.set_defaults(handler=run_publish)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 from ehealthlab.errors import InvalidInputError
+from ehealthlab.evaluation.arguments import add_period
 from ehealthlab.evaluation.replay import BREAKDOWNS, POPULATIONS, Period, replay
 from ehealthlab.evaluation.replay_fetch import fetch_replay_data
 from ehealthlab.evaluation.replay_plan import load_plan, plan_of
@@ -18,13 +18,6 @@ from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.settings import Settings
 from ehealthlab.stack.local import settings_with_stack
 from ehealthlab.store.db import connect
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -38,10 +31,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "current rules, which the replay of the current settings must reproduce "
         "(docs/replay-alerts.md). Reads the store only.",
     )
-    parser.add_argument("--from", dest="start", type=_date, required=True, metavar="DATE")
-    parser.add_argument(
-        "--to", dest="end", type=_date, required=True, metavar="DATE", help="excluded"
-    )
+    add_period(parser)
     parser.add_argument(
         "--rules",
         type=Path,
