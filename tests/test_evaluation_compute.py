@@ -336,3 +336,11 @@ def test_day_counts_agree_with_counting_by_hand(rows):
         )
     }  # fmt: skip
     assert got == expected
+
+
+def test_the_interval_of_all_patients_is_the_same_whatever_the_grouping():
+    intervals = {
+        grouping: evaluate(worked_dataset(), grouping, seed=5).all.values["adherence"]
+        for grouping in ("all", "area", "municipality", "mini_pilot")
+    }
+    assert len(set(intervals.values())) == 1

@@ -307,7 +307,7 @@ class _GroupComputation:
             "patients": int(patients.size),
             "patient_days": int(enrolled_days.sum()),
             "population": self._population(patients),
-            "adherence": self._mean(adherence, key, "adherence"),
+            "adherence": self._mean(adherence, grouping, key, "adherence"),
             "adherent_patients": int((adherence >= ADHERENT_AT_LEAST).sum()),
             "completeness_met": int(np.minimum(counts, expected).sum()),
             "completeness_expected": int(expected.sum(dtype=np.int64)),
@@ -331,7 +331,7 @@ class _GroupComputation:
             c[name] = round(float(per_patient[name].sum()))
         c["alert_ack_p50_h"] = _percentile(self._ack_hours(rows, selected), 50)
         scores = self._sus(key, patients, grouping)
-        c["sus_mean"] = self._mean(scores, key, "sus_mean")
+        c["sus_mean"] = self._mean(scores, grouping, key, "sus_mean")
         c["sus_responses"] = int(scores.size)
         c["unparsable_messages"] = None if self.windowed else self._unparsable(key, grouping)
         if self.economics is not None:
@@ -339,10 +339,12 @@ class _GroupComputation:
         samples = {"adherence": adherence, "sus_mean": scores}
         return GroupResult(key, label, n, values_of(c), per_patient, samples)
 
-    def _mean(self, values: FloatArray, key: str, indicator: str) -> Mean | None:
+    def _mean(self, values: FloatArray, grouping: str, key: str, indicator: str) -> Mean | None:
+        """The mean with its interval, seeded by (grouping, group, indicator): the group
+        `all` has the same interval whatever grouping was asked for."""
         if values.size == 0:
             return None
-        ci = mean_ci95(values, seed_for(self.seed, self.grouping, key, indicator))
+        ci = mean_ci95(values, seed_for(self.seed, grouping, key, indicator))
         return Mean(float(values.mean()), ci)
 
     def _population(self, patients: IntArray) -> int:

@@ -68,7 +68,7 @@ HTML report for people is described in `docs/report.md`.
 - **Means** over patients (and SUS responses) carry a 95% percentile bootstrap interval:
   2,000 resamples within the group, each interval seeded from the evaluation's seed
   (`EHEALTHLAB_EVALUATION_SEED`) and a hash of grouping, group and indicator — same data and
-  seed, same interval.
+  seed, same interval; the group `all` has the same interval whatever the grouping asked.
 - **Percentiles** are numpy's default (linear interpolation). An indicator with an empty
   denominator is `null`, never 0.
 - **Populations never mix**: a patient of a provider that CMTo admitted as simulated, or a
