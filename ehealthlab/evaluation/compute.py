@@ -31,15 +31,14 @@ import numpy.typing as npt
 from ehealthlab.evaluation.bootstrap import mean_ci95, seed_for
 from ehealthlab.evaluation.dataset import (
     ADHERENT_AT_LEAST,
-    LATE_AFTER_S,
     RETENTION_DAYS,
     BoolArray,
     Dataset,
     FloatArray,
     IntArray,
-    NarrowArray,
 )
 from ehealthlab.evaluation.economics import EconomicInputs
+from ehealthlab.evaluation.reading_counts import ByEnrolment, count_readings
 from ehealthlab.evaluation.registry import Mean, Value, values_of
 
 SNAI_LABELS = {
@@ -80,31 +79,6 @@ class Evaluation:
     all: GroupResult
 
 
-@dataclass(frozen=True, eq=False)
-class _Sorted:
-    """An array family sorted by enrolment, with each enrolment's slice."""
-
-    order: IntArray
-    offsets: IntArray  # rows of enrolment e: offsets[e]:offsets[e+1]
-
-    @classmethod
-    def by(cls, enrolment: NarrowArray | IntArray, enrolments: int) -> _Sorted:
-        order = np.argsort(enrolment, kind="stable")
-        counts = np.bincount(enrolment, minlength=enrolments)
-        return cls(order, np.concatenate(([0], np.cumsum(counts))))
-
-    def take(self, rows: IntArray) -> tuple[IntArray, IntArray]:
-        """(positions in the original arrays, local enrolment number) of `rows`' items."""
-        starts = self.offsets[rows]
-        lengths = self.offsets[rows + 1] - starts
-        total = int(lengths.sum())
-        if total == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        local = np.repeat(np.arange(rows.size), lengths)
-        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return self.order[np.repeat(starts, lengths) + within], local
-
-
 class _Prepared:
     """What every group's computation shares: the active-day matrix, where each patient
     belongs, and the per-enrolment sort of every array."""
@@ -121,9 +95,9 @@ class _Prepared:
         self.active: BoolArray = (day[None, :] >= self.first_day[:, None]) & (
             day[None, :] <= self.last_day[:, None]
         )
-        self.readings = _Sorted.by(data.readings.enrolment, len(e))
-        self.day_counts = _Sorted.by(data.day_counts.enrolment, len(e))
-        self.alerts = _Sorted.by(data.alerts.enrolment, len(e))
+        self.readings = ByEnrolment.of(data.readings.enrolment, len(e))
+        self.day_counts = ByEnrolment.of(data.day_counts.enrolment, len(e))
+        self.alerts = ByEnrolment.of(data.alerts.enrolment, len(e))
         self.patient_municipality = self._place_patients()
         self.enrolled_patients = np.flatnonzero(self.patient_municipality >= 0)
 
@@ -250,7 +224,6 @@ class _GroupComputation:
         data = self.p.data
         e = data.enrolments
         days = self.p.days
-        metrics = len(data.metrics)
         keep = selected.any(axis=1)
         rows, selected = rows[keep], selected[keep]
 
@@ -260,48 +233,30 @@ class _GroupComputation:
         np.logical_or.at(enrolled, local_patient, selected)
         enrolled_days = enrolled.sum(axis=1)
 
-        # the plan of each patient-day: per metric, the largest count its enrolments expect
-        plan = e.plan[rows].astype(np.int16)
-        expected = np.zeros((patients.size, days, metrics), dtype=np.int16)
-        np.maximum.at(expected, local_patient, selected[:, :, None] * plan[:, None, :])
-
-        # accepted readings of the selected days, counted per patient, day and metric
-        positions, local_row = self.p.readings.take(rows)
-        r = data.readings
-        r_day = r.day[positions]
-        chosen = selected[local_row, r_day]
-        positions, local_row, r_day = positions[chosen], local_row[chosen], r_day[chosen]
-        r_patient = local_patient[local_row]
-        flat = (r_patient * days + r_day) * metrics + r.metric[positions]
-        counts = np.bincount(flat, minlength=patients.size * days * metrics).reshape(
-            patients.size, days, metrics
-        )
-        planned = expected > 0
-        missing = np.any(planned & (counts == 0), axis=2)
-        adherent_days = (enrolled & ~missing).sum(axis=1)
-        adherence = np.divide(
-            adherent_days, enrolled_days, out=np.zeros(patients.size), where=enrolled_days > 0
-        )
-
+        n = patients.size
         first, last = self.p.window
         recent_days = slice(max(last + 1 - RETENTION_DAYS, first), last + 1)
+        counted = count_readings(
+            data.readings, self.p.readings, plan=e.plan[rows], rows=rows, selected=selected,
+            local_patient=local_patient, enrolled=enrolled, since_day=recent_days.start,
+        )  # fmt: skip
+        adherence = np.divide(
+            counted.adherent_days, enrolled_days, out=np.zeros(n), where=enrolled_days > 0
+        )
         recent = enrolled[:, recent_days].any(axis=1)
-        measured_recently = np.zeros(patients.size, dtype=bool)
-        measured_recently[r_patient[r_day >= recent_days.start]] = True
-
-        latency = np.maximum(r.latency_s[positions], 0.0)
-        n = patients.size
+        retained = recent & counted.measured_since
+        latency = counted.latency
         per_patient: dict[str, FloatArray] = {
             "patients": np.ones(n),
             "patient_days": enrolled_days.astype(np.float64),
             "adherent_patients": (adherence >= ADHERENT_AT_LEAST).astype(np.float64),
-            "completeness_met": np.minimum(counts, expected).sum(axis=(1, 2)).astype(np.float64),
-            "completeness_expected": expected.sum(axis=(1, 2), dtype=np.int64).astype(np.float64),
-            "retained": (recent & measured_recently).astype(np.float64),
+            "completeness_met": counted.completeness_met,
+            "completeness_expected": counted.completeness_expected,
+            "retained": retained.astype(np.float64),
             "recent_patients": np.asarray(recent, dtype=np.float64),
-            "accepted": _sum_by(r_patient, None, n),
-            "late": _sum_by(r_patient, latency > LATE_AFTER_S, n),
-            "clock_corrected": _sum_by(r_patient, r.clock_corrected[positions], n),
+            "accepted": counted.accepted,
+            "late": counted.late,
+            "clock_corrected": counted.clock_corrected,
         }
         c: dict[str, object] = {
             "patients": int(patients.size),
@@ -309,15 +264,15 @@ class _GroupComputation:
             "population": self._population(patients),
             "adherence": self._mean(adherence, grouping, key, "adherence"),
             "adherent_patients": int((adherence >= ADHERENT_AT_LEAST).sum()),
-            "completeness_met": int(np.minimum(counts, expected).sum()),
-            "completeness_expected": int(expected.sum(dtype=np.int64)),
-            "retained": int((recent & measured_recently).sum()),
+            "completeness_met": round(float(counted.completeness_met.sum())),
+            "completeness_expected": round(float(counted.completeness_expected.sum())),
+            "retained": int(retained.sum()),
             "recent_patients": int(recent.sum()),
-            "accepted": int(positions.size),
+            "accepted": int(latency.size),
             "latency_p50_s": _percentile(latency, 50),
             "latency_p95_s": _percentile(latency, 95),
-            "late": int((latency > LATE_AFTER_S).sum()),
-            "clock_corrected": int(r.clock_corrected[positions].sum()),
+            "late": round(float(counted.late.sum())),
+            "clock_corrected": round(float(counted.clock_corrected.sum())),
         }
         seqs = self._seqs(rows, selected, local_patient, n)
         alerts = self._alerts(rows, selected, local_patient, n)
