@@ -1,0 +1,912 @@
+"""Grafana's database roles against a real PostgreSQL, on both physical forms of the store.
+
+A provider's role reads its own patients' rows and nothing of another provider's, whatever SQL
+it sends: the tables, the plain form's partitions, TimescaleDB's chunks (compressed ones too)
+and rollup, the registry and the platform's functions are all refused. A start-up's role reads
+only its devices; the lab role every row, without identifiers or secrets. No role writes
+anything, not even with read-only switched off. Revoking ends logins; passwords are kept only
+as SCRAM verifiers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from conftest import TIMESCALE_URL_VARIABLE, create_database, drop_database, with_database
+from psycopg import sql
+from pydantic import SecretStr
+
+from ehealthlab.dashboards.roles import (
+    SCHEMAS,
+    RoleCredentials,
+    create_role,
+    database_tag,
+    is_role_of_database,
+    list_roles,
+    refresh_grants,
+    revoke_for_organisation,
+    revoke_role,
+    role_name,
+    rotate_password,
+)
+from ehealthlab.dashboards.roles_command import register_roles
+from ehealthlab.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+)
+from ehealthlab.settings import Settings
+from ehealthlab.store.migrate import migrate
+from ehealthlab.store.reference import load_municipalities
+
+ROME = ZoneInfo("Europe/Rome")
+TORINO, LANZO = "001272", "001127"  # Torino; Lanzo Torinese
+#: a reading every six hours, 1 March to 9 April 2026 (two months, six weekly chunks)
+TIMES = [datetime(2026, 3, 1, tzinfo=UTC) + timedelta(hours=6 * i) for i in range(160)]
+SWAP_DAY = date(2026, 3, 16)  # s1-swap-1 goes from provider A's patient to provider B's
+#: the crowd: patients of CROWD_PROVIDERS other providers, each with a device of start-up S3
+#: and a reading an hour, so that a provider's own patients are few among many
+CROWD, CROWD_PROVIDERS = 200, 20
+
+#: columns no dashboard role may see, in any relation it can read
+SECRET_COLUMNS = {
+    "identifier_hash", "token_hash", "label", "payload", "payload_digest", "content_digest",
+    "acknowledged_by",
+}  # fmt: skip
+#: schemas of system and extension catalogues (metadata readable by PUBLIC, no rows of ours)
+CATALOGUE_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+
+
+@dataclass
+class World:
+    """A store of one form with two providers, two start-ups and the roles of each."""
+
+    url: str
+    form: str
+    organisations: dict[str, uuid.UUID] = field(default_factory=dict)
+    patients: dict[str, uuid.UUID] = field(default_factory=dict)
+    roles: dict[str, RoleCredentials] = field(default_factory=dict)
+
+    def admin(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def login(self, who: str) -> psycopg.Connection:
+        return login(self.url, self.roles[who])
+
+
+def login(url: str, credentials: RoleCredentials, password: str | None = None):
+    return psycopg.connect(
+        url,
+        user=credentials.role_name,
+        password=credentials.password if password is None else password,
+        autocommit=True,
+        connect_timeout=10,
+    )
+
+
+def pilot_day(moment: datetime) -> date:
+    return moment.astimezone(ROME).date()
+
+
+# -- the world ---------------------------------------------------------------------------
+
+
+def enrolment_of(device: str, moment: datetime) -> str | None:
+    """Whose reading it is, by the enrolments `seed` makes (worked out apart from the SQL)."""
+    day = pilot_day(moment)
+    return {
+        "s1-cuff-1": "A1",
+        "s2-oxim-1": "A2",
+        "s1-cuff-2": "B1",
+        "s1-swap-1": "A2" if day < SWAP_DAY else "B1",
+        "s2-oxim-2": None,
+    }[device]
+
+
+DEVICES = {  # device: (start-up, type)
+    "s1-cuff-1": ("S1", "blood_pressure_monitor"),
+    "s1-cuff-2": ("S1", "blood_pressure_monitor"),
+    "s1-swap-1": ("S1", "blood_pressure_monitor"),
+    "s2-oxim-1": ("S2", "pulse_oximeter"),
+    "s2-oxim-2": ("S2", "pulse_oximeter"),
+}
+PROVIDER_OF = {"A1": "A", "A2": "A", "B1": "B"}
+
+
+def seed(conn: psycopg.Connection, form: str) -> tuple[dict, dict]:
+    """Registry, readings over two months, and a row of every other table the views show."""
+    orgs = {}
+    crowd = [(f"C{i}", "provider") for i in range(CROWD_PROVIDERS)]
+    for key, kind in (("A", "provider"), ("B", "provider"), *crowd, ("S1", "startup"),
+                      ("S2", "startup"), ("S3", "startup"), ("CMTo", "operator")):  # fmt: skip
+        orgs[key] = conn.execute(
+            "INSERT INTO organisations (kind, name) VALUES (%s, %s) RETURNING id",
+            (kind, f"{key} {uuid.uuid4().hex[:6]}"),
+        ).fetchone()[0]
+    for device, (startup, kind) in DEVICES.items():
+        conn.execute(
+            "INSERT INTO devices (device_id, organisation_id, device_type, model, serial, status,"
+            " last_seen_at) VALUES (%s, %s, %s, 'M-1', %s, 'online', now())",
+            (device, orgs[startup], kind, device),
+        )
+    patients = {}
+    for key in ("A1", "A2", "B1"):
+        patients[key] = conn.execute(
+            "INSERT INTO patients (organisation_id, identifier_hash, label)"
+            " VALUES (%s, %s, %s) RETURNING id",
+            (orgs[PROVIDER_OF[key]], uuid.uuid4().bytes, f"label of {key}"),
+        ).fetchone()[0]
+    for patient, device, start, end in (
+        ("A1", "s1-cuff-1", date(2026, 3, 1), None),
+        ("A2", "s2-oxim-1", date(2026, 3, 1), None),
+        ("B1", "s1-cuff-2", date(2026, 3, 1), None),
+        ("A2", "s1-swap-1", date(2026, 3, 1), SWAP_DAY - timedelta(days=1)),
+        ("B1", "s1-swap-1", SWAP_DAY, None),
+    ):
+        conn.execute(
+            "INSERT INTO enrolments (patient_id, device_id, municipality, start_date, end_date,"
+            " care_plan) VALUES (%s, %s, %s, %s, %s, '{\"bp_systolic\": 1}')",
+            (patients[patient], device, TORINO if patient != "B1" else LANZO, start, end),
+        )
+    conn.execute("SELECT ehl_ensure_reading_partitions(%s)", (TIMES,))
+    # attributed the way the writer does (store/readings.py), by the pilot day
+    conn.execute(
+        "INSERT INTO readings (device_id, metric, at, value, measured_at, received_at, seq,"
+        " msg_id, clock_offset_s, clock_corrected, patient_id)"
+        " SELECT d, 'bp_systolic', t, 100 + n %% 50, t, t + interval '2 s', n, 'm' || n, 0,"
+        "        false, e.patient_id"
+        " FROM unnest(%s::text[]) AS d"
+        " CROSS JOIN unnest(%s::timestamptz[]) WITH ORDINALITY AS g(t, n)"
+        " LEFT JOIN enrolments e ON e.device_id = d AND ehl_pilot_day(t) >= e.start_date"
+        "  AND (e.end_date IS NULL OR ehl_pilot_day(t) <= e.end_date)",
+        (list(DEVICES), TIMES),
+    )
+    # the crowd (no roles of theirs)
+    conn.execute(
+        "WITH p AS (INSERT INTO patients (organisation_id, identifier_hash, label)"
+        "  SELECT (%s::uuid[])[1 + i %% %s], int4send(i), 'crowd'"
+        "  FROM generate_series(1, %s) i RETURNING id),"
+        " d AS (INSERT INTO devices (device_id, organisation_id, device_type, model, serial)"
+        "  SELECT 'crowd-' || i, %s, 'scale', 'W', i FROM generate_series(1, %s) i"
+        "  RETURNING device_id),"
+        " pd AS (SELECT id, device_id FROM (SELECT id, row_number() OVER () n FROM p) a"
+        "  JOIN (SELECT device_id, row_number() OVER () n FROM d) b USING (n))"
+        " INSERT INTO enrolments (patient_id, device_id, municipality, start_date)"
+        " SELECT id, device_id, %s, '2026-03-01' FROM pd",
+        ([orgs[k] for k, _ in crowd], CROWD_PROVIDERS, CROWD, orgs["S3"], CROWD, TORINO),
+    )
+    conn.execute(
+        "INSERT INTO readings (device_id, metric, at, value, measured_at, received_at, seq,"
+        " msg_id, clock_offset_s, clock_corrected, patient_id)"
+        " SELECT e.device_id, 'body_weight', t, 80, t, t, 1, 'm', 0, false, e.patient_id"
+        " FROM enrolments e CROSS JOIN generate_series(%s::timestamptz, %s, '1 hour') t"
+        " WHERE e.device_id LIKE 'crowd-%%'",
+        (TIMES[0], TIMES[-1]),
+    )
+    for key, device in (("A1", "s1-cuff-1"), ("B1", "s1-cuff-2")):
+        conn.execute(
+            "INSERT INTO alerts (patient_id, rule, day, device_id, metric, at, value,"
+            " measured_at, raised_at) VALUES (%s, 'bp_high', %s, %s, 'bp_systolic', %s, 190,"
+            " %s, %s)",
+            (patients[key], pilot_day(TIMES[4]), device, TIMES[4], TIMES[4], TIMES[4]),
+        )
+    for device in DEVICES:
+        conn.execute(
+            "INSERT INTO rejected_readings (received_at, device_id, msg_id, reason, detail,"
+            " payload, payload_bytes) VALUES (%s, %s, 'bad', 'unit_mismatch', 'x', %s, 3)",
+            (TIMES[1], device, b"raw"),
+        )
+        conn.execute(
+            "INSERT INTO duplicate_readings (received_at, device_id, metric, at, measured_at,"
+            " seq, msg_id) VALUES (%s, %s, 'bp_systolic', %s, %s, 1, 'again')",
+            (TIMES[2], device, TIMES[0], TIMES[0]),
+        )
+        conn.execute(
+            "INSERT INTO device_messages (device_id, received_at, msg_id, qos, payload_bytes,"
+            " readings, accepted, duplicates, rejected) VALUES (%s, %s, 'm1', 1, 90, 1, 1, 0, 0)",
+            (device, TIMES[0]),
+        )
+        conn.execute(
+            "INSERT INTO device_status_events (device_id, received_at, status, retained, payload)"
+            " VALUES (%s, %s, 'online', true, %s)",
+            (device, TIMES[0], b'{"state": "online"}'),
+        )
+    conn.execute(
+        "INSERT INTO api_tokens (organisation_id, role, token_hash) VALUES (%s, 'admin', %s)",
+        (orgs["A"], b"secret token hash"),
+    )
+    conn.execute(
+        "INSERT INTO sus_responses (answered_on, respondent, patient_id, municipality, items,"
+        " score, simulated, source) VALUES ('2026-03-20', 'patient', %s, %s,"
+        " '{3,3,3,3,3,3,3,3,3,3}', 50, false, 'csv')",
+        (patients["A1"], TORINO),
+    )
+    pilot = conn.execute(
+        "INSERT INTO mini_pilots (name, start_date, end_date) VALUES ('Valli', '2026-03-01',"
+        " '2026-04-30') RETURNING id"
+    ).fetchone()[0]
+    conn.execute("INSERT INTO mini_pilot_startups VALUES (%s, %s)", (pilot, orgs["S1"]))
+    conn.execute("INSERT INTO mini_pilot_municipalities VALUES (%s, %s)", (pilot, LANZO))
+    conn.execute(
+        "INSERT INTO evaluations (population, grouping, period_from, period_to, document)"
+        " VALUES ('real', 'all', '2026-03-01', '2026-04-01', '{\"indicators\": {}}')"
+    )
+    if form == "timescale":
+        # part of the rollup materialised, the rest real time; the first chunks compressed
+        conn.execute(
+            "CALL refresh_continuous_aggregate('readings_hourly', NULL, '2026-03-20'::timestamptz)"
+        )
+        conn.execute(
+            "SELECT compress_chunk(c) FROM show_chunks('readings', older_than =>"
+            " '2026-03-15'::timestamptz) AS c"
+        )
+    conn.execute("ANALYZE")
+    return orgs, patients
+
+
+def revoke_all(url: str) -> None:
+    """Roles outlive databases (they belong to the cluster): drop every one we made."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for role in list_roles(conn):
+            revoke_role(conn, role.role_name)
+
+
+def migrated_store(request, form: str) -> tuple[str, str]:
+    """A new database of `form` with the municipalities; (admin URL, name)."""
+    if form == "plain":
+        admin_url = request.getfixturevalue("plain_admin_url")
+        name = create_database(admin_url, template=request.getfixturevalue("migrated_template"))
+    else:
+        admin_url = os.environ.get(TIMESCALE_URL_VARIABLE, "")
+        if not admin_url:
+            pytest.skip(f"{TIMESCALE_URL_VARIABLE} is not set: TimescaleDB form not tested")
+        name = create_database(admin_url)
+        with psycopg.connect(with_database(admin_url, name), autocommit=True) as conn:
+            migrate(conn, "timescale")
+            load_municipalities(conn)
+    return admin_url, name
+
+
+@pytest.fixture(scope="module", params=["plain", "timescale"])
+def world(request) -> Iterator[World]:
+    """Read-only tests share one seeded store of each form and its five roles."""
+    admin_url, name = migrated_store(request, request.param)
+    url = with_database(admin_url, name)
+    try:
+        w = World(url, request.param)
+        with w.admin() as conn:
+            w.organisations, w.patients = seed(conn, request.param)
+            for key in ("A", "B", "S1", "S2"):
+                w.roles[key] = create_role(conn, w.organisations[key])
+            w.roles["lab"] = create_role(conn, None)
+        yield w
+    finally:
+        revoke_all(url)
+        drop_database(admin_url, name)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[str]:
+    """A fresh store of each form for tests that create and revoke roles."""
+    try:
+        yield store_url
+    finally:
+        revoke_all(store_url)
+
+
+def new_organisation(conn: psycopg.Connection, kind: str) -> uuid.UUID:
+    return conn.execute(
+        "INSERT INTO organisations (kind, name) VALUES (%s, %s) RETURNING id",
+        (kind, f"{kind} {uuid.uuid4().hex[:8]}"),
+    ).fetchone()[0]
+
+
+def is_denied(conn: psycopg.Connection, statement: sql.Composable | str) -> bool:
+    try:
+        conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege:
+        return True
+    return False
+
+
+def not_refused(conn: psycopg.Connection, targets: list[str]) -> list[tuple[str, str]]:
+    """The targets a role's `SELECT * FROM target` is not refused with permission denied:
+    (target, what happened). TimescaleDB's compressed hypertable fails for everyone, before
+    any permission check ("chunk ... has no dimension slices"); that is no reading either."""
+    found = []
+    for target in targets:
+        try:
+            conn.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(sql.SQL(target)))
+        except psycopg.errors.InsufficientPrivilege:
+            continue
+        except psycopg.errors.DataCorrupted:
+            if "._compressed_hypertable_" in target:
+                continue
+            found.append((target, "DataCorrupted"))
+        else:
+            found.append((target, "read"))
+    return found
+
+
+def relations_outside(conn: psycopg.Connection, schema: str) -> list[str]:
+    """Every table, partition, chunk, view and rollup of the database that is neither in
+    `schema` nor a system or extension catalogue (TimescaleDB's metadata, readable by
+    PUBLIC, holds no rows of ours; its chunks and rollup are not extension members)."""
+    rows = conn.execute(
+        "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname <> ALL (%s)"
+        " AND n.nspname <> %s AND n.nspname NOT LIKE 'pg_temp%%'"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass"
+        "                 AND d.objid = c.oid AND d.deptype = 'e')"
+        " ORDER BY 1",
+        (list(CATALOGUE_SCHEMAS), schema),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+# -- provider ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["A", "B"])
+def test_a_provider_reads_its_own_patients_rows_only(world: World, provider: str) -> None:
+    own = {k for k, p in PROVIDER_OF.items() if p == provider}
+    own_ids = {world.patients[k] for k in own}
+    expected = Counter(
+        d for d in DEVICES for t in TIMES if PROVIDER_OF.get(enrolment_of(d, t) or "") == provider
+    )
+    with world.login(provider) as conn:
+        assert conn.execute("SELECT id FROM organisation").fetchall() == [
+            (world.organisations[provider],)
+        ]
+        assert {r[0] for r in conn.execute("SELECT id FROM patients")} == own_ids
+        readings = conn.execute("SELECT patient_id, device_id, at FROM readings").fetchall()
+        assert {r[0] for r in readings} == own_ids
+        assert Counter(r[1] for r in readings) == expected
+        assert all(enrolment_of(d, t) in own for _, d, t in readings)
+        hourly = conn.execute(
+            "SELECT device_id, sum(readings)::int, min(bucket) FROM readings_hourly GROUP BY 1"
+        ).fetchall()
+        assert Counter({d: n for d, n, _ in hourly}) == expected
+        hourly_patients = {r[0] for r in conn.execute("SELECT patient_id FROM readings_hourly")}
+        assert hourly_patients == own_ids
+        assert {r[0] for r in conn.execute("SELECT patient_id FROM alerts")} == (
+            own_ids & {world.patients["A1"], world.patients["B1"]}
+        )
+        assert {r[0] for r in conn.execute("SELECT patient_id FROM enrolments")} == own_ids
+        devices = {r[0] for r in conn.execute("SELECT device_id FROM devices")}
+        # now (after the swap) s1-swap-1 serves B1: A sees it in its past readings only
+        assert devices == ({"s1-cuff-1", "s2-oxim-1"} if provider == "A" else
+                           {"s1-cuff-2", "s1-swap-1"})  # fmt: skip
+        assert conn.execute("SELECT count(*) FROM municipalities").fetchone()[0] == 312
+
+
+def test_the_views_filter_before_the_callers_conditions(world: World) -> None:
+    """security_barrier: a condition that fails on another provider's row never sees it (here
+    a division by zero on B's patient would abort A's query if it ran before the view's
+    restriction); every view of the three schemas is a barrier."""
+    b_patient = world.patients["B1"]
+    with world.login("A") as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM readings"
+            " WHERE 1 / (CASE WHEN patient_id = %s THEN 0 ELSE 1 END) = 1",
+            (b_patient,),
+        ).fetchone()[0]
+        assert rows == sum(1 for d in DEVICES for t in TIMES
+                           if PROVIDER_OF.get(enrolment_of(d, t) or "") == "A")  # fmt: skip
+    with world.admin() as conn:
+        views = conn.execute(
+            "SELECT n.nspname, c.relname, coalesce(c.reloptions, '{}') FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = ANY (%s) AND c.relkind = 'v'",
+            (list(SCHEMAS.values()),),
+        ).fetchall()
+        others = conn.execute(
+            "SELECT count(*) FROM pg_class c WHERE c.relkind <> 'v'"
+            " AND c.relnamespace::regnamespace::text = ANY (%s)",
+            (list(SCHEMAS.values()),),
+        ).fetchone()[0]
+    assert len(views) == 8 + 10 + 17
+    assert [v for v in views if "security_barrier=true" not in v[2]] == []
+    assert others == 0  # nothing but views in the dashboard schemas
+
+
+def test_a_provider_is_refused_everything_but_its_views(world: World) -> None:
+    """Hand-written SQL: the tables, every partition or chunk (compressed ones and the
+    rollup's too), the registry, the other schemas and the platform's functions."""
+    with world.admin() as conn:
+        targets = relations_outside(conn, "provider_dashboard")
+        if world.form == "plain":
+            pieces = conn.execute(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_inherits i"
+                " JOIN pg_class c ON c.oid = i.inhrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE i.inhparent = 'public.readings'::regclass"
+            ).fetchall()
+        else:
+            pieces = conn.execute(
+                "SELECT format('%I.%I', chunk_schema, chunk_name)"
+                " FROM timescaledb_information.chunks"
+            ).fetchall()
+            compressed = conn.execute(
+                "SELECT count(*) FROM timescaledb_information.chunks WHERE is_compressed"
+            ).fetchone()[0]
+            assert compressed > 0
+        assert len(pieces) >= 2
+        assert {p[0] for p in pieces} <= set(targets)
+        assert {"public.readings", "public.readings_hourly", "public.patients",
+                "public.dashboard_roles", "public.api_tokens", "public.ehl_dashboard_organisation",
+                "startup_dashboard.readings", "lab_dashboard.patients"} <= set(targets)  # fmt: skip
+    with world.login("A") as conn:
+        assert not_refused(conn, targets) == []
+        for call in (
+            "SELECT public.ehl_pilot_day(now())",
+            "SELECT public.ehl_store_form()",
+            "SELECT public.ehl_ensure_reading_partitions(ARRAY[now()])",
+        ):
+            assert is_denied(conn, call), call
+        # its own views are all it can name: nothing in public resolves to something readable
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] > 0
+
+
+def test_a_provider_query_walks_the_patient_index(world: World) -> None:
+    """The restriction is a semi-join on patient_id: among 200 other patients' hourly
+    readings the planner goes from the provider's two patients to readings_patient_idx
+    (patient_id, measured_at), the caller's time range in the index condition too (the
+    barrier lets leakproof comparisons through). The time range on `at` as well prunes the
+    partitions, and TimescaleDB's compressed chunks, which no index serves."""
+    with world.login("A") as conn:
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN SELECT * FROM readings WHERE at >= '2026-04-01' AND at < '2026-04-02'"
+                " AND measured_at >= '2026-04-01' AND measured_at < '2026-04-02'"
+            )
+        )
+    assert "Index Cond: ((patient_id = p.id) AND (measured_at >= " in plan, plan
+    assert "Seq Scan on readings" not in plan and "Seq Scan on _hyper" not in plan, plan
+
+
+# -- start-up ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("startup", ["S1", "S2"])
+def test_a_startup_reads_its_own_devices_only(world: World, startup: str) -> None:
+    own = {d for d, (s, _) in DEVICES.items() if s == startup}
+    with world.login(startup) as conn:
+        assert {r[0] for r in conn.execute("SELECT device_id FROM devices")} == own
+        counts = dict(conn.execute("SELECT device_id, count(*) FROM readings GROUP BY 1"))
+        assert counts == dict.fromkeys(own, len(TIMES))  # unassigned readings included
+        hourly = dict(
+            conn.execute("SELECT device_id, sum(readings) FROM readings_hourly GROUP BY 1")
+        )
+        assert hourly == dict.fromkeys(own, len(TIMES))
+        for view in ("rejected_readings", "duplicate_readings", "device_messages",
+                     "device_status_events"):  # fmt: skip
+            seen = {r[0] for r in conn.execute(sql.SQL("SELECT device_id FROM {}").format(
+                sql.Identifier(view)))}  # fmt: skip
+            assert seen == own, view
+        enrolled = {r[0] for r in conn.execute("SELECT device_id FROM enrolments")}
+        assert enrolled == own - {"s2-oxim-2"}
+        # no patient anywhere it can look
+        columns = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = 'startup_dashboard'"
+            )
+        }
+        assert "patient_id" not in columns
+        assert "care_plan" not in columns
+        assert columns.isdisjoint(SECRET_COLUMNS)
+        assert conn.execute("SELECT id FROM organisation").fetchall() == [
+            (world.organisations[startup],)
+        ]
+        with world.admin() as admin:
+            targets = relations_outside(admin, "startup_dashboard")
+        assert not_refused(conn, targets) == []  # fmt: skip
+
+
+# -- lab ---------------------------------------------------------------------------------
+
+
+def test_the_lab_role_reads_every_row_without_identifiers(world: World) -> None:
+    with world.admin() as admin:
+        expected = {
+            view: admin.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", table))
+            ).fetchone()[0]
+            for view, table in (
+                ("readings", "readings"), ("readings_hourly", "readings_hourly"),
+                ("patients", "patients"), ("devices", "devices"), ("enrolments", "enrolments"),
+                ("alerts", "alerts"), ("organisations", "organisations"),
+                ("rejected_readings", "rejected_readings"),
+                ("duplicate_readings", "duplicate_readings"),
+                ("device_messages", "device_messages"),
+                ("device_status_events", "device_status_events"),
+                ("municipalities", "municipalities"), ("mini_pilots", "mini_pilots"),
+                ("mini_pilot_startups", "mini_pilot_startups"),
+                ("mini_pilot_municipalities", "mini_pilot_municipalities"),
+                ("evaluations", "evaluations"), ("sus_responses", "sus_responses"),
+            )
+        }  # fmt: skip
+        targets = relations_outside(admin, "lab_dashboard")
+    assert expected["readings"] > len(DEVICES) * len(TIMES) + CROWD
+    with world.login("lab") as conn:
+        for view, count in expected.items():
+            got = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(view)))
+            assert got.fetchone()[0] == count, view
+        hourly = conn.execute("SELECT sum(readings) FROM readings_hourly").fetchone()[0]
+        assert hourly == expected["readings"]
+        visible = conn.execute(
+            "SELECT table_schema, table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        assert {s for s, _, _ in visible if not s.startswith(("_timescaledb", "timescaledb"))} == {
+            "lab_dashboard"
+        }
+        assert [v for v in visible if v[2] in SECRET_COLUMNS] == []
+        assert {t for _, t, _ in visible}.isdisjoint({"api_tokens", "dashboard_roles"})
+        assert not_refused(conn, targets) == []  # fmt: skip
+
+
+def test_no_table_of_ours_is_granted_to_public(world: World) -> None:
+    """PostgreSQL grants no table to PUBLIC by default; nothing of ours does either (the
+    platform's own functions are taken from PUBLIC too)."""
+    with world.admin() as conn:
+        granted = conn.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c, aclexplode(c.relacl) a"
+            " WHERE a.grantee = 0 AND c.relnamespace::regnamespace::text IN"
+            " ('public', '_timescaledb_internal', 'provider_dashboard', 'startup_dashboard',"
+            "  'lab_dashboard')"
+            " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass"
+            "                 AND d.objid = c.oid AND d.deptype = 'e')"
+        ).fetchall()
+        functions = conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname LIKE 'ehl\\_%'"
+            " AND (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a"
+            "      WHERE a.grantee = 0))"
+        ).fetchall()
+    assert granted == []
+    assert functions == []
+
+
+# -- nobody writes -----------------------------------------------------------------------
+
+WRITES = [
+    ("INSERT INTO {schema}.municipalities (istat_code, name, population, population_year,"
+     " snai_class, snai_class_label, is_province_capital)"
+     " VALUES ('999999', 'x', 1, 2024, 'A', 'x', false)"),
+    "UPDATE {schema}.municipalities SET name = 'x'",
+    "DELETE FROM {schema}.municipalities",
+    "INSERT INTO public.municipalities (istat_code, name, population, population_year,"
+    " snai_class, snai_class_label, is_province_capital)"
+    " VALUES ('999999', 'x', 1, 2024, 'A', 'x', false)",
+    "UPDATE public.readings SET value = 0",
+    "DELETE FROM public.alerts",
+    "DELETE FROM public.dashboard_roles",
+    "TRUNCATE public.readings",
+    "CREATE TABLE public.mine (i int)",
+    "CREATE TABLE {schema}.mine (i int)",
+    "CREATE VIEW {schema}.mine AS SELECT 1",
+    "CREATE SCHEMA mine",
+    "CREATE TEMP TABLE mine (i int)",
+    "CREATE TEMP VIEW mine AS SELECT 1",
+    "CREATE FUNCTION pg_temp.mine() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    "ALTER VIEW {schema}.municipalities RENAME TO mine",
+    "COMMENT ON VIEW {schema}.municipalities IS 'mine'",
+    "SELECT nextval('public.rejected_readings_id_seq')",
+    "SELECT lo_create(0)",
+    "SELECT lo_from_bytea(0, 'mine')",
+]  # fmt: skip
+COPIES = ["COPY {schema}.municipalities FROM STDIN", "COPY public.readings FROM STDIN"]
+
+
+@pytest.mark.parametrize("who", ["A", "S1", "lab"])
+@pytest.mark.parametrize("read_only", [True, False], ids=["read-only", "read-write"])
+def test_no_role_can_write_anything(world: World, who: str, read_only: bool) -> None:
+    """Read-only is only the roles' default: with it switched off, privileges still refuse
+    every write (temporary tables and large objects included)."""
+    schema = world.roles[who].schema
+    with world.admin() as admin:
+        before = admin.execute(
+            "SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM municipalities),"
+            " (SELECT count(*) FROM pg_largeobject_metadata)"
+        ).fetchone()
+    refused = (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)
+    with world.login(who) as conn:
+        if not read_only:
+            conn.execute("SET default_transaction_read_only = off")
+            refused = (psycopg.errors.InsufficientPrivilege,)
+        for statement in WRITES:
+            with pytest.raises(refused):
+                conn.execute(statement.format(schema=schema))
+        for statement in COPIES:
+            copy_refused = (*refused, psycopg.errors.WrongObjectType)  # COPY into a view
+            with (
+                pytest.raises(copy_refused),
+                conn.cursor().copy(statement.format(schema=schema)) as copy,
+            ):
+                copy.write_row(("999999",))
+    with world.admin() as admin:
+        after = admin.execute(
+            "SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM municipalities),"
+            " (SELECT count(*) FROM pg_largeobject_metadata)"
+        ).fetchone()
+    assert after == before
+
+
+# -- the roles themselves ----------------------------------------------------------------
+
+
+def test_roles_are_login_noinherit_with_limits_and_scram_passwords(world: World) -> None:
+    with world.admin() as conn:
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        for key, credentials in world.roles.items():
+            row = conn.execute(
+                "SELECT r.rolcanlogin, r.rolinherit, r.rolsuper, r.rolcreaterole, r.rolcreatedb,"
+                " r.rolbypassrls, r.rolconnlimit, r.rolconfig, a.rolpassword FROM pg_roles r"
+                " JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = %s",
+                (credentials.role_name,),
+            ).fetchone()
+            login_, inherit, superuser, createrole, createdb, bypass, limit, config, pw = row
+            assert (login_, inherit, superuser, createrole, createdb, bypass) == (
+                True, False, False, False, False, False)  # fmt: skip
+            assert limit == (10 if key == "lab" else 5)
+            assert "default_transaction_read_only=on" in config
+            assert "statement_timeout=10s" in config
+            assert pw.startswith("SCRAM-SHA-256$4096:")
+            assert credentials.password not in pw
+            assert credentials.role_name == role_name(
+                credentials.kind, credentials.organisation_id, database
+            )
+            assert conn.execute(
+                "SELECT role_name, kind FROM dashboard_roles WHERE role_name = %s",
+                (credentials.role_name,),
+            ).fetchall() == [(credentials.role_name, credentials.kind)]
+        # PUBLIC keeps CONNECT but not TEMPORARY on the database
+        acl = conn.execute(
+            "SELECT a.privilege_type FROM pg_database d, aclexplode(d.datacl) a"
+            " WHERE d.datname = current_database() AND a.grantee = 0"
+        ).fetchall()
+        assert acl == [("CONNECT",)]
+
+
+def test_passwords_are_stored_nowhere_in_our_tables(world: World) -> None:
+    passwords = [c.password for c in world.roles.values()]
+    with world.admin() as conn:
+        columns = conn.execute(
+            "SELECT format('%I.%I', n.nspname, c.relname), quote_ident(a.attname)"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+            " WHERE c.relkind IN ('r', 'p') AND n.nspname = 'public'"
+            " AND a.atttypid IN ('text'::regtype, 'name'::regtype, 'bytea'::regtype,"
+            "                    'jsonb'::regtype, 'text[]'::regtype, 'varchar'::regtype)"
+        ).fetchall()
+        assert ("public.dashboard_roles", "role_name") in columns
+        for table, column in columns:
+            found = conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FROM {} WHERE EXISTS"
+                    " (SELECT 1 FROM unnest(%s::text[]) p WHERE strpos({}::text, p) > 0)"
+                ).format(sql.SQL(table), sql.SQL(column)),
+                (passwords,),
+            ).fetchone()[0]
+            assert found == 0, f"{table}.{column}"
+
+
+def test_names_are_derived_and_recognised() -> None:
+    organisation = uuid.UUID("3f2a9c1b-0d4e-4a5b-8c6d-7e8f9a0b1c2d")
+    tag = database_tag("ehl")
+    assert role_name("provider", organisation, "ehl") == f"ehl_dash_provider_3f2a9c1b0d4e_{tag}"
+    assert role_name("startup", organisation, "ehl") == f"ehl_dash_startup_3f2a9c1b0d4e_{tag}"
+    assert role_name("lab", None, "ehl") == f"ehl_dash_lab_{tag}"
+    assert role_name("lab", None, "other") != role_name("lab", None, "ehl")
+    assert is_role_of_database(role_name("provider", organisation, "ehl"), "ehl")
+    assert not is_role_of_database(role_name("provider", organisation, "ehl"), "other")
+    assert not is_role_of_database("postgres", "ehl")
+    with pytest.raises(InvalidInputError):
+        role_name("provider", None, "ehl")
+    with pytest.raises(InvalidInputError):
+        role_name("lab", organisation, "ehl")
+
+
+def test_creation_refuses_what_makes_no_sense(store: str) -> None:
+    with psycopg.connect(store, autocommit=True) as conn:
+        provider = new_organisation(conn, "provider")
+        operator = new_organisation(conn, "operator")
+        first = create_role(conn, provider)
+        assert first.kind == "provider"
+        with pytest.raises(ConflictError):
+            create_role(conn, provider)
+        with pytest.raises(InvalidInputError, match="lab role"):
+            create_role(conn, operator)
+        with pytest.raises(InvalidInputError, match="not a startup"):
+            create_role(conn, provider, "startup")
+        with pytest.raises(NotFoundError):
+            create_role(conn, uuid.uuid4())
+        create_role(conn, None)
+        with pytest.raises(ConflictError):
+            create_role(conn, None, "lab")
+        with pytest.raises(InvalidInputError, match="not a dashboard role"):
+            revoke_role(conn, "postgres")
+        user = conn.execute("SELECT current_user").fetchone()[0]
+        with pytest.raises(InvalidInputError, match="not a dashboard role"):
+            revoke_role(conn, user)
+        assert conn.execute("SELECT count(*) FROM dashboard_roles").fetchone()[0] == 2
+
+
+def test_rotating_a_password_replaces_it(store: str) -> None:
+    with psycopg.connect(store, autocommit=True) as conn:
+        credentials = create_role(conn, new_organisation(conn, "startup"))
+        rotated = rotate_password(conn, credentials.role_name)
+    assert rotated.password != credentials.password
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        login(store, credentials)
+    with login(store, rotated) as conn:
+        assert conn.execute("SELECT count(*) FROM devices").fetchone()[0] == 0
+
+
+def test_a_view_added_later_is_granted_by_refresh(store: str) -> None:
+    with psycopg.connect(store, autocommit=True) as admin:
+        credentials = create_role(admin, new_organisation(admin, "provider"))
+        admin.execute(  # what a later migration would add
+            "CREATE VIEW provider_dashboard.later WITH (security_barrier) AS SELECT 1 AS one"
+        )
+        with login(store, credentials) as conn:
+            assert is_denied(conn, "SELECT * FROM later")
+            assert refresh_grants(admin) == [credentials.role_name]
+            assert conn.execute("SELECT * FROM later").fetchall() == [(1,)]
+
+
+# -- revoking ----------------------------------------------------------------------------
+
+
+def test_revoking_an_organisation_ends_its_logins(store: str) -> None:
+    with psycopg.connect(store, autocommit=True) as admin:
+        provider = new_organisation(admin, "provider")
+        admin.execute(
+            "INSERT INTO patients (organisation_id, identifier_hash, label) VALUES (%s, 'h', 'P')",
+            (provider,),
+        )
+        credentials = create_role(admin, provider)
+        session = login(store, credentials)
+        assert session.execute("SELECT count(*) FROM patients").fetchone()[0] == 1
+        assert revoke_for_organisation(admin, provider) == [credentials.role_name]
+        with pytest.raises(psycopg.OperationalError):
+            login(store, credentials)
+        with pytest.raises(psycopg.Error):  # its open session was ended
+            session.execute("SELECT count(*) FROM patients")
+        session.close()
+        assert (
+            admin.execute(
+                "SELECT count(*) FROM pg_roles WHERE rolname = %s", (credentials.role_name,)
+            ).fetchone()[0]
+            == 0
+        )
+        assert admin.execute("SELECT count(*) FROM dashboard_roles").fetchone()[0] == 0
+        # again: nothing to do
+        assert revoke_for_organisation(admin, provider) == []
+        assert revoke_role(admin, credentials.role_name) is False
+
+
+def run(store: str, tmp_path: Path, *argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="ehealthlab")
+    commands = parser.add_subparsers(dest="command", required=True)
+    dashboards = commands.add_parser("dashboards")
+    register_roles(dashboards.add_subparsers(dest="dashboards_command", required=True))
+    args = parser.parse_args(["dashboards", *argv])
+    settings = Settings(state_dir=tmp_path / "no-stack", database_url=SecretStr(store))
+    return args.handler(args, settings)
+
+
+def test_deleting_an_organisation_leaves_its_role_blind_until_the_command_drops_it(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(store, autocommit=True) as admin:
+        startup = new_organisation(admin, "startup")
+    assert run(store, tmp_path, "roles", "create", "--organisation", str(startup)) == 0
+    printed = capsys.readouterr().out
+    fields = dict(line.split(None, 1) for line in printed.splitlines()[1:4])
+    assert "shown only this once" in printed
+    credentials = RoleCredentials(fields["user"], fields["password"])
+    with login(store, credentials) as conn:
+        assert conn.execute("SELECT count(*) FROM organisation").fetchone()[0] == 1
+        with psycopg.connect(store, autocommit=True) as admin:
+            admin.execute("DELETE FROM organisations WHERE id = %s", (startup,))
+            assert admin.execute("SELECT count(*) FROM dashboard_roles").fetchone()[0] == 0
+        # still a role, but no longer anyone's: its views are empty
+        assert conn.execute("SELECT count(*) FROM organisation").fetchone()[0] == 0
+    assert run(store, tmp_path, "roles", "list") == 0
+    assert "unregistered" in capsys.readouterr().out
+    assert run(store, tmp_path, "roles", "revoke", "--organisation", str(startup)) == 0
+    assert capsys.readouterr().out == f"revoked {credentials.role_name}\n"
+    with pytest.raises(psycopg.OperationalError):
+        login(store, credentials)
+    assert run(store, tmp_path, "roles", "revoke", credentials.role_name) == 0
+    assert capsys.readouterr().out == "nothing to revoke\n"
+
+
+def test_a_role_without_its_registry_row_sees_nothing(store: str) -> None:
+    """Fail closed: the views look the organisation up in dashboard_roles each query."""
+    with psycopg.connect(store, autocommit=True) as admin:
+        provider = new_organisation(admin, "provider")
+        admin.execute(
+            "INSERT INTO patients (organisation_id, identifier_hash, label) VALUES (%s, 'h', 'P')",
+            (provider,),
+        )
+        credentials = create_role(admin, provider)
+        with login(store, credentials) as conn:
+            assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == 1
+            admin.execute("DELETE FROM dashboard_roles")
+            assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == 0
+        assert [r.registered for r in list_roles(admin)] == [False]
+
+
+def test_the_lab_role_is_created_and_listed_by_the_command(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(store, tmp_path, "roles", "create", "--lab") == 0
+    printed = capsys.readouterr().out
+    assert "the LAB (operations and CMTo)" in printed
+    user = next(line.split()[1] for line in printed.splitlines() if line.startswith("  user"))
+    assert run(store, tmp_path, "roles", "list") == 0
+    listed = capsys.readouterr().out
+    assert user in listed and "active" in listed
+    assert run(store, tmp_path, "roles", "revoke", user) == 0
+    assert capsys.readouterr().out == f"revoked {user}\n"
+
+
+# -- an operator that is not a superuser -------------------------------------------------
+
+
+def test_an_owner_with_createrole_can_create_and_revoke(plain_admin_url: str) -> None:
+    """Production: the database's owner, which ran the migrations, with CREATEROLE (not a
+    superuser). It cannot take large objects from PUBLIC, and is told so."""
+    operator = "ehl_operator_" + uuid.uuid4().hex[:8]
+    password = uuid.uuid4().hex
+    name = None
+    with psycopg.connect(plain_admin_url, autocommit=True) as su:
+        su.execute(
+            sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
+                sql.Identifier(operator), sql.Literal(password)
+            )
+        )
+    try:
+        name = create_database(plain_admin_url)
+        with psycopg.connect(plain_admin_url, autocommit=True) as su:
+            su.execute(
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(name), sql.Identifier(operator)
+                )
+            )
+        url = with_database(plain_admin_url, name)
+        with psycopg.connect(url, user=operator, password=password, autocommit=True) as conn:
+            migrate(conn, "plain")
+            load_municipalities(conn)
+            provider = new_organisation(conn, "provider")
+            credentials = create_role(conn, provider)
+            assert any("large objects" in w for w in credentials.warnings)
+            with login(url, credentials) as role:
+                assert role.execute("SELECT count(*) FROM municipalities").fetchone()[0] == 312
+                assert is_denied(role, "SELECT * FROM public.patients")
+                role.execute("SET default_transaction_read_only = off")
+                assert is_denied(role, "CREATE TEMP TABLE mine (i int)")
+            assert revoke_for_organisation(conn, provider) == [credentials.role_name]
+            with pytest.raises(psycopg.OperationalError):
+                login(url, credentials)
+    finally:
+        if name is not None:
+            drop_database(plain_admin_url, name)
+        with psycopg.connect(plain_admin_url, autocommit=True) as su:
+            su.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(operator)))
