@@ -171,7 +171,7 @@ def test_store_form_is_recorded_and_tables_have_one_shape(store_url, request):
         for relation in ("readings", "readings_hourly", "rejected_readings", "duplicate_readings"):
             shapes[relation] = conn.execute(
                 "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_name = %s ORDER BY ordinal_position",
+                " WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
                 (relation,),
             ).fetchall()
     assert [c for c, _ in shapes["readings_hourly"]] == [
