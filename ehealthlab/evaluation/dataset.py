@@ -131,19 +131,21 @@ def day_counts_of(
     """DayCounts from every row seen: `kind` 0 accepted, 1 duplicate, 2 rejected; `seq` -1
     when a rejected row had none. A seq seen more than once (a duplicate of an accepted
     reading, a rejected resend) arrives once, on the earliest day it was seen."""
-    cell = enrolment * days + day
+    cell = enrolment.astype(np.int64) * days + day
     cells = enrolments * days
     has_seq = seq >= 0
-    distinct = np.bincount(
-        _first_sightings(enrolment[has_seq], seq[has_seq], day[has_seq], enrolments, days),
-        minlength=cells,
-    )
+    if has_seq.all():  # the usual case: no copies of twenty million rows
+        with_seq = enrolment, seq, day, cell
+    else:
+        with_seq = enrolment[has_seq], seq[has_seq], day[has_seq], cell[has_seq]
+    distinct = np.bincount(_first_sightings(*with_seq[:3], enrolments, days), minlength=cells)
     lowest = np.full(cells, NO_SEQ, dtype=np.int64)
     highest = np.full(cells, -1, dtype=np.int64)
-    np.minimum.at(lowest, cell[has_seq], seq[has_seq])
-    np.maximum.at(highest, cell[has_seq], seq[has_seq])
-    duplicates = np.bincount(cell, weights=kind == 1, minlength=cells)
-    rejected = np.bincount(cell, weights=kind == 2, minlength=cells)
+    np.minimum.at(lowest, with_seq[3], with_seq[1])
+    np.maximum.at(highest, with_seq[3], with_seq[1])
+    del with_seq
+    duplicates = np.bincount(cell[kind == 1], minlength=cells)
+    rejected = np.bincount(cell[kind == 2], minlength=cells)
     occupied = np.flatnonzero(np.bincount(cell, minlength=cells))
     return DayCounts(
         enrolment=occupied // days,
@@ -175,15 +177,26 @@ def _first_sightings(
     relative = seq - lowest[enrolment]
     seq_bits = 63 - day_bits - enrolment_bits
     if seq_bits > 0 and int(relative.max()) < (1 << seq_bits):
-        packed = np.sort((enrolment << (seq_bits + day_bits)) | (relative << day_bits) | day)
+        # built and sorted in place: three arrays of the rows' size at most
+        packed = enrolment.astype(np.int64)
+        packed <<= seq_bits + day_bits
+        relative <<= day_bits
+        packed |= relative
+        del relative
+        packed |= day
+        packed.sort()
         owner = packed >> day_bits
-        first = np.r_[True, owner[1:] != owner[:-1]]
+        first = np.empty(packed.size, dtype=bool)
+        first[0] = True
+        np.not_equal(owner[1:], owner[:-1], out=first[1:])
+        del owner
         chosen = packed[first]
+        del packed, first
         return (chosen >> (seq_bits + day_bits)) * days + (chosen & ((1 << day_bits) - 1))
     order = np.lexsort((day, seq, enrolment))
     e, q = enrolment[order], seq[order]
     first = np.r_[True, (e[1:] != e[:-1]) | (q[1:] != q[:-1])]
-    result: IntArray = e[first] * days + day[order][first]
+    result: IntArray = e[first].astype(np.int64) * days + day[order][first]
     return result
 
 

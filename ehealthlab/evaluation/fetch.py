@@ -221,16 +221,17 @@ def _read(
     alerts = conn.execute(_ALERTS, params).fetchall()
     readings, seqs = _readings(conn, params, period)
     others = conn.execute(_OTHER_SEQS, params).fetchall()
-    other = [np.array(c, dtype=np.int64) for c in zip(*others, strict=True)] if others else [
-        np.zeros(0, np.int64)] * 4  # fmt: skip
+    other = list(zip(*others, strict=True)) if others else [()] * 4
+    # in the readings' own narrow types: int64 would double twenty million rows
     day_counts = day_counts_of(
-        np.concatenate((readings.enrolment, other[0])),
-        np.concatenate((readings.day, other[1])),
-        np.concatenate((seqs, other[2])),
-        np.concatenate((np.zeros(seqs.size, np.int64), other[3])),
+        np.concatenate((readings.enrolment, np.array(other[0], dtype=np.int32))),
+        np.concatenate((readings.day, np.array(other[1], dtype=np.int16))),
+        np.concatenate((seqs, np.array(other[2], dtype=np.int64))),
+        np.concatenate((np.zeros(seqs.size, np.int8), np.array(other[3], dtype=np.int8))),
         enrolments=len(rows),
         days=period.days,
     )
+    del seqs
     return Dataset(
         period=period,
         population=population,
@@ -272,8 +273,8 @@ def _plan(care_plan: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in dict(plan).items() if isinstance(v, int | float)}
 
 
-#: each column of the readings kept in the narrowest type that holds it: 24 bytes a reading
-#: the types of the readings' columns, as the Dataset keeps them
+#: the types of the readings' columns, as the Dataset keeps them: the narrowest that holds
+#: each, 24 bytes a reading
 _EMPTY = {"enrolment": np.int32, "metric": np.int8, "day": np.int16, "latency_s": np.float64,
           "clock_corrected": np.bool_, "seq": np.int64}  # fmt: skip
 
@@ -308,10 +309,11 @@ def _readings(
             columns["latency_s"].append((records["received_us"] - measured) / 1e6)
             columns["clock_corrected"].append(records["clock_corrected"].astype(np.bool_))
             columns["seq"].append(records["seq"].astype(np.int64))
-    whole = {
-        name: np.concatenate(parts) if parts else np.zeros(0, dtype=_EMPTY[name])
-        for name, parts in columns.items()
-    }
+    whole = {}  # column by column, each one's parts let go at once
+    for name, dtype in _EMPTY.items():
+        parts = columns.pop(name)
+        whole[name] = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+        del parts
     readings = Readings(
         enrolment=whole["enrolment"],
         metric=whole["metric"],
