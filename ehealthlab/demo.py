@@ -78,7 +78,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     _say(f"store: {report.form} form, {municipalities} municipalities")
     for line in stack.status_lines():
         _say("  " + line)
-    with _Services(settings) as services:
+    with LocalServices(settings) as services:
         operator = bootstrap_operator(settings)["token"]
         _play_a_day(services.api_url, operator)
         _simulate_a_week(settings, services.api_url, operator, stack.state_dir)
@@ -104,7 +104,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-class _Services:
+class LocalServices:
     """The API (uvicorn on a free loopback port) and one ingest worker, in this process."""
 
     def __init__(self, settings: Settings) -> None:
@@ -112,7 +112,7 @@ class _Services:
         self.api_url = ""
         self._stop = threading.Event()
 
-    def __enter__(self) -> _Services:
+    def __enter__(self) -> LocalServices:
         username = self.settings.mqtt_username
         if username is not None:
             with DynamicSecurity(BrokerAddress.from_settings(self.settings)) as dynsec:

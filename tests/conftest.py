@@ -9,8 +9,13 @@ extension loaded (a superuser URL: tests create and drop databases on it).
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -19,7 +24,18 @@ from fastapi.testclient import TestClient
 from hypothesis import settings as hypothesis_settings
 from pydantic import SecretStr
 
+from ehealthlab.api.client import GatewayClient
+from ehealthlab.contract.pilot_time import pilot_day
+from ehealthlab.dashboards.roles import RoleCredentials, create_role, list_roles, revoke_role
+from ehealthlab.demo import LocalServices
+from ehealthlab.evaluation.dataset import Period
+from ehealthlab.evaluation.publish import publish_evaluations
+from ehealthlab.gateway.admin import bootstrap_operator
 from ehealthlab.settings import Settings
+from ehealthlab.simulators.onboarding import Onboarded, onboard
+from ehealthlab.simulators.runner import PilotRun
+from ehealthlab.simulators.scenario import load_scenario, pilot_measurements, simulated_patients
+from ehealthlab.store.db import connect
 from ehealthlab.store.migrate import migrate
 from ehealthlab.store.reference import load_municipalities
 
@@ -72,10 +88,10 @@ def migrated_template(plain_admin_url: str) -> str:
     return name
 
 
-@pytest.fixture(params=["plain", "timescale"])
-def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A freshly migrated store of each physical form (TimescaleDB only when available)."""
-    if request.param == "plain":
+def migrated_store(request: pytest.FixtureRequest, form: str) -> tuple[str, str]:
+    """A new database of `form` with the municipalities: (admin URL, name). Skips the
+    TimescaleDB form when no server with the extension is named."""
+    if form == "plain":
         admin_url = request.getfixturevalue("plain_admin_url")
         name = create_database(admin_url, template=request.getfixturevalue("migrated_template"))
     else:
@@ -86,6 +102,13 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
         with psycopg.connect(with_database(admin_url, name), autocommit=True) as conn:
             migrate(conn, "timescale")
             load_municipalities(conn)
+    return admin_url, name
+
+
+@pytest.fixture(params=["plain", "timescale"])
+def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A freshly migrated store of each physical form (TimescaleDB only when available)."""
+    admin_url, name = migrated_store(request, request.param)
     try:
         yield with_database(admin_url, name)
     finally:
@@ -137,3 +160,114 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
     with TestClient(create_app(settings)) as test_client:
         yield test_client
+
+
+# -- a pilot filled by the simulator, for the dashboards' tests -------------------------------
+
+SMALL_PILOT = Path(__file__).parent / "data" / "small-pilot.toml"
+#: the simulator's own demo week: 24 patients in four municipalities (A, D, E, F), an outage
+DEMO_WEEK = Path(str(resources.files("ehealthlab.simulators") / "scenarios" / "demo-week.toml"))
+
+
+@dataclass
+class SimulatedPilot:
+    """A store of one form that the simulator filled through the real API, broker and ingest
+    — the demo week (the main provider and start-up, `period`) and, a month earlier, the small
+    test pilot of a second provider and start-up — the week's evaluations published, and one
+    dashboard role per organisation plus the lab's. Shared by a session: read it, never
+    change it."""
+
+    form: str
+    url: str
+    period: Period
+    #: what each run's onboarding created: [demo week, small pilot]
+    runs: list[Onboarded]
+    #: kind ("provider", "startup", "lab") -> the credentials of the demo week's organisation
+    roles: dict[str, RoleCredentials] = field(default_factory=dict)
+    #: every role made, by organisation id ("lab" for the lab's)
+    all_roles: dict[str, RoleCredentials] = field(default_factory=dict)
+
+    @property
+    def timescaledb(self) -> bool:
+        return self.form == "timescale"
+
+    def admin(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def login(self, kind_or_organisation: str) -> psycopg.Connection:
+        """A connection as a dashboard role, as Grafana's data source logs in: a kind names
+        the demo week's organisation of that kind, an organisation id any other."""
+        credentials = self.roles.get(kind_or_organisation) or self.all_roles[kind_or_organisation]
+        return psycopg.connect(
+            self.url,
+            user=credentials.role_name,
+            password=credentials.password,
+            autocommit=True,
+            connect_timeout=10,
+        )
+
+
+def _simulate(settings: Settings, api_url: str, scenario_file: Path, state_dir: Path):
+    """One scenario through the API, broker and ingest; returns once all of it is stored."""
+    scenario = load_scenario(scenario_file)
+    patients = simulated_patients(scenario)
+    expected = sum(len(i.measurement.values) for i in pilot_measurements(scenario, patients))
+    operator = bootstrap_operator(settings)["token"]
+    onboarded = onboard(GatewayClient(api_url, operator), patients, state_dir)
+    PilotRun(scenario, patients, onboarded, state_dir, speed=None).run()
+    devices = [d.device_id for d in onboarded.devices.values()]
+    deadline = time.monotonic() + 120  # bounds a failure only
+    with connect(settings) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM readings WHERE device_id = ANY(%s)", (devices,)
+            ).fetchone()
+            conn.rollback()
+            if row is not None and row[0] >= expected:
+                break
+            assert time.monotonic() < deadline, f"{row} of {expected} readings stored"
+            time.sleep(0.2)
+    week = Period(pilot_day(scenario.starts_at), pilot_day(scenario.ends_at) + timedelta(1))
+    return onboarded, week
+
+
+@pytest.fixture(scope="session", params=["plain", "timescale"])
+def simulated_pilot(
+    request: pytest.FixtureRequest, mosquitto_broker, tmp_path_factory
+) -> Iterator[SimulatedPilot]:
+    admin_url, name = migrated_store(request, request.param)
+    url = with_database(admin_url, name)
+    b = mosquitto_broker
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("no-stack"),
+        database_url=SecretStr(url),
+        mqtt_host=b.host,
+        mqtt_port=b.port,
+        mqtt_username=b.admin_username,
+        mqtt_password=SecretStr(b.admin_password),
+        patient_key=SecretStr(API_PATIENT_KEY),
+    )
+    try:
+        with LocalServices(settings) as services:
+            runs = [
+                _simulate(settings, services.api_url, scenario, tmp_path_factory.mktemp("run"))
+                for scenario in (DEMO_WEEK, SMALL_PILOT)
+            ]
+        period = runs[0][1]
+        pilot = SimulatedPilot(request.param, url, period, [onboarded for onboarded, _ in runs])
+        with connect(settings) as conn:
+            publish_evaluations(conn, settings, period, "simulated")
+            conn.commit()
+        with pilot.admin() as conn:
+            for run in pilot.runs:
+                for organisation in run.organisations.values():
+                    credentials = create_role(conn, uuid.UUID(organisation["id"]))
+                    pilot.all_roles[organisation["id"]] = credentials
+                    pilot.roles.setdefault(credentials.kind, credentials)
+            pilot.roles["lab"] = pilot.all_roles["lab"] = create_role(conn, None)
+        yield pilot
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for role in list_roles(conn):
+                revoke_role(conn, role.role_name)
+        drop_database(admin_url, name)

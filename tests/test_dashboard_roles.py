@@ -11,7 +11,6 @@ as SCRAM verifiers.
 from __future__ import annotations
 
 import argparse
-import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from conftest import TIMESCALE_URL_VARIABLE, create_database, drop_database, with_database
+from conftest import create_database, drop_database, migrated_store, with_database
 from psycopg import sql
 from pydantic import SecretStr
 
@@ -259,22 +258,6 @@ def revoke_all(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for role in list_roles(conn):
             revoke_role(conn, role.role_name)
-
-
-def migrated_store(request, form: str) -> tuple[str, str]:
-    """A new database of `form` with the municipalities; (admin URL, name)."""
-    if form == "plain":
-        admin_url = request.getfixturevalue("plain_admin_url")
-        name = create_database(admin_url, template=request.getfixturevalue("migrated_template"))
-    else:
-        admin_url = os.environ.get(TIMESCALE_URL_VARIABLE, "")
-        if not admin_url:
-            pytest.skip(f"{TIMESCALE_URL_VARIABLE} is not set: TimescaleDB form not tested")
-        name = create_database(admin_url)
-        with psycopg.connect(with_database(admin_url, name), autocommit=True) as conn:
-            migrate(conn, "timescale")
-            load_municipalities(conn)
-    return admin_url, name
 
 
 @pytest.fixture(scope="module", params=["plain", "timescale"])
