@@ -101,7 +101,7 @@ def query_variables(board: Mapping[str, Any]) -> list[QueryVariable]:
     ]
 
 
-def _context(
+def query_context(
     time_from: datetime,
     time_to: datetime,
     variables: Variables,
@@ -130,7 +130,7 @@ def resolve_variables(
     one its first, unless ``chosen`` names the value."""
     values: dict[str, str | list[str]] = {}
     for variable in query_variables(board):
-        context = _context(time_from, time_to, values, timescaledb=timescaledb)
+        context = query_context(time_from, time_to, values, timescaledb=timescaledb)
         cursor = conn.execute(expand(variable.query, context).encode())
         names = [c.name for c in cursor.description or ()]
         column = names.index("__value") if "__value" in names else 0
@@ -160,7 +160,7 @@ def run_panel(
 ) -> PanelResult:
     """The panel's query as PostgreSQL receives it from Grafana, run and checked against what
     its format needs (a time series has a ``time`` column)."""
-    context = _context(
+    context = query_context(
         time_from,
         time_to,
         variables,
