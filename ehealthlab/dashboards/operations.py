@@ -1,0 +1,343 @@
+"""The operations dashboard: what the LAB's operators watch about the platform itself — how
+many readings arrive and how late, what is refused or arrives twice, which devices are online
+or silent, whose clocks are wrong — over every organisation (role kind ``lab``, schema
+``lab_dashboard``), with no patient in sight.
+
+Each panel's description says which time it is drawn against: *receive time* (``received_at``,
+the broker's stamp) for what ingest did, *measurement time* (``at``, the device's clock) for
+the hourly rollup and for latency. The message log (``device_messages``, one row per message
+with its counts) answers the receive-time panels, so they never read ``readings`` row by row.
+"""
+
+from __future__ import annotations
+
+from grafanalib.core import Dashboard, Table, Text, TimeSeries
+
+from ehealthlab.dashboards.panels import Grid, dashboard, datasource, sql
+from ehealthlab.dashboards.roles import Kind
+
+KIND: Kind = "lab"
+UID = "ehl-operations"
+
+#: the contract's clock tolerance (contract/validation.py CLOCK_TOLERANCE_S): beyond it a
+#: message's readings are clock-corrected
+CLOCK_TOLERANCE_S = 120
+#: every care plan of the pilot expects readings every day: a device enrolled and quiet for
+#: longer than this has missed a day of its plan
+SILENT_AFTER_HOURS = 24
+#: how far back a silent device's last reading is looked for (bounds the partitions read)
+SILENT_LOOKBACK_DAYS = 7
+
+INGESTED_SQL = """
+SELECT $__timeGroupAlias(received_at, $__interval),
+       sum(accepted) * 1000.0 / $__interval_ms AS "stored",
+       sum(duplicates) * 1000.0 / $__interval_ms AS "duplicates",
+       sum(rejected) * 1000.0 / $__interval_ms AS "rejected"
+FROM device_messages
+WHERE $__timeFilter(received_at)
+GROUP BY 1
+ORDER BY 1
+"""
+
+HOURLY_SQL = """
+SELECT $__timeGroupAlias(bucket, $__interval), sum(readings) AS "readings"
+FROM readings_hourly
+WHERE $__timeFilter(bucket)
+GROUP BY 1
+ORDER BY 1
+"""
+
+LATENCY_SQL = """
+SELECT $__timeGroupAlias(at, $__interval),
+       percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY extract(epoch FROM received_at - measured_at)::float8) AS "p50",
+       percentile_cont(0.95) WITHIN GROUP (
+           ORDER BY extract(epoch FROM received_at - measured_at)::float8) AS "p95"
+FROM readings
+WHERE $__timeFilter(at)
+GROUP BY 1
+ORDER BY 1
+"""
+
+REJECTS_BY_REASON_SQL = """
+SELECT $__timeGroupAlias(received_at, $__interval), reason AS metric, count(*) AS "rejected"
+FROM rejected_readings
+WHERE $__timeFilter(received_at)
+GROUP BY 1, 2
+ORDER BY 1, 2
+"""
+
+REJECTS_BY_STARTUP_SQL = """
+SELECT coalesce(o.name, '(not a registered device)') AS "start-up",
+       x.reason AS "reason",
+       count(*) AS "rejected",
+       count(*) FILTER (WHERE x.item_index IS NULL) AS "whole messages",
+       max(x.received_at) AS "last received"
+FROM rejected_readings x
+LEFT JOIN devices d ON d.device_id = x.device_id
+LEFT JOIN organisations o ON o.id = d.organisation_id
+WHERE $__timeFilter(x.received_at)
+GROUP BY 1, 2
+ORDER BY 3 DESC, 1, 2
+LIMIT 200
+"""
+
+DUPLICATES_SQL = """
+SELECT $__timeGroupAlias(received_at, $__interval), count(*) AS "duplicate readings"
+FROM duplicate_readings
+WHERE $__timeFilter(received_at)
+GROUP BY 1
+ORDER BY 1
+"""
+
+REDELIVERIES_SQL = """
+SELECT $__timeGroupAlias(received_at, $__interval),
+       sum(deliveries - 1) AS "messages delivered again"
+FROM device_messages
+WHERE $__timeFilter(received_at)
+GROUP BY 1
+ORDER BY 1
+"""
+
+DEAD_LETTERS_SQL = """
+SELECT x.received_at AS "received",
+       x.device_id AS "device",
+       (d.device_id IS NOT NULL) AS "registered",
+       x.reason AS "reason",
+       x.detail AS "detail",
+       x.payload_bytes AS "bytes"
+FROM rejected_readings x
+LEFT JOIN devices d ON d.device_id = x.device_id
+WHERE x.item_index IS NULL AND $__timeFilter(x.received_at)
+ORDER BY x.received_at DESC, x.id DESC
+LIMIT 100
+"""
+
+DEVICES_SQL = """
+SELECT o.name AS "start-up",
+       count(*) FILTER (WHERE d.status = 'online') AS "online",
+       count(*) FILTER (WHERE d.status = 'offline') AS "offline",
+       count(*) FILTER (WHERE d.status = 'never_seen') AS "never seen",
+       max(d.last_seen_at) AS "last seen"
+FROM devices d
+JOIN organisations o ON o.id = d.organisation_id
+WHERE d.revoked_at IS NULL
+GROUP BY o.name
+ORDER BY o.name
+"""
+
+SILENT_SQL = f"""
+SELECT o.name AS "start-up",
+       e.device_id AS "device",
+       d.device_type AS "type",
+       m.name AS "municipality",
+       last.measured_at AS "last reading",
+       round((extract(epoch FROM $__timeTo()::timestamptz - last.measured_at) / 3600)::numeric,
+             1) AS "hours silent"
+FROM enrolments e
+JOIN devices d ON d.device_id = e.device_id
+JOIN organisations o ON o.id = d.organisation_id
+LEFT JOIN municipalities m ON m.istat_code = e.municipality
+LEFT JOIN LATERAL (
+    SELECT max(r.measured_at) AS measured_at
+    FROM readings r
+    WHERE r.device_id = e.device_id
+      AND r.at > $__timeTo()::timestamptz - interval '{SILENT_LOOKBACK_DAYS} days'
+      AND r.at <= $__timeTo()::timestamptz
+      AND r.measured_at <= $__timeTo()::timestamptz
+) last ON true
+WHERE e.care_plan <> '{{}}'::jsonb
+  AND e.start_date <= ($__timeTo()::timestamptz AT TIME ZONE 'Europe/Rome')::date
+  AND (e.end_date IS NULL
+       OR e.end_date >= ($__timeTo()::timestamptz AT TIME ZONE 'Europe/Rome')::date)
+  AND d.revoked_at IS NULL
+  AND (last.measured_at IS NULL
+       OR last.measured_at < $__timeTo()::timestamptz - interval '{SILENT_AFTER_HOURS} hours')
+ORDER BY last.measured_at NULLS FIRST, e.device_id
+LIMIT 200
+"""  # noqa: S608 (module constants, no input)
+
+CLOCK_SQL = f"""
+SELECT $__timeGroupAlias(received_at, $__interval),
+       coalesce(sum(accepted) FILTER (WHERE abs(clock_offset_s) > {CLOCK_TOLERANCE_S}), 0)
+           ::float8 / nullif(sum(accepted), 0) AS "clock-corrected share"
+FROM device_messages
+WHERE $__timeFilter(received_at)
+GROUP BY 1
+ORDER BY 1
+"""  # noqa: S608 (module constants, no input)
+
+BACKLOG_TEXT = """
+**Ingest backlog is not in the database.** A message is logged in `device_messages` in the
+same transaction as its readings, so the store holds no "received but not yet stored" state:
+what waits is in the broker, and what ingest knows of it is exported to **Prometheus** by each
+worker (`ehealthlab ingest --metrics-port P`, worker *i* on `127.0.0.1:P+i-1`, `/metrics`):
+
+- `ehl_ingest_lag_seconds` — receive-to-commit time of the last batch's oldest message;
+- `ehl_ingest_database_up` — 0 while the database refuses writes (the broker then holds the rest);
+- `ehl_ingest_batch_seconds`, `ehl_ingest_messages_total`, `ehl_ingest_readings_total`.
+
+Grafana's PostgreSQL data source cannot read them: add a Prometheus data source scraping the
+workers to see the backlog. Devices' own backlogs (readings buffered while offline and sent
+late) show in the latency panel's p95.
+"""
+
+
+def _series(
+    title: str, description: str, *targets: str, unit: str, interval: str = "1m"
+) -> TimeSeries:
+    return TimeSeries(
+        title=title,
+        description=description,
+        dataSource=datasource(KIND),
+        targets=[
+            sql(KIND, raw, ref_id=chr(ord("A") + i), fmt="time_series")
+            for i, raw in enumerate(targets)
+        ],
+        unit=unit,
+        interval=interval,
+    )
+
+
+def _table(title: str, description: str, raw: str) -> Table:
+    return Table(
+        title=title,
+        description=description,
+        dataSource=datasource(KIND),
+        targets=[sql(KIND, raw)],
+    )
+
+
+def operations_dashboard() -> Dashboard:
+    """The LAB operators' view of ingest, devices and data quality, every organisation."""
+    grid = Grid()
+    grid.place(
+        _series(
+            "Readings ingested per second",
+            "Receive time. Per $__interval, from the message log (device_messages): readings "
+            "stored, readings that arrived again (duplicates, not stored twice) and readings "
+            "rejected, divided by the interval's seconds.",
+            INGESTED_SQL,
+            unit="reqps",
+        ),
+        w=12,
+        h=8,
+    )
+    grid.place(
+        _series(
+            "Readings stored per interval (hourly rollup)",
+            "Measurement time (`at`, the device's clock): readings in the hourly rollup "
+            "(readings_hourly), for long ranges. A backlog appears at the hours it was "
+            "measured, not when it arrived.",
+            HOURLY_SQL,
+            unit="short",
+            interval="1h",
+        ),
+        w=12,
+        h=8,
+    )
+    grid.place(
+        _series(
+            "Latency from measurement to storage (p50, p95)",
+            "Measurement time (`at`). Per $__interval, percentiles (percentile_cont) of "
+            "received_at - measured_at (clock-corrected measurement time) over the readings "
+            "measured in it: readings buffered by an offline device raise the p95.",
+            LATENCY_SQL,
+            unit="s",
+        ),
+        w=12,
+        h=8,
+    )
+    grid.place(
+        _series(
+            "Clock-corrected share",
+            "Receive time. Share of the readings stored per $__interval whose message's clock "
+            f"offset (receive time - sent_at) exceeded ±{CLOCK_TOLERANCE_S} s, so that their "
+            "measurement time was corrected (device contract, Clock).",
+            CLOCK_SQL,
+            unit="percentunit",
+        ),
+        w=12,
+        h=8,
+    )
+    grid.place(
+        _series(
+            "Rejects by reason",
+            "Receive time. Rejected readings and whole messages per $__interval, one series per "
+            "reason code (the contract's codes; platform_error: a message the database refused, "
+            "not the device's fault).",
+            REJECTS_BY_REASON_SQL,
+            unit="short",
+        ),
+        w=12,
+        h=8,
+    )
+    grid.place(
+        _table(
+            "Rejects by start-up and reason",
+            "Receive time. Rejections in the range per start-up and reason; '(not a registered "
+            "device)' are messages on a topic of no registered device.",
+            REJECTS_BY_STARTUP_SQL,
+        ),
+        w=12,
+        h=8,
+    )
+    grid.place(
+        _series(
+            "Duplicates and redeliveries",
+            "Receive time. A: readings that arrived again in a new message (same device, metric, "
+            "`at` and value; counted, not stored twice). B: messages delivered again (same msg_id "
+            "and readings; nothing counted twice), at their first receive time.",
+            DUPLICATES_SQL,
+            REDELIVERIES_SQL,
+            unit="short",
+        ),
+        w=12,
+        h=8,
+    )
+    grid.place(
+        _table(
+            "Dead letters (whole messages kept)",
+            "Receive time. Messages refused whole and kept with their payload (not shown) in "
+            "rejected_readings (item_index null): unparseable JSON, a message breaking the schema "
+            "or too large, a topic of no registered device (device 'unknown' or not registered), "
+            "or platform_error (a batch the database refused, its message written alone). "
+            "Newest 100.",
+            DEAD_LETTERS_SQL,
+        ),
+        w=12,
+        h=8,
+    )
+    grid.place(
+        _table(
+            "Devices by presence (now)",
+            "Not the time range: each registered, unrevoked device's presence as last reported "
+            "(status topic), per start-up.",
+            DEVICES_SQL,
+        ),
+        w=8,
+        h=8,
+    )
+    grid.place(
+        _table(
+            "Silent devices",
+            f"At the range's end: devices enrolled with a care plan (every plan expects readings "
+            f"daily) and no reading measured in the {SILENT_AFTER_HOURS} h before it. Last reading "
+            f"looked for over {SILENT_LOOKBACK_DAYS} days (empty: none in that time).",
+            SILENT_SQL,
+        ),
+        w=16,
+        h=8,
+    )
+    grid.place(
+        Text(title="Ingest backlog", content=BACKLOG_TEXT.strip(), mode="markdown"), w=24, h=7
+    )
+    return dashboard(
+        uid=UID,
+        title="Operations",
+        description="The platform as the LAB's operators watch it: ingest, devices, data "
+        "quality, over every organisation (no patient identifiers).",
+        grid=grid,
+        time_from="now-24h",
+        tags=("operations",),
+    )
