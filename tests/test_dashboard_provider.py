@@ -317,3 +317,38 @@ def test_patient_links_lead_to_the_fhir_record() -> None:
         assert any(
             u.startswith("/fhir/Observation?patient=${__data.fields.patient_id}") for u in links
         )
+
+
+def test_adherence_expects_what_the_care_plans_ask(simulated_pilot: Any) -> None:
+    """Enrolled days and expected readings of the last 30 complete days, from the enrolments
+    counted here; taken readings never exceed the plan."""
+    first, _ = _provider_ids(simulated_pilot)
+    start, end = _week(simulated_pilot)
+    last = (end - timedelta(microseconds=1)).date()
+    (query,) = _by_panel(BOARD)["Adherence, last 30 days"]
+    with simulated_pilot.admin() as conn:
+        enrolments = conn.execute(
+            "SELECT e.patient_id, e.start_date, e.end_date, e.care_plan FROM enrolments e"
+            " JOIN patients p ON p.id = e.patient_id WHERE p.organisation_id = %s",
+            (first,),
+        ).fetchall()
+    days: dict[uuid.UUID, set[Any]] = defaultdict(set)
+    expected: dict[uuid.UUID, int] = defaultdict(int)
+    for patient, begin, finish, plan in enrolments:
+        for n in range(30):
+            day = last - timedelta(days=n)
+            if begin <= day and (finish is None or day <= finish):
+                days[patient].add(day)
+                expected[patient] += sum(plan.values())
+    with simulated_pilot.login("provider") as conn:
+        rows = _records(
+            run_panel(conn, query, start, end, {}, timescaledb=simulated_pilot.timescaledb)
+        )
+    assert {r["patient_id"]: r["enrolled_days"] for r in rows} == {
+        p: len(d) for p, d in days.items()
+    }
+    assert {r["patient_id"]: r["readings_expected"] for r in rows} == expected
+    for row in rows:
+        assert 0 <= row["adherent_days"] <= row["enrolled_days"]
+        assert 0 < row["readings_taken"] <= row["readings_expected"]
+    assert [r["adherence"] for r in rows] == sorted(r["adherence"] for r in rows)

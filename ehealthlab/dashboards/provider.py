@@ -123,28 +123,33 @@ LEFT JOIN LATERAL (
 ORDER BY l.open_alerts DESC, l.label, l.id
 """  # noqa: S608 - the code's constants and Grafana's macros, no input
 
+# The last complete pilot day up to the range's end, and the first of the 30 days to it.
+_LAST_ADHERENCE_DAY = (
+    "least(((($__timeTo())::timestamptz - interval '1 microsecond') AT TIME ZONE 'Europe/Rome')"
+    f"::date, {_TODAY} - 1)"
+)
+_FIRST_ADHERENCE_DAY = f"({_LAST_ADHERENCE_DAY} - 29)"
+
 # Operational adherence: the last 30 complete pilot days up to the range's end. An enrolled
 # day is adherent when every planned metric has a reading; completeness caps each metric's
 # readings at the plan. Counts come from the hourly rollup (a whole day is 24 buckets).
 ADHERENCE_SQL = f"""
-WITH window_days AS (
-    SELECT last_day - 29 AS first_day, last_day
-    FROM (SELECT least(((($__timeTo())::timestamptz - interval '1 microsecond')
-                         AT TIME ZONE 'Europe/Rome')::date, {_TODAY} - 1) AS last_day) d
-), planned AS (
+WITH planned AS (
     SELECT e.patient_id, g.day::date AS day, plan.key AS metric, plan.value::int AS expected
     FROM enrolments e
-    CROSS JOIN window_days w
     CROSS JOIN LATERAL jsonb_each_text(e.care_plan) plan
-    CROSS JOIN LATERAL generate_series(greatest(e.start_date, w.first_day),
-                                       least(coalesce(e.end_date, w.last_day), w.last_day),
+    CROSS JOIN LATERAL generate_series(greatest(e.start_date, {_FIRST_ADHERENCE_DAY}),
+                                       least(coalesce(e.end_date, {_LAST_ADHERENCE_DAY}),
+                                             {_LAST_ADHERENCE_DAY}),
                                        interval '1 day') g(day)
+    WHERE e.start_date <= {_LAST_ADHERENCE_DAY}
+      AND (e.end_date IS NULL OR e.end_date >= {_FIRST_ADHERENCE_DAY})
 ), taken AS (
     SELECT h.patient_id, (h.bucket AT TIME ZONE 'Europe/Rome')::date AS day, h.metric,
            sum(h.readings) AS readings
-    FROM readings_hourly h, window_days w
-    WHERE h.bucket >= (w.first_day::timestamp AT TIME ZONE 'Europe/Rome')
-      AND h.bucket < ((w.last_day + 1)::timestamp AT TIME ZONE 'Europe/Rome')
+    FROM readings_hourly h
+    WHERE h.bucket >= ({_FIRST_ADHERENCE_DAY})::timestamp AT TIME ZONE 'Europe/Rome'
+      AND h.bucket < ({_LAST_ADHERENCE_DAY} + 1)::timestamp AT TIME ZONE 'Europe/Rome'
     GROUP BY 1, 2, 3
 ), days AS (
     SELECT pl.patient_id, pl.day,
