@@ -218,8 +218,8 @@ def municipalities_map() -> Geomap:
     return Geomap(
         title="Municipalities by $indicator",
         description="Each municipality of the period's patients, coloured by the chosen "
-        "indicator (adherence by default, or loss rate); a small group is grey, its value "
-        "suppressed.",
+        "indicator (adherence by default, or loss rate); a group of too few patients shows "
+        "its name and band, no value.",
         targets=[sql(KIND, query)],
         layer_name="Municipalities",
     )
@@ -291,6 +291,7 @@ def _variables() -> list[Template]:
         "Population",
         "SELECT DISTINCT population AS __text, population AS __value FROM evaluations ORDER BY 1",
     )
+    # the periods published whole (every grouping), not the weeks published for the trend
     period = query_variable(
         KIND,
         "period",
