@@ -173,7 +173,8 @@ DEMO_WEEK = Path(str(resources.files("ehealthlab.simulators") / "scenarios" / "d
 class SimulatedPilot:
     """A store of one form that the simulator filled through the real API, broker and ingest
     — the demo week (the main provider and start-up, `period`) and, a month earlier, the small
-    test pilot of a second provider and start-up — the week's evaluations published, and one
+    test pilot of a second provider and start-up — a mini-pilot of the week's start-up in
+    Torino, Lanzo and Ala di Stura, the week's evaluations published, and one
     dashboard role per organisation plus the lab's. Shared by a session: read it, never
     change it."""
 
@@ -253,6 +254,13 @@ def simulated_pilot(
                 _simulate(settings, services.api_url, scenario, tmp_path_factory.mktemp("run"))
                 for scenario in (DEMO_WEEK, SMALL_PILOT)
             ]
+            week, startup = runs[0][1], runs[0][0].organisations["Alpi Digital Health"]["id"]
+            operator = GatewayClient(services.api_url, bootstrap_operator(settings)["token"])
+            operator.post("/api/v1/mini-pilots", {  # the week's start-up, Balme left out
+                "name": "Valli di Lanzo and Torino", "startups": [startup],
+                "municipalities": ["001272", "001128", "001003"],
+                "start": week.start.isoformat(), "end": (week.end - timedelta(1)).isoformat(),
+            })  # fmt: skip
         period = runs[0][1]
         pilot = SimulatedPilot(request.param, url, period, [onboarded for onboarded, _ in runs])
         with connect(settings) as conn:
