@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from ehealthlab import __version__, demo
 from ehealthlab.api import commands as api_commands
+from ehealthlab.dashboards import build as dashboards_build
 from ehealthlab.errors import ConfigurationError, EhealthlabError
 from ehealthlab.evaluation import commands as evaluation_commands
 from ehealthlab.evaluation import publish, replay_command, sus_command
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulator_commands.register(subparsers)
     evaluation_commands.register(subparsers)
     publish.register(subparsers)
+    dashboards_build.register(subparsers)
     replay_command.register(subparsers)
     sus_command.register(subparsers)
     demo.register(subparsers)

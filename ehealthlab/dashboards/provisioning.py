@@ -15,7 +15,7 @@ printed once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -115,7 +115,7 @@ def datasource_file(
 
 def dashboards_file(
     orgs: Sequence[GrafanaOrganisation],
-    dashboards_by_kind: dict[Kind, Sequence[str]],
+    dashboards_by_kind: Mapping[Kind, Sequence[str]],
     dashboards_path: PurePosixPath = DEFAULT_DASHBOARDS_PATH,
 ) -> dict[str, Any]:
     """provisioning/dashboards/ehealthlab.yaml: each organisation loads the folder of its
