@@ -384,9 +384,9 @@ def main() -> int:
         report("TimescaleDB", info, measure(url, args.days))
     elif args.only != "plain":
         print("\nTimescaleDB: not measured (no --timescale-url)")
+    for server in _SERVERS:  # no server outlives the run (a reuse starts it again)
+        server.remove() if args.remove else server.stop()
     if args.remove:
-        for server in _SERVERS:
-            server.remove()
         shutil.rmtree(args.root, ignore_errors=True)
     return 0
 
