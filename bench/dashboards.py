@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).parent))
 from evaluation import _SERVERS, START, plain_store, timescale_store  # its store
@@ -53,8 +54,14 @@ from ehealthlab.dashboards.roles import (
     list_roles,
     rotate_password,
 )
+from ehealthlab.evaluation.dataset import Period
+from ehealthlab.evaluation.publish import publish_evaluations
+from ehealthlab.settings import Settings
+from ehealthlab.store.migrate import migrate
 
 GOAL_MS = 200.0
+#: the dashboard roles' statement_timeout (roles.py): Grafana's query fails past it
+TIMEOUT_S = 10.0
 RANGES = {"24h": timedelta(hours=24), "30d": timedelta(days=30), "365d": timedelta(days=365)}
 PREPARED_VERSION = 1
 
@@ -76,10 +83,19 @@ WHERE d.device_id LIKE 'bench-%%'
 """
 
 
-def prepare(url: str, form: str) -> None:
+def prepare(url: str, form: str, days: int) -> None:
     """What the dashboards read and the evaluation's bulk load left out; once per store."""
     with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn, "timescale" if form == "timescale" else "plain")  # adds later views
         conn.execute("CREATE TABLE IF NOT EXISTS bench_dashboards_prepared (version int)")
+        row = conn.execute("SELECT count(*) FROM evaluations").fetchone()
+        if row and row[0] == 0:  # what the pilot dashboard shows: the year, and its weeks
+            started = time.perf_counter()
+            settings = Settings(database_url=SecretStr(url))
+            with psycopg.connect(url) as owner:
+                publish_evaluations(owner, settings, Period(START, START + timedelta(days)), "real")
+                owner.commit()
+            print(f"  evaluations published in {time.perf_counter() - started:.0f} s", flush=True)
         row = conn.execute("SELECT max(version) FROM bench_dashboards_prepared").fetchone()
         if row and row[0] == PREPARED_VERSION:
             return
@@ -129,6 +145,24 @@ def login(url: str, credentials: RoleCredentials) -> psycopg.Connection[Any]:
     )
 
 
+def timed(
+    conn: psycopg.Connection[Any],
+    query: PanelQuery,
+    time_from: datetime,
+    time_to: datetime,
+    variables: dict[str, str | list[str]],
+    *,
+    timescaledb: bool,
+) -> float:
+    """Seconds the panel's query took; the role's timeout when PostgreSQL cancelled it."""
+    try:
+        return run_panel(
+            conn, query, time_from, time_to, variables, timescaledb=timescaledb
+        ).seconds
+    except psycopg.errors.QueryCanceled:
+        return TIMEOUT_S
+
+
 def p95(samples: list[float]) -> float:
     return (
         statistics.quantiles(samples, n=20, method="inclusive")[18]
@@ -159,16 +193,17 @@ def measure(url: str, form: str, runs: int, days: int) -> list[tuple[str, str, f
                         conn, board, time_from, time_to, timescaledb=timescaledb
                     )
                     for query in panel_queries(board):
-                        run_panel(conn, query, time_from, time_to, variables,
-                                  timescaledb=timescaledb)  # fmt: skip
-                        samples = [
-                            run_panel(
-                                conn, query, time_from, time_to, variables, timescaledb=timescaledb
-                            ).seconds
-                            for _ in range(runs)
-                        ]
+                        args = (conn, query, time_from, time_to, variables)
+                        warm = timed(*args, timescaledb=timescaledb)
+                        # a panel far over the goal is timed 3 times (once if it hit the
+                        # role's timeout), not `runs`: the bench stays bounded, the verdict
+                        # does not change
+                        repeat = runs if warm < 1.0 else 3 if warm < TIMEOUT_S else 1
+                        samples = [timed(*args, timescaledb=timescaledb) for _ in range(repeat)]
                         median, high = statistics.median(samples) * 1e3, p95(samples) * 1e3
                         verdict = "met" if high < GOAL_MS else "NOT met"
+                        if max(samples) >= TIMEOUT_S:
+                            verdict = "timeout"
                         figures.append((query.name, span, median, high))
                         print(f"  {entry.name:<10} {span:>4}  p50 {median:8.1f} ms  p95 "
                               f"{high:8.1f} ms  {verdict:<7}  #{query.panel_id} {query.title}",
@@ -182,8 +217,9 @@ def measure(url: str, form: str, runs: int, days: int) -> list[tuple[str, str, f
             max_data_points=query.max_data_points, min_interval=query.min_interval,
         )  # fmt: skip
         with login(url, credentials[kind]) as conn:
+            analyse = "" if high >= TIMEOUT_S * 1e3 else "ANALYZE, BUFFERS, "
             plan = conn.execute(
-                ("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + expand(query.raw_sql, context)).encode()
+                (f"EXPLAIN ({analyse}COSTS OFF) " + expand(query.raw_sql, context)).encode()
             ).fetchall()
         print(f"\n  {high:8.1f} ms  {span}  {query.name}")
         for (line,) in plan[:25]:
@@ -211,16 +247,18 @@ def main() -> int:
             args.root, args.timescale_url, args.patients, args.days, reuse=True
         )
         stores.append(("timescale", url, info))
-    for form, url, info in stores:
-        print(f"\n{form}: {info['readings']:,} readings, {info['patients']:,} patients, "
-              f"{info['days']} days; {args.runs} runs a panel after one warm-up")  # fmt: skip
-        prepare(url, form)
-        figures = measure(url, form, args.runs, args.days)
-        over = [f for f in figures if f[3] >= GOAL_MS]
-        print(f"\n  {form}: {len(figures) - len(over)} of {len(figures)} panel-ranges under "
-              f"{GOAL_MS:.0f} ms at p95")  # fmt: skip
-    for server in _SERVERS:
-        server.stop()
+    try:
+        for form, url, info in stores:
+            print(f"\n{form}: {info['readings']:,} readings, {info['patients']:,} patients, "
+                  f"{info['days']} days; {args.runs} runs a panel after one warm-up")  # fmt: skip
+            prepare(url, form, args.days)
+            figures = measure(url, form, args.runs, args.days)
+            over = [f for f in figures if f[3] >= GOAL_MS]
+            print(f"\n  {form}: {len(figures) - len(over)} of {len(figures)} panel-ranges under "
+                  f"{GOAL_MS:.0f} ms at p95")  # fmt: skip
+    finally:
+        for server in _SERVERS:
+            server.stop()
     return 0
 
 
