@@ -140,14 +140,17 @@ def database_url(plain_admin_url: str, migrated_template: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def settings(database_url, mosquitto_broker, tmp_path_factory) -> Settings:
     """Settings for the module's database and the session's broker (no local stack)."""
-    b = mosquitto_broker
+    return settings_for(database_url, mosquitto_broker, tmp_path_factory)
+
+
+def settings_for(database_url: str, broker, tmp_path_factory) -> Settings:
     return Settings(
         state_dir=tmp_path_factory.mktemp("no-stack"),
         database_url=SecretStr(database_url),
-        mqtt_host=b.host,
-        mqtt_port=b.port,
-        mqtt_username=b.admin_username,
-        mqtt_password=SecretStr(b.admin_password),
+        mqtt_host=broker.host,
+        mqtt_port=broker.port,
+        mqtt_username=broker.admin_username,
+        mqtt_password=SecretStr(broker.admin_password),
         patient_key=SecretStr(API_PATIENT_KEY),
     )
 
@@ -238,16 +241,7 @@ def simulated_pilot(
 ) -> Iterator[SimulatedPilot]:
     admin_url, name = migrated_store(request, request.param)
     url = with_database(admin_url, name)
-    b = mosquitto_broker
-    settings = Settings(
-        state_dir=tmp_path_factory.mktemp("no-stack"),
-        database_url=SecretStr(url),
-        mqtt_host=b.host,
-        mqtt_port=b.port,
-        mqtt_username=b.admin_username,
-        mqtt_password=SecretStr(b.admin_password),
-        patient_key=SecretStr(API_PATIENT_KEY),
-    )
+    settings = settings_for(url, mosquitto_broker, tmp_path_factory)
     try:
         with LocalServices(settings) as services:
             runs = [
