@@ -15,7 +15,11 @@ import pytest
 
 from ehealthlab.contract.pilot_time import PILOT_ZONE
 from ehealthlab.dashboards.panels import datasource_uid, to_json_data
-from ehealthlab.dashboards.provider import WEIGHT_LIMIT_FIELD, provider_dashboard
+from ehealthlab.dashboards.provider import (
+    LAST_READING_WITHIN,
+    WEIGHT_LIMIT_FIELD,
+    provider_dashboard,
+)
 from ehealthlab.dashboards.queries import (
     PanelQuery,
     PanelResult,
@@ -352,3 +356,36 @@ def test_adherence_expects_what_the_care_plans_ask(simulated_pilot: Any) -> None
         assert 0 <= row["adherent_days"] <= row["enrolled_days"]
         assert 0 < row["readings_taken"] <= row["readings_expected"]
     assert [r["adherence"] for r in rows] == sorted(r["adherence"] for r in rows)
+
+
+def test_last_reading_is_the_devices_last_in_the_look_back(simulated_pilot: Any) -> None:
+    """Each enrolment's last reading is the latest its device brought for its patient in the
+    LAST_READING_WITHIN before the range's end, counted here; none there leaves it empty."""
+    first, _ = _provider_ids(simulated_pilot)
+    start, end = _week(simulated_pilot)
+    (query,) = _by_panel(BOARD)["Last reading and device status"]
+    with simulated_pilot.admin() as conn:
+        by_hand = dict(
+            conn.execute(
+                "SELECT (r.patient_id, r.device_id), max(r.measured_at) FROM readings r"
+                " JOIN patients p ON p.id = r.patient_id WHERE p.organisation_id = %s"
+                " AND r.measured_at <= %s AND r.measured_at > %s::timestamptz - %s::interval"
+                " GROUP BY r.patient_id, r.device_id",
+                (first, end, end, LAST_READING_WITHIN),
+            ).fetchall()
+        )
+        gone_quiet = conn.execute(
+            "SELECT count(*) FROM readings r JOIN patients p ON p.id = r.patient_id"
+            " WHERE p.organisation_id = %s AND r.measured_at <= %s::timestamptz - %s::interval",
+            (first, end, LAST_READING_WITHIN),
+        ).fetchone()
+    with simulated_pilot.login("provider") as conn:
+        rows = _records(
+            run_panel(conn, query, start, end, {}, timescaledb=simulated_pilot.timescaledb)
+        )
+    assert rows and by_hand and gone_quiet and gone_quiet[0] > 0
+    last = {(str(p), d): t for (p, d), t in by_hand.items()}
+    assert any(row["last_reading"] for row in rows)
+    for row in rows:
+        key = (str(row["patient_id"]), row["device_id"])
+        assert row["last_reading"] == last.get(key), key
