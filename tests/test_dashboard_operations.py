@@ -189,7 +189,7 @@ def test_silent_devices_are_those_without_a_reading_for_a_day(
         }
     last: dict[str, datetime] = {}
     for device, at, measured_at, _received, _corrected in readings:
-        if end - timedelta(days=7) < at <= end and measured_at <= end:
+        if end - timedelta(days=7) < at <= end and end - timedelta(days=7) < measured_at <= end:
             last[device] = max(measured_at, last.get(device, measured_at))
     silent = {d for d in enrolled if d not in last or last[d] < end - timedelta(hours=24)}
     with simulated_pilot.login("lab") as conn:

@@ -25,7 +25,8 @@ CLOCK_TOLERANCE_S = 120
 #: every care plan of the pilot expects readings every day: a device enrolled and quiet for
 #: longer than this has missed a day of its plan
 SILENT_AFTER_HOURS = 24
-#: how far back a silent device's last reading is looked for (bounds the partitions read)
+#: how far back a silent device's last reading is looked for, by measurement time and by `at`
+#: (bounds the partitions and the index range read per device)
 SILENT_LOOKBACK_DAYS = 7
 
 INGESTED_SQL = """
@@ -126,34 +127,45 @@ GROUP BY o.name
 ORDER BY o.name
 """
 
+# The enrolled devices are found first (OFFSET 0 keeps them a subquery), then their last
+# reading (newest by the index on device and measured_at), then names: joined to organisations
+# first, through the views, the planner took devices x organisations for 400 rows and looped
+# enrolments x devices (96 million comparisons, 11 s on the benchmark's store).
 SILENT_SQL = f"""
 SELECT o.name AS "start-up",
-       e.device_id AS "device",
-       d.device_type AS "type",
+       x.device_id AS "device",
+       x.device_type AS "type",
        m.name AS "municipality",
        last.measured_at AS "last reading",
        round((extract(epoch FROM $__timeTo()::timestamptz - last.measured_at) / 3600)::numeric,
              1) AS "hours silent"
-FROM enrolments e
-JOIN devices d ON d.device_id = e.device_id
-JOIN organisations o ON o.id = d.organisation_id
-LEFT JOIN municipalities m ON m.istat_code = e.municipality
+FROM (
+    SELECT e.device_id, e.municipality, d.device_type, d.organisation_id
+    FROM enrolments e
+    JOIN devices d ON d.device_id = e.device_id
+    WHERE e.care_plan <> '{{}}'::jsonb
+      AND e.start_date <= ($__timeTo()::timestamptz AT TIME ZONE 'Europe/Rome')::date
+      AND (e.end_date IS NULL
+           OR e.end_date >= ($__timeTo()::timestamptz AT TIME ZONE 'Europe/Rome')::date)
+      AND d.revoked_at IS NULL
+    OFFSET 0
+) x
 LEFT JOIN LATERAL (
-    SELECT max(r.measured_at) AS measured_at
+    SELECT r.measured_at
     FROM readings r
-    WHERE r.device_id = e.device_id
+    WHERE r.device_id = x.device_id
+      AND r.measured_at <= $__timeTo()::timestamptz
+      AND r.measured_at > $__timeTo()::timestamptz - interval '{SILENT_LOOKBACK_DAYS} days'
       AND r.at > $__timeTo()::timestamptz - interval '{SILENT_LOOKBACK_DAYS} days'
       AND r.at <= $__timeTo()::timestamptz
-      AND r.measured_at <= $__timeTo()::timestamptz
+    ORDER BY r.measured_at DESC
+    LIMIT 1
 ) last ON true
-WHERE e.care_plan <> '{{}}'::jsonb
-  AND e.start_date <= ($__timeTo()::timestamptz AT TIME ZONE 'Europe/Rome')::date
-  AND (e.end_date IS NULL
-       OR e.end_date >= ($__timeTo()::timestamptz AT TIME ZONE 'Europe/Rome')::date)
-  AND d.revoked_at IS NULL
-  AND (last.measured_at IS NULL
-       OR last.measured_at < $__timeTo()::timestamptz - interval '{SILENT_AFTER_HOURS} hours')
-ORDER BY last.measured_at NULLS FIRST, e.device_id
+JOIN organisations o ON o.id = x.organisation_id
+LEFT JOIN municipalities m ON m.istat_code = x.municipality
+WHERE last.measured_at IS NULL
+   OR last.measured_at < $__timeTo()::timestamptz - interval '{SILENT_AFTER_HOURS} hours'
+ORDER BY last.measured_at NULLS FIRST, x.device_id
 LIMIT 200
 """  # noqa: S608 (module constants, no input)
 
@@ -323,7 +335,8 @@ def operations_dashboard() -> Dashboard:
             "Silent devices",
             f"At the range's end: devices enrolled with a care plan (every plan expects readings "
             f"daily) and no reading measured in the {SILENT_AFTER_HOURS} h before it. Last reading "
-            f"looked for over {SILENT_LOOKBACK_DAYS} days (empty: none in that time).",
+            f"looked for over {SILENT_LOOKBACK_DAYS} days, by measurement time and by `at` "
+            "(empty: none in that time).",
             SILENT_SQL,
         ),
         w=16,
