@@ -358,12 +358,14 @@ def test_adherence_expects_what_the_care_plans_ask(simulated_pilot: Any) -> None
     assert [r["adherence"] for r in rows] == sorted(r["adherence"] for r in rows)
 
 
-def test_last_reading_is_the_devices_last_in_the_look_back(simulated_pilot: Any) -> None:
+def test_last_reading_is_the_last_in_the_look_back(simulated_pilot: Any) -> None:
     """Each enrolment's last reading is the latest its device brought for its patient in the
-    LAST_READING_WITHIN before the range's end, counted here; none there leaves it empty."""
+    LAST_READING_WITHIN before the range's end, counted here; none there leaves it empty. The
+    patient table's last reading is the patient's latest there."""
     first, _ = _provider_ids(simulated_pilot)
     start, end = _week(simulated_pilot)
     (query,) = _by_panel(BOARD)["Last reading and device status"]
+    (patients_query,) = _by_panel(BOARD)[PATIENTS_PANEL]
     with simulated_pilot.admin() as conn:
         by_hand = dict(
             conn.execute(
@@ -383,9 +385,18 @@ def test_last_reading_is_the_devices_last_in_the_look_back(simulated_pilot: Any)
         rows = _records(
             run_panel(conn, query, start, end, {}, timescaledb=simulated_pilot.timescaledb)
         )
+        patients = _records(
+            run_panel(conn, patients_query, start, end, {}, timescaledb=simulated_pilot.timescaledb)
+        )
     assert rows and by_hand and gone_quiet and gone_quiet[0] > 0
     last = {(str(p), d): t for (p, d), t in by_hand.items()}
     assert any(row["last_reading"] for row in rows)
     for row in rows:
         key = (str(row["patient_id"]), row["device_id"])
         assert row["last_reading"] == last.get(key), key
+    per_patient: dict[str, Any] = {}
+    for (patient, _device), at in last.items():
+        per_patient[patient] = max(at, per_patient.get(patient, at))
+    assert any(row["last_reading"] for row in patients)
+    for row in patients:
+        assert row["last_reading"] == per_patient.get(str(row["patient_id"])), row["patient"]

@@ -28,6 +28,9 @@ WEIGHT_LIMIT_FIELD = "weight_gain_limit"
 _UNITS = {"%": "percent", "Cel": "celsius", "kg": "masskg", "mm[Hg]": "suffix: mmHg"}
 _UNIT_SUFFIX = {"/min": "suffix: /min", "mg/dL": "suffix: mg/dL", "{steps}": "none"}
 
+#: how far before the range's end the patient and device tables look for the last reading
+LAST_READING_WITHIN = "7 days"
+_T = "$__timeTo()::timestamptz"
 # The pilot's calendar day of the dashboard's ends; "today" is the current pilot day.
 _FROM_DAY = "(($__timeFrom())::timestamptz AT TIME ZONE 'Europe/Rome')::date"
 _TO_DAY = "(($__timeTo())::timestamptz AT TIME ZONE 'Europe/Rome')::date"
@@ -81,7 +84,9 @@ ORDER BY p.label, p.id
 """
 
 # Open alerts are counted whatever the range (an unacknowledged alert stays open); the rest
-# are the patients enrolled in the range. Only the listed rows get their lookups.
+# are the patients enrolled in the range. Only the listed rows get their lookups: their
+# enrolments in one join (hash joins; a lateral lookup per row would rebuild the devices
+# view's join each time), their last reading within LAST_READING_WITHIN of the range's end.
 PATIENTS_SQL = f"""
 WITH open_alerts AS (
     SELECT a.patient_id, count(*) AS open_alerts, min(a.raised_at) AS oldest_open,
@@ -89,7 +94,7 @@ WITH open_alerts AS (
     FROM alerts a
     WHERE a.acknowledged_at IS NULL
     GROUP BY a.patient_id
-), listed AS (
+), listed AS MATERIALIZED (
     SELECT p.id, p.label, coalesce(o.open_alerts, 0) AS open_alerts, o.oldest_open, o.rules
     FROM patients p
     LEFT JOIN open_alerts o ON o.patient_id = p.id
@@ -99,26 +104,28 @@ WITH open_alerts AS (
                     AND (e.end_date IS NULL OR e.end_date >= {_FROM_DAY}))
     ORDER BY coalesce(o.open_alerts, 0) DESC, p.label, p.id
     LIMIT {TABLE_LIMIT}
+), en AS MATERIALIZED (
+    SELECT e.patient_id, max(m.name) AS municipality,
+           string_agg(e.device_id || ': ' || {_DEVICE_STATUS}, ', ' ORDER BY e.device_id)
+               AS devices
+    FROM listed l
+    JOIN enrolments e ON e.patient_id = l.id
+    JOIN municipalities m ON m.istat_code = e.municipality
+    LEFT JOIN devices dv ON dv.enrolment_id = e.id
+    WHERE e.start_date <= {_TO_DAY} AND (e.end_date IS NULL OR e.end_date >= {_FROM_DAY})
+    GROUP BY e.patient_id
 )
 SELECT l.id AS patient_id, l.label AS patient, en.municipality, l.open_alerts,
        l.rules AS open_alert_rules, l.oldest_open AS oldest_open_alert,
        lr.measured_at AS last_reading, en.devices AS device_status
 FROM listed l
+LEFT JOIN en ON en.patient_id = l.id
 LEFT JOIN LATERAL (
-    SELECT max(m.name) AS municipality,
-           string_agg(e.device_id || ': ' || {_DEVICE_STATUS}, ', ' ORDER BY e.device_id)
-               AS devices
-    FROM enrolments e
-    JOIN municipalities m ON m.istat_code = e.municipality
-    LEFT JOIN devices dv ON dv.enrolment_id = e.id
-    WHERE e.patient_id = l.id AND e.start_date <= {_TO_DAY}
-      AND (e.end_date IS NULL OR e.end_date >= {_FROM_DAY})
-) en ON true
-LEFT JOIN LATERAL (
-    SELECT r.measured_at FROM readings r
-    WHERE r.patient_id = l.id AND r.measured_at <= $__timeTo()
-    ORDER BY r.measured_at DESC
-    LIMIT 1
+    SELECT max(r.measured_at) AS measured_at FROM readings r
+    WHERE r.patient_id = l.id
+      AND r.measured_at <= {_T} AND r.measured_at > {_T} - interval '{LAST_READING_WITHIN}'
+      AND r.at > {_T} - interval '{LAST_READING_WITHIN}' - interval '7 days'
+      AND r.at <= {_T} + interval '7 days'
 ) lr ON true
 ORDER BY l.open_alerts DESC, l.label, l.id
 """  # noqa: S608 - the code's constants and Grafana's macros, no input
@@ -171,10 +178,6 @@ GROUP BY d.patient_id, p.label
 ORDER BY adherence, completeness, p.label
 LIMIT {TABLE_LIMIT}
 """  # noqa: S608 - the code's constants and Grafana's macros, no input
-
-#: how far before the range's end the device table looks for a device's last reading
-LAST_READING_WITHIN = "7 days"
-_T = "$__timeTo()::timestamptz"
 
 # One row per device enrolment in the range: the last reading it brought for its patient in
 # the LAST_READING_WITHIN before the range's end (none: silent that long). The enrolments are
@@ -343,8 +346,9 @@ def provider_dashboard(rules: AlertRules = DEFAULT_RULES) -> Dashboard:
         _table(
             "Patients: open alerts first",
             "Patients with unacknowledged alerts (whenever raised) at the top, most alerts "
-            "first; then the patients enrolled in the time range. Last reading up to the "
-            "range's end; device status now (an ended enrolment's device is no longer shown). "
+            "first; then the patients enrolled in the time range. Last reading in the "
+            f"{LAST_READING_WITHIN} before the range's end (empty: none); device status now "
+            "(an ended enrolment's device is no longer shown). "
             f"At most {TABLE_LIMIT} rows. Click a patient for the vitals or the FHIR record.",
             PATIENTS_SQL,
             _patient_column_overrides(),
