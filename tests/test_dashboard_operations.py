@@ -324,3 +324,54 @@ def test_rejects_duplicates_dead_letters_and_clocks_equal_counts_by_hand(
     }
     assert shares == pytest.approx({b: corrected[b] / total[b] for b in total})
     assert sum(corrected.values()) == 2
+
+
+def test_receive_time_panels_read_the_hourly_rollup_from_an_hours_interval(
+    simulated_pilot: SimulatedPilot,
+    week: tuple[datetime, datetime],
+    troubled: psycopg.Connection[Any],
+) -> None:
+    """Over a month (interval 6 h) the receive-time panels read messages_hourly, kept by
+    triggers: it holds the troubled messages (inserted) and the redelivery (an update)."""
+    t1 = week[1]
+    t0 = t1 - timedelta(days=30)
+    conn = troubled
+    logged = conn.execute(
+        "SELECT received_at, accepted, duplicates, rejected, deliveries, clock_offset_s"
+        " FROM device_messages"
+    ).fetchall()
+    _as_lab(conn, simulated_pilot)
+    results = _run_all(conn, simulated_pilot, t0, t1)
+    step = _step(_query("Readings ingested per second"), t0, t1)
+    assert step == _step(_query("Clock-corrected share"), t0, t1) == timedelta(hours=6)
+    kept = [m for m in logged if t0 <= _floor_hour(m[0]) <= t1]
+    stored, duplicates, rejected, again, corrected = (Counter[float]() for _ in range(5))
+    for received_at, accepted, dup, rej, deliveries, offset in kept:
+        b = _bucket(received_at, step)
+        stored[b] += accepted
+        duplicates[b] += dup
+        rejected[b] += rej
+        again[b] += deliveries - 1
+        corrected[b] += accepted if offset is not None and abs(offset) > 120 else 0
+    rates = results[("Readings ingested per second", "A")].rows
+    assert {_epoch(r[0]): float(r[1]) * step.total_seconds() for r in rates} == pytest.approx(
+        {b: float(n) for b, n in stored.items()}
+    )
+    seconds = step.total_seconds()
+    assert sum(duplicates.values()) == 2 and sum(rejected.values()) > 0
+    assert sum(float(r[2]) * seconds for r in rates) == pytest.approx(2)
+    assert sum(float(r[3]) * seconds for r in rates) == pytest.approx(sum(rejected.values()))
+    redelivered = results[("Duplicates and redeliveries", "B")].rows
+    assert {_epoch(r[0]): r[1] for r in redelivered if r[1]} == {
+        b: n for b, n in again.items() if n
+    }
+    assert sum(again.values()) == 1
+    shares = {_epoch(r[0]): r[1] for r in results[("Clock-corrected share", "A")].rows}
+    assert shares == pytest.approx(
+        {b: corrected[b] / stored[b] if stored[b] else None for b in stored}
+    )
+    assert sum(corrected.values()) == 2
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)

@@ -29,16 +29,36 @@ SILENT_AFTER_HOURS = 24
 #: (bounds the partitions and the index range read per device)
 SILENT_LOOKBACK_DAYS = 7
 
-INGESTED_SQL = """
+#: from this $__interval on, receive-time panels read the hourly rollup (messages_hourly)
+ROLLUP_FROM_MS = 3_600_000
+
+
+def _by_receive_time(log_columns: str, rollup_columns: str) -> str:
+    """A receive-time series: under an hour's interval from the message log (device_messages,
+    by its index on received_at), from an hour on from its hourly rollup (messages_hourly,
+    migration 0021), whole hours whose start is in the range. The branch not taken is a
+    constant-false filter: PostgreSQL does not run it."""
+    return f"""
 SELECT $__timeGroupAlias(received_at, $__interval),
-       sum(accepted) * 1000.0 / $__interval_ms AS "stored",
-       sum(duplicates) * 1000.0 / $__interval_ms AS "duplicates",
-       sum(rejected) * 1000.0 / $__interval_ms AS "rejected"
+{log_columns}
 FROM device_messages
-WHERE $__timeFilter(received_at)
+WHERE $__interval_ms < {ROLLUP_FROM_MS} AND $__timeFilter(received_at)
+GROUP BY 1
+UNION ALL
+SELECT $__timeGroupAlias(bucket, $__interval),
+{rollup_columns}
+FROM messages_hourly
+WHERE $__interval_ms >= {ROLLUP_FROM_MS} AND $__timeFilter(bucket)
 GROUP BY 1
 ORDER BY 1
+"""  # noqa: S608 (module constants, no input)
+
+
+_RATES = """       sum(accepted) * 1000.0 / $__interval_ms AS "stored",
+       sum(duplicates) * 1000.0 / $__interval_ms AS "duplicates",
+       sum(rejected) * 1000.0 / $__interval_ms AS "rejected"
 """
+INGESTED_SQL = _by_receive_time(_RATES, _RATES)
 
 HOURLY_SQL = """
 SELECT $__timeGroupAlias(bucket, $__interval), sum(readings) AS "readings"
@@ -91,14 +111,10 @@ GROUP BY 1
 ORDER BY 1
 """
 
-REDELIVERIES_SQL = """
-SELECT $__timeGroupAlias(received_at, $__interval),
-       sum(deliveries - 1) AS "messages delivered again"
-FROM device_messages
-WHERE $__timeFilter(received_at)
-GROUP BY 1
-ORDER BY 1
-"""
+REDELIVERIES_SQL = _by_receive_time(
+    '       sum(deliveries - 1) AS "messages delivered again"',
+    '       sum(redeliveries) AS "messages delivered again"',
+)
 
 DEAD_LETTERS_SQL = """
 SELECT x.received_at AS "received",
@@ -169,15 +185,14 @@ ORDER BY last.measured_at NULLS FIRST, x.device_id
 LIMIT 200
 """  # noqa: S608 (module constants, no input)
 
-CLOCK_SQL = f"""
-SELECT $__timeGroupAlias(received_at, $__interval),
-       coalesce(sum(accepted) FILTER (WHERE abs(clock_offset_s) > {CLOCK_TOLERANCE_S}), 0)
+CLOCK_SQL = _by_receive_time(
+    f"""       coalesce(sum(accepted) FILTER (WHERE abs(clock_offset_s) > {CLOCK_TOLERANCE_S}), 0)
            ::float8 / nullif(sum(accepted), 0) AS "clock-corrected share"
-FROM device_messages
-WHERE $__timeFilter(received_at)
-GROUP BY 1
-ORDER BY 1
-"""  # noqa: S608 (module constants, no input)
+""",
+    """       sum(clock_corrected)::float8 / nullif(sum(accepted), 0)
+           AS "clock-corrected share"
+""",
+)
 
 BACKLOG_TEXT = """
 **Ingest backlog is not in the database.** A message is logged in `device_messages` in the
@@ -228,7 +243,9 @@ def operations_dashboard() -> Dashboard:
             "Readings ingested per second",
             "Receive time. Per $__interval, from the message log (device_messages): readings "
             "stored, readings that arrived again (duplicates, not stored twice) and readings "
-            "rejected, divided by the interval's seconds.",
+            "rejected, divided by the interval's seconds."
+            " For an interval of an hour or more, from the hourly rollup (messages_hourly): "
+            "whole hours whose start is in the range.",
             INGESTED_SQL,
             unit="reqps",
         ),
@@ -265,7 +282,9 @@ def operations_dashboard() -> Dashboard:
             "Clock-corrected share",
             "Receive time. Share of the readings stored per $__interval whose message's clock "
             f"offset (receive time - sent_at) exceeded ±{CLOCK_TOLERANCE_S} s, so that their "
-            "measurement time was corrected (device contract, Clock).",
+            "measurement time was corrected (device contract, Clock)."
+            " For an interval of an hour or more, from the hourly rollup (messages_hourly): "
+            "whole hours whose start is in the range.",
             CLOCK_SQL,
             unit="percentunit",
         ),
@@ -299,7 +318,9 @@ def operations_dashboard() -> Dashboard:
             "Duplicates and redeliveries",
             "Receive time. A: readings that arrived again in a new message (same device, metric, "
             "`at` and value; counted, not stored twice). B: messages delivered again (same msg_id "
-            "and readings; nothing counted twice), at their first receive time.",
+            "and readings; nothing counted twice), at their first receive time."
+            " For an interval of an hour or more, from the hourly rollup (messages_hourly): "
+            "whole hours whose start is in the range.",
             DUPLICATES_SQL,
             REDELIVERIES_SQL,
             unit="short",
