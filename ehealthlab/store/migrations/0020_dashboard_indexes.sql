@@ -1,0 +1,11 @@
+-- Dashboard lookups of one device's hours over a range of buckets (issue 11: p95 < 200 ms a
+-- panel). Identical on both forms: `readings_hourly` is a table (plain) or a continuous
+-- aggregate (TimescaleDB), and CREATE INDEX on either reaches every partition or chunk of its
+-- materialisation.
+--
+-- The primary key (device_id, metric, bucket) serves a device's hours only per metric; the
+-- provider dashboard's adherence (through provider_dashboard.readings_hourly, which joins each
+-- enrolment's device) and the start-up's readings by device type ask for a device's hours of
+-- every metric in a range of buckets, which the key answered by reading the device's whole
+-- year (about 2,200 rows) to keep the 30 days it needs.
+CREATE INDEX readings_hourly_device_bucket_idx ON readings_hourly (device_id, bucket);
