@@ -99,6 +99,10 @@ BEGIN
 END
 $$;
 
+-- as 0019 does for the platform's functions: not callable by PUBLIC (the dashboard roles)
+REVOKE EXECUTE ON FUNCTION ehl_messages_hourly_insert(), ehl_messages_hourly_update()
+    FROM PUBLIC;
+
 CREATE TRIGGER messages_hourly_inserted
     AFTER INSERT ON device_messages
     REFERENCING NEW TABLE AS new_messages
