@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
     mqtt_tls: bool = False
+    #: the broker as devices reach it, handed out with their credentials (a production broker
+    #: has a public name and a TLS port the platform's own clients do not use); unset: the above
+    mqtt_public_host: str | None = None
+    mqtt_public_port: int | None = None
+    mqtt_public_tls: bool | None = None
 
     #: where `ehealthlab api` listens, and where commands that act through it find it
     api_host: str = "127.0.0.1"
@@ -58,6 +63,12 @@ class Settings(BaseSettings):
 
     #: key of the keyed hash that replaces patient identifiers (never stored in clear)
     patient_key: SecretStr | None = None
+
+    #: key signing the web portal's session cookies and CSRF tokens; unset: derived from the
+    #: patient key (so every API worker agrees without another secret to distribute)
+    portal_secret: SecretStr | None = None
+    #: how long a portal login lasts before the API token must be given again
+    portal_session_hours: float = Field(default=8.0, gt=0, le=24 * 7)
 
     def uses_external_database(self) -> bool:
         """True when the database is given from outside, so the stack starts none."""
@@ -82,6 +93,12 @@ class Settings(BaseSettings):
                 "the local stack with `ehealthlab stack up`"
             )
         return self.mqtt_host, self.mqtt_port
+
+    def device_broker(self) -> tuple[str, int, bool]:
+        """Host, port and TLS that devices are told to connect to."""
+        host, port = self.require_mqtt()
+        tls = self.mqtt_tls if self.mqtt_public_tls is None else self.mqtt_public_tls
+        return self.mqtt_public_host or host, self.mqtt_public_port or port, tls
 
     def require_patient_key(self) -> bytes:
         if self.patient_key is None:

@@ -1,4 +1,4 @@
-"""`ehealthlab api [--host H] [--port P]`: serve the HTTP API with uvicorn."""
+"""`ehealthlab api [--host H] [--port P] [--workers N]`: serve the HTTP API with uvicorn."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import argparse
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from ehealthlab.api.app import check_services, create_app
+from ehealthlab.errors import ConfigurationError
 from ehealthlab.settings import Settings
 from ehealthlab.stack.local import settings_with_stack
+
+#: what each of several worker processes imports to build its own application
+APP_FACTORY = f"{__name__}:app_from_environment"
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -28,13 +33,35 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     api.add_argument(
         "--port", type=int, help="port to listen on (default: EHEALTHLAB_API_PORT, 8000)"
     )
+    api.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port, each with its own database pool and presence "
+        "thread (default 1: one process, as for development)",
+    )
     api.set_defaults(handler=run_api)
 
 
+def app_from_environment() -> FastAPI:
+    """The application of one worker process, from the environment (and the local stack)."""
+    return create_app(settings_with_stack(Settings()))
+
+
 def run_api(args: argparse.Namespace, settings: Settings) -> int:
+    if args.workers < 1 or args.workers > 64:
+        raise ConfigurationError("--workers must be between 1 and 64")
     settings = settings_with_stack(settings)
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
     check_services(settings)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return 0
+    # several processes need the application by name: uvicorn's supervisor spawns each worker,
+    # which imports the factory and builds its app from the same environment as this process
+    uvicorn.run(
+        APP_FACTORY, factory=True, workers=args.workers, host=host, port=port, log_level="info"
+    )
     return 0

@@ -52,6 +52,7 @@ from ehealthlab.gateway.observations import observe
 from ehealthlab.gateway.registry import DeviceRow, EnrolmentRow
 from ehealthlab.ingest.alerting import raise_alerts_for
 from ehealthlab.mqtt import BrokerAddress, MqttError
+from ehealthlab.settings import Settings
 from ehealthlab.store import alerts as store_alerts
 from ehealthlab.store.alerts import StoredAlert
 from ehealthlab.store.db import Connection
@@ -120,13 +121,14 @@ def _dynsec(broker: BrokerAddress) -> Iterator[DynamicSecurity]:
         raise ServiceUnavailableError(f"the MQTT broker did not complete it: {exc}") from exc
 
 
-def _credentials(broker: BrokerAddress, device_id: str, password: str) -> schemas.DeviceCredentials:
+def _credentials(settings: Settings, device_id: str, password: str) -> schemas.DeviceCredentials:
+    host, port, tls = settings.device_broker()  # the public address, not the platform's
     return schemas.DeviceCredentials(
         device_id=device_id,
         mqtt=schemas.MqttCredentials(
-            host=broker.host,
-            port=broker.port,
-            tls=broker.tls,
+            host=host,
+            port=port,
+            tls=tls,
             username=device_id,
             password=password,
             client_id=device_id,
@@ -288,7 +290,7 @@ def register_device(
         if created_in_broker:
             _forget_broker_client(context.broker, device_id)
         raise
-    return _credentials(context.broker, device_id, password)
+    return _credentials(context.settings, device_id, password)
 
 
 def _forget_broker_client(broker: BrokerAddress, device_id: str) -> None:
@@ -344,7 +346,7 @@ def rotate_credentials(
         registry.mark_password_set(conn, device_id)
         with _dynsec(context.broker) as dynsec:
             dynsec.set_password(device_id, password)  # drops a connection with the old one
-    return _credentials(context.broker, device_id, password)
+    return _credentials(context.settings, device_id, password)
 
 
 @router.delete(

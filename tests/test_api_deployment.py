@@ -1,0 +1,194 @@
+"""`ehealthlab api` as deployed: several worker processes on one port (`--workers N`), each
+building its application from the environment, and devices handed the broker's public
+address rather than the one the platform's own clients use. Against the real test database
+and broker; the server is a real process on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from conftest import API_PATIENT_KEY
+
+from ehealthlab.errors import AuthenticationError
+from ehealthlab.gateway.admin import bootstrap_operator
+from ehealthlab.mqtt import BrokerAddress, MqttConnection
+from ehealthlab.settings import Settings
+from ehealthlab.stack.ports import LOOPBACK, free_port
+
+WAIT_S = 60.0  # bounds a failure only: two workers start in a few seconds
+PUBLIC_HOST = "mqtt.pilot.example.org"
+PUBLIC_PORT = 8883
+
+
+@dataclass
+class ApiProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: IO[bytes]
+
+    def log_text(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
+
+
+def _environment(settings: Settings, state_dir: Path) -> dict[str, str]:
+    """The process's settings as an operator's environment gives them (EHEALTHLAB_*)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("EHEALTHLAB_")}
+    assert settings.database_url is not None and settings.mqtt_password is not None
+    return {
+        **inherited,
+        "EHEALTHLAB_STATE_DIR": str(state_dir),
+        "EHEALTHLAB_DATABASE_URL": settings.database_url.get_secret_value(),
+        "EHEALTHLAB_MQTT_HOST": str(settings.mqtt_host),
+        "EHEALTHLAB_MQTT_PORT": str(settings.mqtt_port),
+        "EHEALTHLAB_MQTT_USERNAME": str(settings.mqtt_username),
+        "EHEALTHLAB_MQTT_PASSWORD": settings.mqtt_password.get_secret_value(),
+        "EHEALTHLAB_PATIENT_KEY": API_PATIENT_KEY,
+        "EHEALTHLAB_MQTT_PUBLIC_HOST": PUBLIC_HOST,
+        "EHEALTHLAB_MQTT_PUBLIC_PORT": str(PUBLIC_PORT),
+        "EHEALTHLAB_MQTT_PUBLIC_TLS": "true",
+    }
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _post(url: str, body: dict[str, Any], token: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _children(pid: int) -> list[int]:
+    """The process's direct children (uvicorn's workers among them), from /proc."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _is_worker(pid: int) -> bool:
+    """A worker spawned by multiprocessing (not its resource tracker)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    return any(b"spawn_main" in a for a in argv)
+
+
+@pytest.fixture(scope="module")
+def api_with_workers(settings: Settings, tmp_path_factory) -> Iterator[ApiProcess]:
+    port = free_port()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the process
+    argv = [sys.executable, "-m", "ehealthlab.cli", "api", "--workers", "2"]
+    process = subprocess.Popen(
+        [*argv, "--host", LOOPBACK, "--port", str(port)],
+        env=_environment(settings, tmp_path_factory.mktemp("no-stack")),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    api = ApiProcess(process, f"http://{LOOPBACK}:{port}", log)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if _get(f"{api.url}/openapi.json")[0] == 200:
+                    break
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the API did not answer:\n{api.log_text()}")
+        yield api
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+def test_two_worker_processes_serve_the_api(api_with_workers: ApiProcess) -> None:
+    status, body = _get(f"{api_with_workers.url}/openapi.json")
+    assert status == 200
+    assert json.loads(body)["info"]["title"] == "ehealthlab API"
+    # both workers were spawned and are alive, each having built its app (the supervisor
+    # only listens once they started; a worker whose app failed to start would have exited)
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        workers = [p for p in _children(api_with_workers.process.pid) if _is_worker(p)]
+        if len(workers) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(workers) == 2, api_with_workers.log_text()
+    # every worker answers: a burst of requests is served while both run, and none fails
+    for _ in range(20):
+        assert _get(f"{api_with_workers.url}/fhir/metadata")[0] == 200
+
+
+def test_devices_are_handed_the_public_broker_address(
+    api_with_workers: ApiProcess, settings: Settings, mosquitto_broker
+) -> None:
+    operator = bootstrap_operator(settings)["token"]
+    api = f"{api_with_workers.url}/api/v1"
+    status, startup = _post(
+        f"{api}/organisations",
+        {"kind": "startup", "name": f"Deployed start-up {uuid.uuid4().hex[:6]}"},
+        operator,
+    )
+    assert status == 201, startup
+    status, device = _post(
+        f"{api}/devices",
+        {"type": "pulse_oximeter", "model": "PO-1", "serial": uuid.uuid4().hex[:8]},
+        startup["token"],
+    )
+    assert status == 201, device
+    mqtt = device["mqtt"]
+    assert (mqtt["host"], mqtt["port"], mqtt["tls"]) == (PUBLIC_HOST, PUBLIC_PORT, True)
+    # the credentials are real: the broker (reached here at its internal address) takes them
+    internal = BrokerAddress(mosquitto_broker.host, mosquitto_broker.port)
+    device_user = internal.as_user(mqtt["username"], mqtt["password"])
+    connection = MqttConnection(device_user, mqtt["client_id"])
+    connection.connect()
+    connection.close()
+    with pytest.raises(AuthenticationError):
+        MqttConnection(internal.as_user(mqtt["username"], "wrong"), mqtt["client_id"]).connect()
+
+
+def test_public_broker_address_falls_back_to_the_platforms() -> None:
+    internal = Settings(mqtt_host="mosquitto", mqtt_port=1883)
+    assert internal.device_broker() == ("mosquitto", 1883, False)
+    public = internal.model_copy(
+        update={"mqtt_public_host": PUBLIC_HOST, "mqtt_public_port": 8883, "mqtt_public_tls": True}
+    )
+    assert public.device_broker() == (PUBLIC_HOST, 8883, True)
