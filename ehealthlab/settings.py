@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     #: key of the keyed hash that replaces patient identifiers (never stored in clear)
     patient_key: SecretStr | None = None
 
+    #: key signing the web portal's session cookies and CSRF tokens; unset: derived from the
+    #: patient key (so every API worker agrees without another secret to distribute)
+    portal_secret: SecretStr | None = None
+    #: how long a portal login lasts before the API token must be given again
+    portal_session_hours: float = Field(default=8.0, gt=0, le=24 * 7)
 
     def uses_external_database(self) -> bool:
         """True when the database is given from outside, so the stack starts none."""

@@ -34,6 +34,7 @@ from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.presence import Presence
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError
+from ehealthlab.portal import routes as portal_routes
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection, connect
 
@@ -90,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     fhir_rest.install(app)  # /fhir, with OperationOutcomes for its errors
     app.include_router(bulk_routes.router)  # $export (docs/fhir-bulk.md)
     app.include_router(transaction_routes.router)  # POST /fhir Bundles (docs/fhir-bulk.md)
+    portal_routes.install(app)  # /portal: the web portal (docs/portal.md)
     return app
 
 

@@ -241,3 +241,39 @@ def attribute_unassigned(conn: Connection, enrolment_id: UUID) -> list[Attribute
         (enrolment_id,),
     ).fetchall()
     return [AttributedRow(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class LatestReading:
+    """One of a device's newest stored readings (what the portal shows a start-up)."""
+
+    device_id: str
+    metric: str
+    value: float
+    measured_at: datetime
+    received_at: datetime
+    clock_corrected: bool
+    attributed: bool  # to a patient, i.e. an enrolment covers it
+
+
+def latest_readings(
+    conn: Connection, device_ids: Sequence[str], per_device: int
+) -> dict[str, list[LatestReading]]:
+    """Each device's `per_device` newest readings by measurement time, newest first.
+
+    One index probe per device and partition (device_id, measured_at), so a start-up's whole
+    fleet costs one query however long its history.
+    """
+    rows = conn.execute(
+        "SELECT r.device_id, r.metric, r.value, r.measured_at, r.received_at,"
+        " r.clock_corrected, r.patient_id IS NOT NULL"
+        " FROM unnest(%s::text[]) AS d(device_id) CROSS JOIN LATERAL ("
+        "   SELECT * FROM readings WHERE device_id = d.device_id"
+        "   ORDER BY measured_at DESC LIMIT %s) AS r"
+        " ORDER BY r.device_id, r.measured_at DESC, r.metric",
+        (list(device_ids), per_device),
+    ).fetchall()
+    found: dict[str, list[LatestReading]] = {}
+    for row in rows:
+        found.setdefault(row[0], []).append(LatestReading(*row))
+    return found
