@@ -3,7 +3,8 @@
 # fresh clone to a working state. Idempotent: a second run does nothing that is already done.
 #   - Debian packages: PostgreSQL server, Mosquitto (with its dynamic security plugin and
 #     mosquitto_ctrl), Mosquitto's clients and plugin headers with a C compiler (for the
-#     broker's receive-stamp plugin), Python's venv; installed when missing (as root),
+#     broker's receive-stamp plugin), Python's venv, chromium (the portal's browser tests);
+#     installed when missing (as root),
 #     otherwise one line saying what to run;
 #   - a virtualenv in .venv with ehealthlab and its dev tools, reinstalled when pyproject.toml
 #     changes.
@@ -37,6 +38,8 @@ ehl_missing_packages() {
   [ -f /usr/include/mosquitto_broker.h ] || missing+=(mosquitto-dev)
   [ -f /usr/include/mosquitto.h ] || missing+=(libmosquitto-dev)
   ehl_find_python >/dev/null || missing+=(python3 python3-venv)
+  # the portal's browser tests drive Debian's chromium through Playwright
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
   printf '%s\n' "${missing[@]}"
 }
 

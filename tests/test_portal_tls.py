@@ -1,0 +1,71 @@
+"""The portal served over TLS (as behind the reverse proxy): its cookies are Secure and
+`__Host-` prefixed. Played over HTTP by FastAPI's TestClient with an https base URL (the
+scheme the proxy reports), against the module's real database and broker."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ehealthlab.api.app import create_app
+from ehealthlab.gateway.admin import bootstrap_operator
+from ehealthlab.settings import Settings
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture(scope="module")
+def tls(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(
+        create_app(settings), base_url="https://testserver", follow_redirects=False
+    ) as client:
+        yield client
+
+
+def _cookie_header(response: Any, name: str) -> str:
+    headers: list[str] = response.headers.get_list("set-cookie")
+    (header,) = [h for h in headers if h.startswith(name + "=")]
+    return header.lower()
+
+
+def test_over_tls_the_cookies_are_secure_host_only_httponly_and_strict(tls, settings):
+    form = tls.get("/portal/login")
+    assert form.status_code == 200
+    nonce = _cookie_header(form, "__Host-ehl_login")
+    for attribute in ("secure", "httponly", "samesite=strict", "path=/"):
+        assert attribute in nonce
+    csrf = CSRF.search(form.text)
+    assert csrf is not None
+
+    token = bootstrap_operator(settings)["token"]
+    login = tls.post("/portal/login", data={"csrf_token": csrf.group(1), "token": token})
+    assert login.status_code == 303
+    session = _cookie_header(login, "__Host-ehl_session")
+    for attribute in ("secure", "httponly", "samesite=strict", "path=/", "max-age=28800"):
+        assert attribute in session
+    assert "domain=" not in session
+    page = tls.get("/portal/organisations")
+    assert page.status_code == 200 and "CMTo" in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_portal_errors_are_pages_and_the_api_keeps_its_problems(tls):
+    tls.cookies.clear()  # no session
+    page = tls.get("/portal/no-such-page")
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert tls.get("/portal/devices").headers["location"] == "/portal/login"
+    api = tls.get("/api/v1/no-such-route")
+    assert api.status_code == 404
+    assert api.headers["content-type"] == "application/problem+json"
+
+
+def test_a_post_that_is_no_form_is_refused(tls):
+    answer = tls.post("/portal/login", json={"token": "ehl_x"})
+    assert answer.status_code == 400
+    assert answer.headers["content-type"].startswith("text/html")
