@@ -18,6 +18,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from packaging.utils import canonicalize_name
 from ehealthlab.cli import build_parser
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
+from ehealthlab.settings import Settings
 from ehealthlab.stack.mosquitto import connack_code
 from ehealthlab.stack.plugin import build_receive_stamp_plugin
 from ehealthlab.stack.ports import LOOPBACK, free_port
@@ -712,3 +714,48 @@ def test_the_readme_links_the_operators_guide() -> None:
     for topic in ("Install", "First start", "Upgrade", "Rotate", "municipality", "Back up",
                   "Restore", "Health"):  # fmt: skip
         assert topic in docs, topic
+
+
+# -- the ingest workers' healthcheck ------------------------------------------------------
+
+
+def test_the_ingest_healthcheck_reads_a_running_workers_metrics(settings: Settings) -> None:
+    """deploy/ingest/healthcheck.py against a real worker: unhealthy before it serves its
+    metrics, healthy once it runs with the database up."""
+    port = free_port()
+    check = [sys.executable, str(DEPLOY / "ingest" / "healthcheck.py"), str(port)]
+    assert subprocess.run(check, capture_output=True, check=False).returncode != 0
+    assert settings.database_url is not None and settings.mqtt_password is not None
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("EHEALTHLAB_")},
+        "EHEALTHLAB_STATE_DIR": "/nonexistent-ehealthlab-state",
+        "EHEALTHLAB_DATABASE_URL": settings.database_url.get_secret_value(),
+        "EHEALTHLAB_MQTT_HOST": str(settings.mqtt_host),
+        "EHEALTHLAB_MQTT_PORT": str(settings.mqtt_port),
+        "EHEALTHLAB_MQTT_USERNAME": str(settings.mqtt_username),
+        "EHEALTHLAB_MQTT_PASSWORD": settings.mqtt_password.get_secret_value(),
+    }
+    # the shared subscription and a name of its own: a clean stop ends the worker's session,
+    # so the session's broker queues nothing for it afterwards (a partitioned one would)
+    argv = ["ingest", "--first", "91"]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ehealthlab.cli", *argv, "--metrics-port", str(port)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        healthy = False
+        while not healthy and worker.poll() is None and time.monotonic() < deadline:
+            healthy = subprocess.run(check, capture_output=True, check=False).returncode == 0
+            time.sleep(0.1)
+        assert healthy, "the worker never reported itself healthy"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            _, errors = worker.communicate(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            _, errors = worker.communicate()
+    assert worker.returncode == 0, errors.decode(errors="replace")[-2000:]
