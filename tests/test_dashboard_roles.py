@@ -232,6 +232,7 @@ def seed(conn: psycopg.Connection, form: str) -> tuple[dict, dict]:
             "SELECT compress_chunk(c) FROM show_chunks('readings', older_than =>"
             " '2026-03-15'::timestamptz) AS c"
         )
+    conn.execute("SELECT ehl_dashboard_rollups_rebuild()")  # readings written around the writer
     conn.execute("ANALYZE")
     return orgs, patients
 
@@ -330,6 +331,12 @@ def test_a_provider_reads_its_own_patients_rows_only(world: World, provider: str
         assert Counter({d: n for d, n, _ in hourly}) == expected
         hourly_patients = {r[0] for r in conn.execute("SELECT patient_id FROM readings_hourly")}
         assert hourly_patients == own_ids
+        daily = conn.execute(
+            "SELECT patient_id, sum((counts ->> 'bp_systolic')::int)::int"
+            " FROM readings_patient_daily GROUP BY 1"
+        ).fetchall()
+        assert {p for p, _ in daily} == own_ids
+        assert sum(n for _, n in daily) == sum(expected.values())
         assert {r[0] for r in conn.execute("SELECT patient_id FROM alerts")} == (
             own_ids & {world.patients["A1"], world.patients["B1"]}
         )
@@ -366,7 +373,9 @@ def test_the_views_filter_before_the_callers_conditions(world: World) -> None:
             " AND c.relnamespace::regnamespace::text = ANY (%s)",
             (list(SCHEMAS.values()),),
         ).fetchone()[0]
-    assert len(views) == 8 + 10 + 18  # lab: 17 of 0019, messages_hourly of 0021
+    # provider 8 + 1, start-up 10 + 2, lab 17 + 1 (0019; messages_hourly of 0021; the
+    # rollups of 0022)
+    assert len(views) == 9 + 12 + 19
     assert [v for v in views if "security_barrier=true" not in v[2]] == []
     assert others == 0  # nothing but views in the dashboard schemas
 
@@ -441,6 +450,17 @@ def test_a_startup_reads_its_own_devices_only(world: World, startup: str) -> Non
             conn.execute("SELECT device_id, sum(readings) FROM readings_hourly GROUP BY 1")
         )
         assert hourly == dict.fromkeys(own, len(TIMES))
+        types: Counter[str] = Counter()
+        for d in own:
+            types[DEVICES[d][1]] += len(TIMES)
+        fleet = conn.execute(
+            "SELECT device_type, sum(readings)::int FROM readings_fleet_hourly GROUP BY 1"
+        ).fetchall()
+        assert Counter(dict(fleet)) == types
+        [(by_place,)] = conn.execute(
+            "SELECT sum(readings)::int FROM readings_municipality_hourly"
+        ).fetchall()
+        assert by_place == len(own) * len(TIMES)
         for view in ("rejected_readings", "duplicate_readings", "device_messages",
                      "device_status_events"):  # fmt: skip
             seen = {r[0] for r in conn.execute(sql.SQL("SELECT device_id FROM {}").format(
