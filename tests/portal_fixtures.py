@@ -120,6 +120,9 @@ def make_cast(settings: Settings, api_url: str) -> Cast:
     cuff_id = device["device_id"]
     wait_until(lambda: len(startup.get(f"/api/v1/devices/{cuff_id}/messages")) >= 3,
                "the cuff's three messages stored")  # fmt: skip
+    # presence records the retained status on its own thread; a clean disconnect leaves it
+    wait_until(lambda: startup.get(f"/api/v1/devices/{cuff_id}")["status"] == "online",
+               "the cuff's online status recorded")  # fmt: skip
     alerts = wait_until(lambda: care.get("/api/v1/alerts?status=open"), "the alert raised")
     return Cast(
         api_url=api_url, operator=operator, alpha=alpha["token"], beta=beta["token"],

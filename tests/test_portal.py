@@ -123,6 +123,7 @@ def test_a_startup_sees_status_last_readings_rejects_and_verdict(open_tab, cast,
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text(cast.cuff)
     expect(rows.first).to_contain_text("Systolic")  # its last reading
+    expect(rows.first.locator("td").last).to_have_text("2")  # rejected in the last 24 hours
     shoot(page, shots, "startup-devices")
 
     page.get_by_role("link", name=cast.cuff).click()

@@ -68,6 +68,7 @@ from ehealthlab.portal.session import (
 from ehealthlab.settings import Settings
 from ehealthlab.store.readings import latest_readings
 from ehealthlab.store.reference import municipality_rows
+from ehealthlab.store.rejections import rejection_counts
 
 #: the windows a start-up may judge a device's conformance over, in minutes
 CONFORMANCE_WINDOWS = {60: "the last hour", 1440: "the last 24 hours", 10080: "the last 7 days"}
@@ -85,6 +86,8 @@ _HOME = {"startup": "/portal/devices", "provider": "/portal/patients",
 _LOGIN_MINUTES = 60
 #: readings looked up per device for the list, whose newest measurement time is shown
 LAST_READINGS = 8
+#: the fleet list counts each device's rejections over this look-back
+REJECTS_SINCE = timedelta(hours=24)
 
 
 class PortalRoute(APIRoute):
@@ -321,14 +324,16 @@ def _devices_page(
 ) -> Response:  # fmt: skip
     devices = gateway.list_devices(user.principal, context)
     with context.transaction() as conn:
-        latest = latest_readings(conn, [d.device_id for d in devices], LAST_READINGS)
+        ids = [d.device_id for d in devices]
+        latest = latest_readings(conn, ids, LAST_READINGS)
+        rejected = rejection_counts(conn, ids, datetime.now(UTC) - REJECTS_SINCE)
         owners = (
             {o.id: o.name for o in registry.list_organisations(conn)}
             if user.kind == "operator" else {}
         )  # fmt: skip
     return render.page(
         "devices.j2", render.status_of(error) if error else 200, user=user, devices=devices,
-        latest=latest, owners=owners, form=form, error=error, notice=notice,
+        latest=latest, rejected=rejected, owners=owners, form=form, error=error, notice=notice,
     )  # fmt: skip
 
 

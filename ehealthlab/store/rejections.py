@@ -62,3 +62,16 @@ def recent_rejections(conn: Connection, device_id: str, limit: int = 100) -> lis
         (device_id, limit),
     ).fetchall()
     return [RejectedRow(*row) for row in rows]
+
+
+def rejection_counts(
+    conn: Connection, device_ids: Sequence[str], since: datetime
+) -> dict[str, int]:
+    """How many rejections each device had since `since` (devices with none are absent): what
+    a start-up's fleet list shows beside each device."""
+    rows = conn.execute(
+        "SELECT device_id, count(*) FROM rejected_readings"
+        " WHERE device_id = ANY(%s) AND received_at >= %s GROUP BY device_id",
+        (list(device_ids), since),
+    ).fetchall()
+    return {device_id: count for device_id, count in rows}
