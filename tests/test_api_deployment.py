@@ -28,6 +28,7 @@ from ehealthlab.errors import AuthenticationError
 from ehealthlab.gateway.admin import bootstrap_operator
 from ehealthlab.mqtt import BrokerAddress, MqttConnection
 from ehealthlab.settings import Settings
+from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.stack.ports import LOOPBACK, free_port
 
 WAIT_S = 60.0  # bounds a failure only: two workers start in a few seconds
@@ -104,7 +105,9 @@ def _is_worker(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def api_with_workers(settings: Settings, tmp_path_factory) -> Iterator[ApiProcess]:
+def api_with_workers(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiProcess]:
     port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the process
     argv = [sys.executable, "-m", "ehealthlab.cli", "api", "--workers", "2"]
@@ -157,7 +160,7 @@ def test_two_worker_processes_serve_the_api(api_with_workers: ApiProcess) -> Non
 
 
 def test_devices_are_handed_the_public_broker_address(
-    api_with_workers: ApiProcess, settings: Settings, mosquitto_broker
+    api_with_workers: ApiProcess, settings: Settings, mosquitto_broker: MosquittoBroker
 ) -> None:
     operator = bootstrap_operator(settings)["token"]
     api = f"{api_with_workers.url}/api/v1"
