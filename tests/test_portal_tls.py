@@ -59,6 +59,7 @@ def test_portal_errors_are_pages_and_the_api_keeps_its_problems(tls):
     assert page.status_code == 404
     assert page.headers["content-type"].startswith("text/html")
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert tls.post("/portal/no-such-form", data={}).status_code == 404
     assert tls.get("/portal/devices").headers["location"] == "/portal/login"
     api = tls.get("/api/v1/no-such-route")
     assert api.status_code == 404

@@ -10,6 +10,7 @@ becomes an HTML page (`PortalRoute`), a missing or ended session the login page.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -23,6 +24,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ehealthlab.api.auth import (
     ApiContext,
@@ -70,6 +72,8 @@ from ehealthlab.store.readings import latest_readings
 from ehealthlab.store.reference import municipality_rows
 from ehealthlab.store.rejections import rejection_counts
 
+log = logging.getLogger(__name__)
+
 #: the windows a start-up may judge a device's conformance over, in minutes
 CONFORMANCE_WINDOWS = {60: "the last hour", 1440: "the last 24 hours", 10080: "the last 7 days"}
 #: what a redirect after a successful form says (only these: nothing typed is echoed)
@@ -105,6 +109,11 @@ class PortalRoute(APIRoute):
                 response = render.error_page(
                     request, InvalidInputError("the address has a parameter that is not valid")
                 )
+            except StarletteHTTPException:
+                raise  # the framework's own answers (none of the portal's routes raise one)
+            except Exception:  # a bug or a broken server: logged, and a page saying so
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = render.error_page(request, EhealthlabError("internal error"))
             return render.secure(response)
 
         return portal_handler
@@ -575,6 +584,6 @@ def report(
     )
 
 
-@router.get("/{rest:path}")
+@router.api_route("/{rest:path}", methods=["GET", "POST"])
 def not_found(rest: str) -> Response:
     raise NotFoundError("there is no such page in the portal")
