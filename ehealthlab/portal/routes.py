@@ -90,6 +90,8 @@ _HOME = {"startup": "/portal/devices", "provider": "/portal/patients",
 _LOGIN_MINUTES = 60
 #: readings looked up per device for the list, whose newest measurement time is shown
 LAST_READINGS = 8
+#: the report form proposes the last 30 days, today included
+REPORT_DAYS = timedelta(days=30)
 #: the fleet list counts each device's rejections over this look-back
 REJECTS_SINCE = timedelta(hours=24)
 
@@ -551,8 +553,8 @@ def define_mini_pilot(user: OperatorUser, form: FormDep, context: ContextDep) ->
 def report_form(user: OperatorUser) -> Response:
     today = datetime.now(UTC).date()
     return render.page(
-        "report.j2", user=user, start=today.replace(day=1) - timedelta(days=1),
-        end=today, populations=POPULATIONS,
+        "report.j2", user=user, start=today - REPORT_DAYS, end=today + timedelta(days=1),
+        populations=POPULATIONS,
     )  # fmt: skip
 
 
