@@ -232,7 +232,6 @@ def seed(conn: psycopg.Connection, form: str) -> tuple[dict, dict]:
             "SELECT compress_chunk(c) FROM show_chunks('readings', older_than =>"
             " '2026-03-15'::timestamptz) AS c"
         )
-    conn.execute("SELECT ehl_dashboard_rollups_rebuild()")  # readings written around the writer
     conn.execute("ANALYZE")
     return orgs, patients
 

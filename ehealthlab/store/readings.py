@@ -5,8 +5,8 @@ INSERT ... ON CONFLICT DO NOTHING into `readings` keyed on (device, metric, `at`
 insert skipped is classified against the stored row: the same value is a *duplicate*
 (counted in `duplicate_readings`, not an error), another value a *conflict* (the first value
 stays; the caller rejects the newcomer as `conflicting_duplicate`). The hourly rollup follows
-in the same transaction (a trigger on the plain form, a continuous aggregate on TimescaleDB);
-the dashboards' rollups (migration 0022) in the same statement, on both forms.
+in the same transaction (a trigger on the plain form, a continuous aggregate on TimescaleDB),
+and so do the dashboards' rollups (statement triggers on both forms, migration 0022).
 """
 
 from __future__ import annotations
@@ -17,26 +17,6 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from ehealthlab.store.db import Connection
-
-
-def _rolled_up(change: str, *, attributed_now: bool) -> str:
-    """`change` (an INSERT or UPDATE of readings RETURNING device_id, metric, at, value,
-    measured_at, received_at, patient_id) with the dashboards' rollups (migration 0022) kept
-    in the same statement; it returns what `change` returns. The rollup's row is joined to
-    every returned row so that PostgreSQL runs it whenever a reading was written."""
-    return f"""
-    WITH changed AS ({change}
-    ), rolled_up AS (
-        SELECT ehl_dashboard_rollups_add(
-            {str(attributed_now).lower()}, array_agg(c.device_id), array_agg(c.metric),
-            array_agg(c.at), array_agg(c.measured_at), array_agg(c.received_at),
-            array_agg(c.patient_id)) AS done
-        FROM changed c
-    )
-    SELECT c.device_id, c.metric, c.at, c.value, c.measured_at, c.received_at, c.patient_id
-    FROM changed c CROSS JOIN rolled_up
-"""  # noqa: S608 (the module's own statements)
-
 
 # The patient is the one whose enrolment with the device covers the reading's pilot day
 # (its clock-corrected time, in Europe/Rome); none yet means unassigned, not dropped.
@@ -54,20 +34,8 @@ _INSERT_NEW = """
      AND (e.end_date IS NULL OR ehl_pilot_day(s.measured_at) <= e.end_date)
     ORDER BY s.device_id, s.metric, s.at, s.ord
     ON CONFLICT DO NOTHING
-    RETURNING device_id, metric, at, value, measured_at, received_at, patient_id"""
-_INSERT_NEW_ROLLED_UP = _rolled_up(_INSERT_NEW, attributed_now=False)
-
-# Readings stored before their enrolment existed, now attributed to its patient.
-_ATTRIBUTE = _rolled_up(
-    """
-    UPDATE readings r SET patient_id = e.patient_id FROM enrolments e
-    WHERE e.id = %s AND r.device_id = e.device_id AND r.patient_id IS NULL
-      AND ehl_pilot_day(r.measured_at) >= e.start_date
-      AND (e.end_date IS NULL OR ehl_pilot_day(r.measured_at) <= e.end_date)
-    RETURNING r.device_id, r.metric, r.at, r.value, r.measured_at, r.received_at,
-              r.patient_id""",
-    attributed_now=True,
-)
+    RETURNING device_id, metric, at, value, measured_at, received_at, patient_id
+"""
 
 _STAGING_DDL = """
     CREATE TEMPORARY TABLE IF NOT EXISTS staging_readings (
@@ -187,7 +155,7 @@ class ReadingWriter:
                          r.received_at, r.seq, r.msg_id, r.clock_offset_s, r.clock_corrected,
                          r.reported_unit)
                     )  # fmt: skip
-            cur.execute(_INSERT_NEW_ROLLED_UP)
+            cur.execute(_INSERT_NEW)
             returned = cur.fetchall()
             inserted_keys = {(d, m, a) for d, m, a, *_ in returned}
             result = WriteResult(inserted=len(inserted_keys))
@@ -264,11 +232,16 @@ def attribute_unassigned(conn: Connection, enrolment_id: UUID) -> list[Attribute
     Readings received before the enrolment was recorded were kept as unassigned, never
     dropped; this is the moment they find their patient (and the alert rules see them).
     """
-    rows = conn.execute(_ATTRIBUTE, (enrolment_id,)).fetchall()
-    return [
-        AttributedRow(patient, device, metric, at, value, measured, received)
-        for device, metric, at, value, measured, received, patient in rows
-    ]
+    rows = conn.execute(
+        "UPDATE readings r SET patient_id = e.patient_id FROM enrolments e"
+        " WHERE e.id = %s AND r.device_id = e.device_id AND r.patient_id IS NULL"
+        " AND ehl_pilot_day(r.measured_at) >= e.start_date"
+        " AND (e.end_date IS NULL OR ehl_pilot_day(r.measured_at) <= e.end_date)"
+        " RETURNING r.patient_id, r.device_id, r.metric, r.at, r.value, r.measured_at,"
+        " r.received_at",
+        (enrolment_id,),
+    ).fetchall()
+    return [AttributedRow(*row) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,13 +15,14 @@
 --     the readings attributed to the patient by metric ({"bp_systolic": 2, ...}). Providers:
 --     adherence, without expanding readings.
 --
--- Identical on both forms. They are plain tables kept by the writer: readings.py calls
--- ehl_dashboard_rollups_add() in the statement that inserts a batch and in the one that
--- attributes a new enrolment's earlier readings (TimescaleDB gives hypertables no transition
--- tables, and a continuous aggregate cannot see an enrolment's municipality or a patient's
--- provider). `slot` (the backend's pid modulo 8) keeps two ingest workers committing the same
--- hour from waiting on one row; panels read them summed. Readings written around the platform
--- (a bulk load) are rolled up by ehl_dashboard_rollups_rebuild().
+-- Identical on both forms: plain tables kept by statement triggers on `readings` (the plain
+-- form's partitioned table, TimescaleDB's hypertable: both give statement triggers transition
+-- tables), in the writer's own transaction, whoever writes — ingest's batches, a bulk COPY,
+-- an enrolment attributing earlier readings (an UPDATE of patient_id). A continuous aggregate
+-- could not keep them: it cannot see an enrolment's municipality or a patient's provider.
+-- `slot` (the backend's pid modulo 8) keeps two ingest workers committing the same hour from
+-- waiting on one row; panels read them summed. ehl_dashboard_rollups_rebuild() recomputes
+-- them from the readings.
 
 -- no reading written while the rollups are filled from the store
 LOCK TABLE readings IN SHARE ROW EXCLUSIVE MODE;
@@ -232,8 +233,8 @@ BEGIN
 END
 $$;
 
--- Roll up again, from the readings themselves, everything: for readings written around the
--- platform's writer (a bulk load), and for this migration. A day of `at` at a time, so a year
+-- Roll up again, from the readings themselves, everything: for this migration, and for a
+-- store whose triggers were disabled during a load. A day of `at` at a time, so a year
 -- of a pilot never sits in memory at once. Returns the readings rolled up.
 CREATE FUNCTION ehl_dashboard_rollups_rebuild() RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -257,11 +258,51 @@ BEGIN
 END
 $$;
 
+-- readings stored: every row of the statement (ON CONFLICT DO NOTHING leaves out the skipped)
+CREATE FUNCTION ehl_dashboard_rollups_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ehl_dashboard_rollups_add(
+        false, array_agg(n.device_id), array_agg(n.metric), array_agg(n.at),
+        array_agg(n.measured_at), array_agg(n.received_at), array_agg(n.patient_id))
+    FROM new_readings n
+    HAVING count(*) > 0;
+    RETURN NULL;
+END
+$$;
+
+-- readings updated: those that were unassigned and have a patient now (store/readings.py
+-- attribute_unassigned); a trigger with transition tables cannot name its columns
+CREATE FUNCTION ehl_dashboard_rollups_attributed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ehl_dashboard_rollups_add(
+        true, array_agg(n.device_id), array_agg(n.metric), array_agg(n.at),
+        array_agg(n.measured_at), array_agg(n.received_at), array_agg(n.patient_id))
+    FROM new_readings n
+    JOIN old_readings o USING (device_id, metric, at)
+    WHERE o.patient_id IS NULL AND n.patient_id IS NOT NULL
+    HAVING count(*) > 0;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER readings_dashboard_rollups_inserted
+    AFTER INSERT ON readings
+    REFERENCING NEW TABLE AS new_readings
+    FOR EACH STATEMENT EXECUTE FUNCTION ehl_dashboard_rollups_inserted();
+
+CREATE TRIGGER readings_dashboard_rollups_attributed
+    AFTER UPDATE ON readings
+    REFERENCING OLD TABLE AS old_readings NEW TABLE AS new_readings
+    FOR EACH STATEMENT EXECUTE FUNCTION ehl_dashboard_rollups_attributed();
+
 -- as 0019 and 0021: the platform's functions are not PUBLIC's to call (the dashboard roles)
 REVOKE EXECUTE ON FUNCTION ehl_jsonb_counts_add(jsonb, jsonb),
     ehl_dashboard_rollups_add(boolean, text[], text[], timestamptz[], timestamptz[],
                               timestamptz[], uuid[]),
-    ehl_dashboard_rollups_rebuild()
+    ehl_dashboard_rollups_rebuild(), ehl_dashboard_rollups_inserted(),
+    ehl_dashboard_rollups_attributed()
     FROM PUBLIC;
 
 SELECT ehl_dashboard_rollups_rebuild();
