@@ -20,6 +20,7 @@ import pytest
 from conftest import SimulatedPilot, drop_database, migrated_store, with_database
 
 from ehealthlab.contract.topics import readings_topic
+from ehealthlab.dashboards.latency import LATENCY_BOUNDS_S, histogram_quantile
 from ehealthlab.dashboards.panels import to_json_data
 from ehealthlab.dashboards.queries import (
     PanelResult,
@@ -162,6 +163,87 @@ def test_online_offline_and_silent_equal_a_count_by_hand(simulated_pilot: Simula
             assert {row[device] for row in table.rows if row[silent]} == expected["silent"]
             silent_seen += len(expected["silent"])
     assert silent_seen > 0  # the week has devices that went quiet: the check can fail
+
+
+def _latency_by_hand(
+    readings: list[tuple[Any, ...]], names: dict[str | None, str]
+) -> dict[str, tuple[int, float | None, float | None]]:
+    """Municipality -> (readings, p50, p95) of the latency histogram, from (municipality,
+    latency) rows."""
+    groups: dict[str, list[float]] = {}
+    for municipality, latency in readings:
+        groups.setdefault(names.get(municipality, "(not enrolled)"), []).append(latency)
+    result = {}
+    for name, values in groups.items():
+        cumulative = [sum(1 for v in values if v <= b) for b in LATENCY_BOUNDS_S]
+        result[name] = (
+            len(values),
+            histogram_quantile(0.5, cumulative, len(values)),
+            histogram_quantile(0.95, cumulative, len(values)),
+        )
+    return result
+
+
+def test_latency_and_readings_by_type_equal_a_count_by_hand_for_the_fleet_and_a_selection(
+    simulated_pilot: SimulatedPilot,
+) -> None:
+    """With every device selected the two panels read the start-up's rollups; with one left
+    out, the readings and the devices' hourly rollup. Both equal a count by hand."""
+    pilot = simulated_pilot
+    first = pilot.runs[0].organisations[STARTUP]["id"]
+    start, end = rome(pilot.period.start), rome(pilot.period.end)  # whole hours
+    recent = end - timedelta(days=7)
+    latency_q = next(q for q in QUERIES if q.title.startswith("Latency by municipality"))
+    by_type_q = next(q for q in QUERIES if q.title == "Readings stored by device type")
+    with pilot.admin() as admin:
+        rows = admin.execute(
+            "SELECT r.device_id, d.device_type, r.at,"
+            " extract(epoch FROM r.received_at - r.measured_at)::float8, e.municipality"
+            " FROM readings r JOIN devices d USING (device_id)"
+            " LEFT JOIN enrolments e ON e.device_id = r.device_id"
+            "  AND ehl_pilot_day(r.measured_at) BETWEEN e.start_date"
+            "  AND coalesce(e.end_date, 'infinity'::date)"
+            " WHERE d.organisation_id = %s",
+            (first,),
+        ).fetchall()
+        names: dict[str | None, str] = dict(
+            admin.execute("SELECT istat_code, name FROM municipalities").fetchall()
+        )
+    with pilot.login("startup") as conn:
+        variables = resolve_variables(conn, BOARD, start, end, timescaledb=pilot.timescaledb)
+        fleet = list(variables["device"])
+        with_readings = sorted({r[0] for r in rows})
+        left_out = with_readings[0]
+        selection = [d for d in fleet if d != left_out]
+        results = {}
+        for name, devices in (("fleet", fleet), ("selection", selection)):
+            chosen = {**variables, "device": devices}
+            results[name] = {
+                q.title: run_panel(conn, q, start, end, chosen, timescaledb=pilot.timescaledb)
+                for q in (latency_q, by_type_q)
+            }
+    assert len(fleet) > len(selection) > 0
+    # the fleet's rollups keep whole hours: a bucket starting at `end` counts to its end
+    fleet_rows = [r for r in rows if max(start, recent) <= r[2] < end + timedelta(hours=1)]
+    chosen_rows = [r for r in rows if max(start, recent) <= r[2] <= end and r[0] != left_out]
+    for name, subset in (("fleet", fleet_rows), ("selection", chosen_rows)):
+        expected = _latency_by_hand([(r[4], r[3]) for r in subset], names)
+        drawn = results[name][latency_q.title]
+        got = {row[0]: (int(row[1]), row[2], row[3]) for row in drawn.rows}
+        assert got.keys() == expected.keys(), name
+        for municipality, (count, p50, p95) in expected.items():
+            assert got[municipality][0] == count, (name, municipality)
+            assert got[municipality][1:] == pytest.approx((p50, p95), abs=1e-6), name
+    whole_hours = [r for r in rows if start <= r[2] < end + timedelta(hours=1)]
+    for name, subset in (
+        ("fleet", whole_hours),
+        ("selection", [r for r in whole_hours if r[0] != left_out]),
+    ):
+        drawn = results[name][by_type_q.title]
+        per_type: Counter[str] = Counter()
+        for row in drawn.rows:
+            per_type[row[1]] += int(row[2])
+        assert per_type == Counter(r[1] for r in subset) != Counter(), name
 
 
 def test_a_second_startup_never_sees_a_device_of_the_first(simulated_pilot: SimulatedPilot) -> None:

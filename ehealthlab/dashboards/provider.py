@@ -138,53 +138,63 @@ _LAST_ADHERENCE_DAY = (
 _FIRST_ADHERENCE_DAY = f"({_LAST_ADHERENCE_DAY} - 29)"
 
 # Operational adherence: the last 30 complete pilot days up to the range's end. An enrolled
-# day is adherent when every planned metric has a reading; completeness caps each metric's
-# readings at the plan. Counts come from the hourly rollup (a whole day is 24 buckets).
+# day is adherent when every metric of each care plan covering it has a reading; completeness
+# caps each metric's readings at the plan. Readings count from the patients' daily rollup
+# (readings attributed to the patient, by pilot day of measured_at; migration 0022), joined
+# only to the enrolments: the planned days are counted, never listed against the readings.
 ADHERENCE_SQL = f"""
-WITH planned AS (
-    SELECT e.patient_id, g.day::date AS day, plan.key AS metric, plan.value::int AS expected
+WITH enrolled AS (
+    SELECT e.patient_id, e.care_plan,
+           greatest(e.start_date, {_FIRST_ADHERENCE_DAY}) AS first_day,
+           least(coalesce(e.end_date, {_LAST_ADHERENCE_DAY}), {_LAST_ADHERENCE_DAY}) AS last_day,
+           (SELECT sum(p.value::int) FROM jsonb_each_text(e.care_plan) p) AS per_day
     FROM enrolments e
-    CROSS JOIN LATERAL jsonb_each_text(e.care_plan) plan
-    CROSS JOIN LATERAL generate_series(greatest(e.start_date, {_FIRST_ADHERENCE_DAY}),
-                                       least(coalesce(e.end_date, {_LAST_ADHERENCE_DAY}),
-                                             {_LAST_ADHERENCE_DAY}),
-                                       interval '1 day') g(day)
     WHERE e.start_date <= {_LAST_ADHERENCE_DAY}
       AND (e.end_date IS NULL OR e.end_date >= {_FIRST_ADHERENCE_DAY})
-), taken AS (
-    SELECT h.patient_id, (h.bucket AT TIME ZONE 'Europe/Rome')::date AS day, h.metric,
-           sum(h.readings) AS readings
-    FROM readings_hourly h
-    WHERE h.bucket >= ({_FIRST_ADHERENCE_DAY})::timestamp AT TIME ZONE 'Europe/Rome'
-      AND h.bucket < ({_LAST_ADHERENCE_DAY} + 1)::timestamp AT TIME ZONE 'Europe/Rome'
-    GROUP BY 1, 2, 3
-), days AS (
-    SELECT pl.patient_id, pl.day,
-           bool_and(coalesce(t.readings, 0) > 0) AS adherent,
-           sum(least(coalesce(t.readings, 0), pl.expected)) AS taken,
-           sum(pl.expected) AS expected
+      AND e.care_plan <> '{{}}'::jsonb
+), planned AS (
+    SELECT en.patient_id,
+           sum(en.per_day * (en.last_day - en.first_day + 1)) AS expected,
+           -- a day two enrolments cover (two devices) is one enrolled day
+           CASE WHEN count(*) = 1 THEN max(en.last_day - en.first_day + 1)
+                ELSE (SELECT count(DISTINCT g.day)
+                      FROM enrolled o
+                      CROSS JOIN LATERAL generate_series(o.first_day, o.last_day,
+                                                         interval '1 day') g(day)
+                      WHERE o.patient_id = en.patient_id) END AS enrolled_days
+    FROM enrolled en
+    GROUP BY en.patient_id
+), judged AS (
+    SELECT t.patient_id, t.day, bool_and(j.adherent) AS adherent, sum(j.taken) AS taken
+    FROM readings_patient_daily t
+    JOIN enrolled en
+      ON en.patient_id = t.patient_id AND t.day BETWEEN en.first_day AND en.last_day
+    CROSS JOIN LATERAL (
+        SELECT bool_and(coalesce((t.counts ->> p.key)::int, 0) > 0) AS adherent,
+               sum(least(coalesce((t.counts ->> p.key)::int, 0), p.value::int)) AS taken
+        FROM jsonb_each_text(en.care_plan) p
+    ) j
+    WHERE t.day BETWEEN {_FIRST_ADHERENCE_DAY} AND {_LAST_ADHERENCE_DAY}
+    GROUP BY t.patient_id, t.day
+), patient_days AS (
+    SELECT pl.patient_id, pl.enrolled_days, pl.expected,
+           count(*) FILTER (WHERE ju.adherent) AS adherent_days,
+           coalesce(sum(ju.taken), 0) AS taken
     FROM planned pl
-    LEFT JOIN taken t USING (patient_id, day, metric)
-    GROUP BY pl.patient_id, pl.day
+    LEFT JOIN judged ju ON ju.patient_id = pl.patient_id
+    GROUP BY pl.patient_id, pl.enrolled_days, pl.expected
 )
-SELECT d.patient_id, p.label AS patient, count(*) AS enrolled_days,
-       count(*) FILTER (WHERE d.adherent) AS adherent_days,
-       round((count(*) FILTER (WHERE d.adherent))::numeric / count(*), 3) AS adherence,
-       sum(d.taken) AS readings_taken, sum(d.expected) AS readings_expected,
-       round(sum(d.taken)::numeric / sum(d.expected), 3) AS completeness
-FROM days d
+SELECT d.patient_id, p.label AS patient, d.enrolled_days,
+       d.adherent_days,
+       round(d.adherent_days::numeric / d.enrolled_days, 3) AS adherence,
+       d.taken AS readings_taken, d.expected AS readings_expected,
+       round(d.taken::numeric / nullif(d.expected, 0), 3) AS completeness
+FROM patient_days d
 JOIN patients p ON p.id = d.patient_id
-GROUP BY d.patient_id, p.label
 ORDER BY adherence, completeness, p.label
 LIMIT {TABLE_LIMIT}
 """  # noqa: S608 - the code's constants and Grafana's macros, no input
 
-# One row per device enrolment in the range: the last reading it brought for its patient in
-# the LAST_READING_WITHIN before the range's end (none: silent that long). The enrolments are
-# joined first, on their own (a materialised CTE: hash joins, not the nested loops the lateral
-# lookup would otherwise drag them into); each lookup then reads one week of one device
-# (readings_patient_idx and readings_device_measured_idx), and the `at` bound (a week of clock
-# error either way) keeps other months' partitions and chunks unread.
 LAST_READING_SQL = f"""
 WITH enrolled AS MATERIALIZED (
     SELECT e.patient_id, p.label AS patient, e.device_id, m.name AS municipality,
@@ -363,7 +373,8 @@ def provider_dashboard(rules: AlertRules = DEFAULT_RULES) -> Dashboard:
             "Operational view: over the 30 complete pilot days up to the range's end, the "
             "enrolled days on which every metric of the care plan had a reading (adherence), "
             "and readings taken against the plan's readings per day, each metric capped at the "
-            "plan (completeness), from the hourly rollup. The pilot's evaluated adherence, "
+            "plan (completeness); readings attributed to the patient, by pilot day of their "
+            "measurement (the patients' daily rollup). The pilot's evaluated adherence, "
             f"with its intervals, is on the pilot dashboard. Lowest first, at most {TABLE_LIMIT}.",
             ADHERENCE_SQL,
             _patient_column_overrides(),

@@ -23,6 +23,7 @@ from __future__ import annotations
 from grafanalib.core import Dashboard, Stat, Table, Text, TimeSeries
 
 from ehealthlab.contract.validation import CLOCK_TOLERANCE_S
+from ehealthlab.dashboards.latency import counts_sql, quantile_sql, sums_sql
 from ehealthlab.dashboards.panels import Grid, dashboard, datasource, query_variable, sql
 from ehealthlab.dashboards.roles import Kind
 
@@ -213,32 +214,61 @@ LIMIT 50
 
 _LATENCY_S = "extract(epoch FROM r.received_at - r.measured_at)"
 
+#: True when $device selects every device the start-up has (Grafana's "All", or each one
+#: ticked): a panel then reads the start-up's rollups, which hold no device column, instead of
+#: filtering thousands of devices. An InitPlan: evaluated once, and the branch whose filter it
+#: fails is never run.
+WHOLE_FLEET = "NOT EXISTS (SELECT 1 FROM devices w WHERE w.device_id NOT IN ($device))"
+
 #: Measurement to storage (received_at - measured_at, the clock-corrected time) by the
-#: municipality of the enrolment covering the reading's pilot day.
+#: municipality of the enrolment covering the reading's pilot day. Percentiles are estimated
+#: from latency histograms (dashboards/latency.py): for the whole fleet, the start-up's hourly
+#: rollup by municipality (whole hours whose start is in the range); for a selection, the
+#: same histogram counted from its readings.
 LATENCY = f"""
-SELECT coalesce(m.name, '(not enrolled)') AS "municipality", count(*) AS readings,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY {_LATENCY_S}) AS "p50 s",
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY {_LATENCY_S}) AS "p95 s"
-FROM readings r
-LEFT JOIN enrolments e
-  ON e.device_id = r.device_id
- AND (r.measured_at AT TIME ZONE '{PILOT_ZONE}')::date
-     BETWEEN e.start_date AND coalesce(e.end_date, 'infinity'::date)
-LEFT JOIN municipalities m ON m.istat_code = e.municipality
-WHERE $__timeFilter(r.at) AND r.at >= {_RECENT_FROM} AND r.device_id IN ($device)
-GROUP BY 1
-ORDER BY "p95 s" DESC, 1
+SELECT coalesce(m.name, '(not enrolled)') AS "municipality", l.readings,
+       {quantile_sql(0.5, "l")} AS "p50 s",
+       {quantile_sql(0.95, "l")} AS "p95 s"
+FROM (
+    SELECT nullif(h.municipality, '') AS municipality, sum(h.readings) AS readings,
+           {sums_sql("h.")}
+    FROM readings_municipality_hourly h
+    WHERE {WHOLE_FLEET}
+      AND $__timeFilter(h.bucket) AND h.bucket >= date_trunc('hour', {_RECENT_FROM})
+    GROUP BY 1
+    UNION ALL
+    SELECT e.municipality, count(*) AS readings,
+           {counts_sql(_LATENCY_S)}
+    FROM readings r
+    LEFT JOIN enrolments e
+      ON e.device_id = r.device_id
+     AND (r.measured_at AT TIME ZONE '{PILOT_ZONE}')::date
+         BETWEEN e.start_date AND coalesce(e.end_date, 'infinity'::date)
+    WHERE NOT {WHOLE_FLEET}
+      AND $__timeFilter(r.at) AND r.at >= {_RECENT_FROM} AND r.device_id IN ($device)
+    GROUP BY 1
+) l
+LEFT JOIN municipalities m ON m.istat_code = l.municipality
+ORDER BY "p95 s" DESC NULLS LAST, 1
 """  # noqa: S608 - constants and Grafana macros only
 
-READINGS_PER_TYPE = """
+#: Readings by device type: for the whole fleet from the start-up's hourly rollup per device
+#: type, for a selection from the devices' hourly rollup.
+READINGS_PER_TYPE = f"""
+SELECT $__timeGroupAlias(f.bucket, $__interval), f.device_type AS metric,
+       sum(f.readings) AS readings
+FROM readings_fleet_hourly f
+WHERE {WHOLE_FLEET} AND $__timeFilter(f.bucket)
+GROUP BY 1, 2
+UNION ALL
 SELECT $__timeGroupAlias(h.bucket, $__interval), d.device_type AS metric,
        sum(h.readings) AS readings
 FROM readings_hourly h
 JOIN devices d ON d.device_id = h.device_id
-WHERE $__timeFilter(h.bucket) AND h.device_id IN ($device)
+WHERE NOT {WHOLE_FLEET} AND $__timeFilter(h.bucket) AND h.device_id IN ($device)
 GROUP BY 1, 2
 ORDER BY 1, 2
-"""
+"""  # noqa: S608 - constants and Grafana macros only
 
 DEVICE_VARIABLE = """
 SELECT device_id AS __text, device_id AS __value FROM devices ORDER BY device_id
@@ -351,7 +381,10 @@ def startup_dashboard() -> Dashboard:
             title="Latency by municipality (measurement to storage)",
             description=_recent(
                 "received_at - measured_at, by the municipality of the enrolment covering "
-                "the reading's day; a backlog sent after an outage lifts p95."
+                "the reading's day; a backlog sent after an outage lifts p95. Percentiles are "
+                "estimated from a latency histogram as Prometheus' histogram_quantile does "
+                "(exact at its bounds, interpolated between them); for every device, from the "
+                "hourly rollup by municipality (whole hours)."
             ),
             dataSource=datasource(KIND),
             targets=[sql(KIND, LATENCY)],
@@ -362,7 +395,10 @@ def startup_dashboard() -> Dashboard:
     grid.place(
         TimeSeries(
             title="Readings stored by device type",
-            description="From the hourly rollup.",
+            description=(
+                "By measurement hour. For every device, from the start-up's hourly rollup by "
+                "device type; for a selection, from the devices' hourly rollup."
+            ),
             dataSource=datasource(KIND),
             targets=[sql(KIND, READINGS_PER_TYPE, fmt="time_series")],
             drawStyle="bars",
