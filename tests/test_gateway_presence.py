@@ -2,7 +2,9 @@
 
 `record` against a real PostgreSQL with hand-made messages (retained or live, readable or
 not); then the presence thread against a real Mosquitto: a device's retained `online` and
-its Last Will, a presence started after the fact, a broker restart, a clean stop.
+its Last Will, a presence started after the fact, a broker restart, a clean stop; then two
+presence threads on one database, as two API processes run them: one records, and the other
+takes over when the first stops or loses its database session, each message recorded once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import pytest
 from conftest import create_database, drop_database, with_database
 from psycopg_pool import ConnectionPool
@@ -21,7 +22,14 @@ from ehealthlab.contract.topics import readings_topic, status_topic
 from ehealthlab.errors import AuthenticationError, ServiceUnavailableError
 from ehealthlab.gateway import registry
 from ehealthlab.gateway.dynsec import DynamicSecurity
-from ehealthlab.gateway.presence import Presence, record
+from ehealthlab.gateway.presence import (
+    LOCK_KEY,
+    Presence,
+    application_name,
+    lock_holder,
+    lock_ids,
+    record,
+)
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError, ReceivedMessage, Will
 
 T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
@@ -159,9 +167,9 @@ def go_online(device_id: str, address: BrokerAddress) -> MqttConnection:
     return connection
 
 
-def test_online_then_the_last_will(pool, platform, device):
+def test_online_then_the_last_will(pool, database_url, platform, device):
     device_id, address = device
-    presence = Presence(platform, pool).start()
+    presence = Presence(platform, database_url).start()
     try:
         connection = go_online(device_id, address)
         assert wait_until(lambda: state_of(pool, device_id)[0] == "online")
@@ -175,11 +183,11 @@ def test_online_then_the_last_will(pool, platform, device):
     assert events_of(pool, device_id) == [("online", False), ("offline", False)]
 
 
-def test_a_presence_started_later_reads_the_retained_state(pool, platform, device):
+def test_a_presence_started_later_reads_the_retained_state(pool, database_url, platform, device):
     device_id, address = device
     connection = go_online(device_id, address)
     try:
-        presence = Presence(platform, pool).start()
+        presence = Presence(platform, database_url).start()
         try:
             assert wait_until(lambda: state_of(pool, device_id)[0] == "online")
         finally:
@@ -189,9 +197,11 @@ def test_a_presence_started_later_reads_the_retained_state(pool, platform, devic
     assert events_of(pool, device_id) == [("online", True)]
 
 
-def test_presence_comes_back_after_a_broker_restart(pool, platform, device, mosquitto_broker):
+def test_presence_comes_back_after_a_broker_restart(
+    pool, database_url, platform, device, mosquitto_broker
+):
     device_id, address = device
-    presence = Presence(platform, pool, reconnect_delay_s=0.2).start()
+    presence = Presence(platform, database_url, retry_interval_s=0.2).start()
     try:
         mosquitto_broker.stop()
         mosquitto_broker.start()
@@ -218,11 +228,121 @@ def wait_for_connection(connect, timeout: float = 30.0) -> MqttConnection:
             time.sleep(0.1)
 
 
-def test_stop_is_prompt_and_idempotent(pool, platform):
-    presence = Presence(platform, pool).start()
+def test_stop_is_prompt_idempotent_and_gives_the_lock_up(pool, database_url, platform):
+    presence = Presence(platform, database_url).start()
+    assert presence.leading and holder(pool) is not None
     started = time.monotonic()
     presence.stop()
     presence.stop()
     assert not presence.running and time.monotonic() - started < 2
-    with psycopg.connect(pool.conninfo) as conn:  # the pool was left usable
-        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert not presence.leading and holder(pool) is None
+
+
+# -- one recorder among several processes: the advisory lock ---------------------------------
+
+#: how soon a follower (trying every 0.5 s here) records after the leader went away; the
+#: design's bound is its retry interval plus a connection to PostgreSQL and the broker, the
+#: rest is slack for a loaded machine
+FAILOVER_BOUND_S = 5.0
+FOLLOWER_RETRY_S = 0.5
+
+
+def holder(pool) -> str | None:
+    with pool.connection() as conn:
+        return lock_holder(conn)
+
+
+def test_the_locks_key_as_pg_locks_shows_it():
+    assert lock_ids(0x0000_0001_0000_0002) == (1, 2)
+    assert lock_ids(-1) == (0xFFFF_FFFF, 0xFFFF_FFFF)  # a negative key, as two oids
+    assert lock_ids(LOCK_KEY) == (0x65686C2D, 0x70726573)
+    assert application_name("api-1", 42) == "ehl-presence api-1:42"
+    assert len(application_name("h" * 100, 42)) == 63
+
+
+@pytest.fixture
+def two_presences(pool, database_url, platform):
+    """A leader and a follower on one database and broker, as two API processes run them."""
+    first = Presence(platform, database_url, retry_interval_s=FOLLOWER_RETRY_S).start()
+    second = Presence(platform, database_url, retry_interval_s=FOLLOWER_RETRY_S).start()
+    try:
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()
+    assert holder(pool) is None  # both gave the lock up
+
+
+def test_two_presences_record_each_status_message_once(pool, device, two_presences):
+    device_id, address = device
+    first, second = two_presences
+    assert (first.leading, second.leading) == (True, False)  # the first to start leads
+    connection = go_online(device_id, address)
+    assert wait_until(lambda: len(events_of(pool, device_id)) == 1)
+    connection.publish(status_topic(device_id), b"not json")  # live, not retained
+    connection.drop()  # the Will
+    assert wait_until(lambda: len(events_of(pool, device_id)) >= 3)
+    # the follower keeps trying for the lock meanwhile (every 0.5 s) without recording
+    assert wait_until(lambda: second.running and not second.leading)
+    assert events_of(pool, device_id) == [("online", False), ("invalid", False),
+                                          ("offline", False)]  # fmt: skip
+
+
+def test_the_follower_takes_over_when_the_leader_stops(pool, device, two_presences):
+    device_id, address = device
+    first, second = two_presences
+    connection = go_online(device_id, address)
+    assert wait_until(lambda: events_of(pool, device_id) == [("online", False)])
+    first.stop()
+    stopped = time.monotonic()
+    # the new leader subscribes and records the retained state: the device is online
+    assert wait_until(lambda: len(events_of(pool, device_id)) == 2)
+    took_over = time.monotonic() - stopped
+    assert second.leading and not first.leading
+    connection.drop()
+    assert wait_until(lambda: len(events_of(pool, device_id)) == 3)
+    assert events_of(pool, device_id) == [("online", False), ("online", True),
+                                          ("offline", False)]  # fmt: skip
+    assert took_over < FAILOVER_BOUND_S, f"took over after {took_over:.1f} s"
+
+
+def test_a_leader_that_lost_its_database_session_records_nothing(
+    pool, platform, device, database_url
+):
+    """The lock and the writes share one session: once the server ended it, the old leader
+    cannot record even before it notices, so a message reaching both leaders counts once."""
+    device_id, address = device
+    # the old leader checks its session rarely, so it is still subscribed when the message
+    # comes; only its failed write tells it that it lost the lock
+    first = Presence(platform, database_url, retry_interval_s=60).start()
+    second = Presence(platform, database_url, retry_interval_s=FOLLOWER_RETRY_S).start()
+    try:
+        connection = go_online(device_id, address)
+        assert wait_until(lambda: events_of(pool, device_id) == [("online", False)])
+        with pool.connection() as conn:
+            (ended,) = _one(conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND granted AND (classid, objid) = (%s::oid, %s::oid)"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                lock_ids(LOCK_KEY),
+            ).fetchall())  # fmt: skip
+        assert ended
+        terminated = time.monotonic()
+        assert wait_until(lambda: len(events_of(pool, device_id)) == 2)  # the retained state
+        took_over = time.monotonic() - terminated
+        assert second.leading and first.leading  # the old leader has not noticed yet
+        connection.drop()  # the Will reaches both subscribers
+        assert wait_until(lambda: len(events_of(pool, device_id)) == 3)
+        assert wait_until(lambda: not first.leading)  # its write failed: it stepped down
+        assert second.leading
+        assert events_of(pool, device_id) == [("online", False), ("online", True),
+                                              ("offline", False)]  # fmt: skip
+        assert took_over < FAILOVER_BOUND_S, f"took over after {took_over:.1f} s"
+    finally:
+        first.stop()
+        second.stop()
+
+
+def _one(rows):
+    assert len(rows) == 1, rows
+    return rows[0]

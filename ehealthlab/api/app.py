@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         context = _open(settings)
-        presence = Presence(context.broker, context.pool)
+        presence = Presence(context.broker, settings.require_database_url())
         try:
             presence.start()
             app.state.context = context
