@@ -1,7 +1,8 @@
 """`ehealthlab api` as deployed: several worker processes on one port (`--workers N`), each
 building its application from the environment, and devices handed the broker's public
-address rather than the one the platform's own clients use. Against the real test database
-and broker; the server is a real process on a free loopback port.
+address rather than the one the platform's own clients use; presence recorded by one worker
+only, and by another once that one is killed. Against the real test database and broker;
+the server is a real process on a free loopback port.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -26,12 +27,18 @@ from conftest import API_PATIENT_KEY
 
 from ehealthlab.errors import AuthenticationError
 from ehealthlab.gateway.admin import bootstrap_operator
-from ehealthlab.mqtt import BrokerAddress, MqttConnection
+from ehealthlab.gateway.presence import RETRY_INTERVAL_S, lock_holder
+from ehealthlab.mqtt import BrokerAddress, MqttConnection, Will
 from ehealthlab.settings import Settings
 from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.stack.ports import LOOPBACK, free_port
+from ehealthlab.store.db import connect
 
 WAIT_S = 60.0  # bounds a failure only: two workers start in a few seconds
+#: how soon another worker records once the recording one is killed: the workers try for the
+#: lock every RETRY_INTERVAL_S (2 s), then connect to the broker; the rest is slack for a
+#: loaded machine
+FAILOVER_BOUND_S = RETRY_INTERVAL_S + 8.0
 PUBLIC_HOST = "mqtt.pilot.example.org"
 PUBLIC_PORT = 8883
 
@@ -95,6 +102,10 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def _workers(api: ApiProcess) -> list[int]:
+    return [p for p in _children(api.process.pid) if _is_worker(p)]
+
+
 def _is_worker(pid: int) -> bool:
     """A worker spawned by multiprocessing (not its resource tracker)."""
     try:
@@ -149,7 +160,7 @@ def test_two_worker_processes_serve_the_api(api_with_workers: ApiProcess) -> Non
     # only listens once they started; a worker whose app failed to start would have exited)
     deadline = time.monotonic() + WAIT_S
     while True:
-        workers = [p for p in _children(api_with_workers.process.pid) if _is_worker(p)]
+        workers = _workers(api_with_workers)
         if len(workers) == 2 or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -195,3 +206,70 @@ def test_public_broker_address_falls_back_to_the_platforms() -> None:
         update={"mqtt_public_host": PUBLIC_HOST, "mqtt_public_port": 8883, "mqtt_public_tls": True}
     )
     assert public.device_broker() == (PUBLIC_HOST, 8883, True)
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = WAIT_S) -> bool:
+    """Poll `condition`; the timeout only bounds a failure."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_one_worker_records_presence_and_another_takes_over_when_it_is_killed(
+    api_with_workers: ApiProcess, settings: Settings, mosquitto_broker: MosquittoBroker
+) -> None:
+    operator = bootstrap_operator(settings)["token"]
+    api = f"{api_with_workers.url}/api/v1"
+    name = f"Presence start-up {uuid.uuid4().hex[:6]}"
+    status, startup = _post(f"{api}/organisations", {"kind": "startup", "name": name}, operator)
+    assert status == 201, startup
+    body = {"type": "thermometer", "model": "T-1", "serial": uuid.uuid4().hex[:8]}
+    status, device = _post(f"{api}/devices", body, startup["token"])
+    assert status == 201, device
+    device_id, mqtt = device["device_id"], device["mqtt"]
+    status_topic = mqtt["topics"]["status"]
+
+    def events() -> list[tuple[str, bool]]:
+        with connect(settings, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT status, retained FROM device_status_events WHERE device_id = %s"
+                " ORDER BY id",
+                (device_id,),
+            ).fetchall()
+        return [(str(status), bool(retained)) for status, retained in rows]
+
+    def recorder() -> int | None:
+        """The worker holding the presence lock ("ehl-presence HOST:PID")."""
+        with connect(settings, autocommit=True) as conn:
+            holder = lock_holder(conn)
+        return None if holder is None else int(holder.rsplit(":", 1)[1])
+
+    internal = BrokerAddress(mosquitto_broker.host, mosquitto_broker.port)
+    will = Will(status_topic, b'{"state": "offline"}')
+    connection = MqttConnection(
+        internal.as_user(mqtt["username"], mqtt["password"]), mqtt["client_id"], will=will
+    ).connect()
+    try:
+        connection.publish(status_topic, b'{"state": "online"}', retain=True)
+        assert _wait_until(lambda: events() == [("online", False)]), events()
+        leader = recorder()
+        assert leader is not None and leader in _workers(api_with_workers), (
+            api_with_workers.log_text()
+        )
+        os.kill(leader, signal.SIGKILL)
+        killed = time.monotonic()
+        # another worker (the other one, or the one uvicorn starts instead) takes the lock
+        # and, subscribing, records the retained state
+        assert _wait_until(lambda: len(events()) == 2), api_with_workers.log_text()
+        took_over = time.monotonic() - killed
+        successor = recorder()
+        assert successor != leader and successor in _workers(api_with_workers)
+    finally:
+        connection.drop()  # the Will: offline
+    assert _wait_until(lambda: len(events()) == 3), events()
+    # each message once: none recorded by both workers, before or after the fail-over
+    assert events() == [("online", False), ("online", True), ("offline", False)]
+    assert took_over < FAILOVER_BOUND_S, f"took over after {took_over:.1f} s"
