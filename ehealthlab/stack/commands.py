@@ -1,9 +1,11 @@
-"""`ehealthlab stack up | down | status | env`: the local PostgreSQL and Mosquitto."""
+"""`ehealthlab stack up | down | status | env`: the local PostgreSQL and Mosquitto, and the
+API and ingest worker in the background (`up --services`, `ehealthlab demo`)."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+from dataclasses import replace
 from typing import Any
 
 from ehealthlab.settings import Settings
@@ -35,13 +37,28 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="preload the TimescaleDB extension in PostgreSQL (remembered for later starts)",
     )
+    up.add_argument(
+        "--services",
+        action="store_true",
+        help="also start the API (with the portal) and an ingest worker in the background; "
+        "they run until `ehealthlab stack down`",
+    )
+    up.add_argument(
+        "--api-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="with --services: the API's port (default: EHEALTHLAB_API_PORT when free, else "
+        "any free port)",
+    )
     up.set_defaults(handler=run_up)
 
     down = commands.add_parser(
         "down",
         help="stop the stack (harmless when stopped)",
-        description="Stop Mosquitto (it saves its persistence) and PostgreSQL (fast mode). "
-        "Data stays for the next `stack up`.",
+        description="Stop the background API and ingest worker (if started), Mosquitto (it "
+        "saves its persistence) and PostgreSQL (fast mode). Data stays for the next `stack "
+        "up`.",
     )
     down.add_argument(
         "--purge",
@@ -54,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "status",
         help="say what runs where",
         description="For each service: running, stopped or external, its address, pid and "
-        "data directory.",
+        "data directory (for the background API and ingest: their log).",
     )
     status.set_defaults(handler=run_status)
 
@@ -69,7 +86,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run_up(args: argparse.Namespace, settings: Settings) -> int:
     stack = LocalStack(settings)
-    for line in format_status(stack.up(timescale=args.timescale)):
+    statuses = stack.up(timescale=args.timescale)
+    if args.services:
+        notes = {s.service: s.note for s in statuses}
+        statuses = stack.start_services(api_port=args.api_port)
+        # the servers' notes say what `up` did to them ("started"), not `start_services`
+        statuses[:2] = [replace(s, note=notes.get(s.service, "")) for s in statuses[:2]]
+    for line in format_status(statuses):
         print(line)
     print(f'state: {stack.state_dir}  (eval "$(ehealthlab stack env)" to use it)')
     return 0

@@ -1,4 +1,5 @@
-"""The local stack: one PostgreSQL and one Mosquitto per state directory.
+"""The local stack: one PostgreSQL and one Mosquitto per state directory, and the API and an
+ingest worker when asked (`services.py`: background processes on record, stopped by `down`).
 
 Everything the stack knows is in `<state dir>/stack.json` (mode 0600): where each server's
 directory is, its port and the secrets generated for it (no secret has a default outside the
@@ -15,6 +16,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -24,9 +26,20 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from ehealthlab.errors import StackError
 from ehealthlab.settings import Settings
 from ehealthlab.stack.mosquitto import MosquittoBroker
-from ehealthlab.stack.ports import LOOPBACK, free_port, start_on_free_port
+from ehealthlab.stack.ports import LOOPBACK, free_port, port_is_free, start_on_free_port
 from ehealthlab.stack.postgres import PostgresServer
 from ehealthlab.stack.programs import ServiceAccount, find_mosquitto, find_postgres, place_for
+from ehealthlab.stack.services import (
+    SERVICES,
+    BackgroundState,
+    answers,
+    api_argv,
+    ingest_argv,
+    is_running,
+    spawn,
+    stop,
+    wait_ready,
+)
 
 STATE_FILE = "stack.json"
 LOCK_FILE = ".lock"
@@ -65,13 +78,16 @@ class StackState(BaseModel):
     patient_key: str
     postgresql: PostgresState | None = None
     mosquitto: MosquittoState | None = None
+    #: background services (api, ingest) started by `start_services`
+    services: dict[str, BackgroundState] = {}
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceStatus:
     """What runs where, for one service."""
 
-    service: Literal["postgresql", "mosquitto"]
+    #: postgresql, mosquitto, or a background service (api, ingest)
+    service: str
     state: ServiceState
     host: str | None = None
     port: int | None = None
@@ -93,7 +109,7 @@ class ServiceStatus:
 
 def format_status(statuses: list[ServiceStatus]) -> list[str]:
     """A small aligned table, header first."""
-    rows = [("service", "state", "address", "pid", "directory")]
+    rows = [("service", "state", "address", "pid", "directory or log")]
     rows += [
         (
             s.service,
@@ -259,8 +275,89 @@ class LocalStack:
         self._save_state(state)
         return "started"
 
+    def start_services(self, *, api_port: int | None = None) -> list[ServiceStatus]:
+        """Start the API (with the portal) and an ingest worker in the background, unless they
+        run already; return when the API answers and ingest is subscribed.
+
+        They read the stack (or the external servers) from the environment, as `ehealthlab
+        api` and `ehealthlab ingest` do, and keep running until `down`. The API listens on
+        `api_port`, else EHEALTHLAB_API_PORT when free, else a free port.
+        """
+        if self.load_state() is None:
+            raise StackError(f"no local stack in {self.state_dir}: `ehealthlab stack up` first")
+        env = {**os.environ, "EHEALTHLAB_STATE_DIR": str(self.state_dir)}
+        logs = self.state_dir / "logs"
+        ready_file = self.state_dir / "ingest.ready"
+        notes: dict[str, str] = {}
+        started: dict[str, BackgroundState] = {}
+        with self._locked():
+            state = self.load_state()
+            assert state is not None  # noqa: S101 - it was there above, and `down` holds the lock
+            for name in SERVICES:
+                recorded = state.services.get(name)
+                if recorded is not None and is_running(recorded):
+                    notes[name] = "already running"
+                    continue
+                if name == "ingest":
+                    ready_file.unlink(missing_ok=True)
+                    recorded = spawn(ingest_argv(ready_file), env, logs / "ingest.log", None)
+                else:
+                    port = api_port or self._api_port()
+                    url = f"http://{LOOPBACK}:{port}"
+                    recorded = spawn(api_argv(port), env, logs / "api.log", url)
+                state.services[name] = started[name] = recorded
+                self._save_state(state)  # on record before waiting: `down` can stop it
+                notes[name] = "started"
+        for name, recorded in started.items():
+            if name == "ingest":
+                wait_ready(name, recorded, ready_file.exists)
+            else:
+                login = f"{recorded.address}/portal/login"
+                wait_ready(name, recorded, partial(answers, login))
+        return self.status(notes)
+
+    def _api_port(self) -> int:
+        wanted = self.settings.api_port
+        return wanted if port_is_free(wanted) else free_port()
+
+    def api_url(self) -> str | None:
+        """Where the background API answers, when it runs."""
+        state = self.load_state()
+        recorded = state.services.get("api") if state is not None else None
+        if recorded is None or not is_running(recorded):
+            return None
+        return recorded.address
+
+    def stop_services(self) -> dict[str, str]:
+        """Stop the background services (harmless when stopped); they leave the record."""
+        notes: dict[str, str] = {}
+        with self._locked():
+            state = self.load_state()
+            if state is None:
+                return notes
+            self._stop_services(state, notes)
+        return notes
+
+    def _stop_services(self, state: StackState, notes: dict[str, str]) -> None:
+        for name in reversed(SERVICES):
+            recorded = state.services.get(name)
+            if recorded is None:
+                continue
+            notes[name] = "stopped" if stop(recorded) else "was not running"
+            del state.services[name]
+            self._save_state(state)
+
+    def _remove_service_files(self) -> None:
+        logs = self.state_dir / "logs"
+        for name in SERVICES:
+            (logs / f"{name}.log").unlink(missing_ok=True)
+        if logs.is_dir() and not any(logs.iterdir()):
+            logs.rmdir()
+        (self.state_dir / "ingest.ready").unlink(missing_ok=True)
+
     def down(self, *, purge: bool = False) -> list[ServiceStatus]:
-        """Stop this stack's servers (harmless when stopped); `purge` also deletes their data.
+        """Stop this stack's background services and servers (harmless when stopped); `purge`
+        also deletes their data.
 
         The servers on record are ours to stop even if the settings now point elsewhere.
         """
@@ -271,6 +368,7 @@ class LocalStack:
             state = self.load_state()
             if state is None:
                 return self.status()
+            self._stop_services(state, notes)
             servers: list[tuple[str, MosquittoBroker | PostgresServer]] = []
             if state.mosquitto is not None:
                 servers.append(("mosquitto", self._mosquitto(state.mosquitto)))
@@ -286,6 +384,7 @@ class LocalStack:
                     server.stop()
             if purge:
                 # only what is on record: the state directory may hold the user's own files
+                self._remove_service_files()
                 self.state_file.unlink(missing_ok=True)
         if purge:
             (self.state_dir / LOCK_FILE).unlink(missing_ok=True)
@@ -294,13 +393,21 @@ class LocalStack:
         return self.status(notes)
 
     def status(self, notes: dict[str, str] | None = None) -> list[ServiceStatus]:
-        """What runs where: PostgreSQL first, then Mosquitto."""
+        """What runs where: PostgreSQL, Mosquitto, then the background services on record (or
+        just stopped, with their note)."""
         notes = notes or {}
         state = self.load_state()
-        return [
+        statuses = [
             self._postgres_status(state, notes.get("postgresql", "")),
             self._mosquitto_status(state, notes.get("mosquitto", "")),
         ]
+        recorded = state.services if state is not None else {}
+        for name in SERVICES:
+            if name in recorded:
+                statuses.append(_background_status(name, recorded[name], notes.get(name, "")))
+            elif name in notes:
+                statuses.append(ServiceStatus(service=name, state="stopped", note=notes[name]))
+        return statuses
 
     def status_lines(self) -> list[str]:
         return format_status(self.status())
@@ -398,6 +505,23 @@ class LocalStack:
             for name, value in values.items()
             if value is not None
         }
+
+
+def _background_status(name: str, recorded: BackgroundState, note: str) -> ServiceStatus:
+    host = port = None
+    if recorded.address is not None:
+        parts = urlsplit(recorded.address)
+        host, port = parts.hostname, parts.port
+    running = is_running(recorded)
+    return ServiceStatus(
+        service=name,
+        state="running" if running else "stopped",
+        host=host,
+        port=port,
+        pid=recorded.pid if running else None,
+        directory=recorded.log,
+        note=note,
+    )
 
 
 def settings_with_stack(settings: Settings) -> Settings:

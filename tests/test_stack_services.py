@@ -1,0 +1,108 @@
+"""The stack's background services (the API with the portal, an ingest worker): started as
+processes of their own by `ehealthlab stack up --services` (and `ehealthlab demo`), on record
+in the state file, shown by `stack status`, stopped by `stack down` — and a pid on record
+that the kernel has given to another process is never signalled."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ehealthlab.errors import StackError
+from ehealthlab.settings import Settings
+from ehealthlab.stack.local import LocalStack
+from ehealthlab.stack.services import BackgroundState, is_running, start_ticks, stop
+
+
+def fresh_env(state_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EHEALTHLAB_")}
+    env["EHEALTHLAB_STATE_DIR"] = str(state_dir)
+    return env
+
+
+def ehealthlab(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ehealthlab.cli", *args],
+        env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_stack_up_services_runs_the_api_and_ingest_until_stack_down(tmp_path):
+    state_dir = tmp_path / "state"
+    env = fresh_env(state_dir)
+    stack = LocalStack(Settings(state_dir=state_dir))
+    try:
+        up = ehealthlab(env, "stack", "up", "--services")
+        assert up.returncode == 0, up.stderr
+        assert re.search(r"^ingest +started +- +\d+ ", up.stdout, re.M), up.stdout
+        assert re.search(r"^api +started +127\.0\.0\.1:\d+ ", up.stdout, re.M), up.stdout
+        # `stack up` has returned: the services run on, on record
+        state = stack.load_state()
+        assert state is not None and set(state.services) == {"api", "ingest"}
+        api, ingest = state.services["api"], state.services["ingest"]
+        assert is_running(api) and is_running(ingest)
+        assert api.address is not None and answers(api.address + "/portal/login")
+        assert (state_dir / "ingest.ready").read_text().strip() == str(ingest.pid)
+        status = ehealthlab(env, "stack", "status")
+        assert re.search(rf"^api +running +127\.0\.0\.1:\d+ +{api.pid} ", status.stdout, re.M)
+        assert re.search(rf"^ingest +running +- +{ingest.pid} ", status.stdout, re.M)
+        # a second start finds them running and starts nothing
+        again = ehealthlab(env, "stack", "up", "--services")
+        assert re.search(rf"^api +already running .* {api.pid} ", again.stdout, re.M)
+        assert stack.load_state().services["api"].pid == api.pid  # type: ignore[union-attr]
+
+        down = ehealthlab(env, "stack", "down")
+        assert down.returncode == 0, down.stderr
+        assert re.search(r"^api +stopped", down.stdout, re.M), down.stdout
+        assert re.search(r"^ingest +stopped", down.stdout, re.M), down.stdout
+        assert not is_running(api) and not is_running(ingest)
+        assert not answers(api.address + "/portal/login")
+        after = stack.load_state()
+        assert after is not None and after.services == {}
+        # the ingest worker stopped cleanly (SIGTERM: drained, not killed)
+        assert "ingest-local-1: stopped" in (state_dir / "logs" / "ingest.log").read_text()
+        assert {s.service for s in stack.status()} == {"postgresql", "mosquitto"}
+    finally:
+        stack.down(purge=True)
+    assert not (state_dir / "logs").exists()
+
+
+def test_a_pid_on_record_that_is_now_another_process_is_left_alone(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ticks = start_ticks(other.pid)
+        assert ticks is not None
+        recorded = BackgroundState(
+            pid=other.pid, started=ticks - 1, argv=["api"], log=tmp_path / "api.log"
+        )
+        assert not is_running(recorded)
+        assert stop(recorded) is False
+        assert other.poll() is None  # not signalled
+        mine = BackgroundState(pid=other.pid, started=ticks, argv=["x"], log=tmp_path / "x.log")
+        assert is_running(mine) and stop(mine, timeout_s=10) is True
+        assert other.wait(timeout=10) != 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+
+
+def test_services_need_a_stack(tmp_path):
+    stack = LocalStack(Settings(state_dir=tmp_path / "none"))
+    with pytest.raises(StackError, match="stack up"):
+        stack.start_services()
