@@ -39,6 +39,8 @@ WAIT_S = 60.0  # bounds a failure only: two workers start in a few seconds
 #: lock every RETRY_INTERVAL_S (2 s), then connect to the broker; the rest is slack for a
 #: loaded machine
 FAILOVER_BOUND_S = RETRY_INTERVAL_S + 8.0
+#: `ehealthlab` as its console script runs it
+MAIN = "import sys; from ehealthlab.cli import main; sys.exit(main())"
 PUBLIC_HOST = "mqtt.pilot.example.org"
 PUBLIC_PORT = 8883
 
@@ -121,7 +123,11 @@ def api_with_workers(
 ) -> Iterator[ApiProcess]:
     port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the process
-    argv = [sys.executable, "-m", "ehealthlab.cli", "api", "--workers", "2"]
+    # the command line's main() from `-c`, not `-m ehealthlab.cli`: each spawned worker
+    # re-imports a main module before it answers uvicorn's 5 s health check, and importing
+    # the whole command line takes longer than that on a loaded machine, so the supervisor
+    # killed every worker before it started (docs/deployment.md, "Known limits")
+    argv = [sys.executable, "-c", MAIN, "api", "--workers", "2"]
     process = subprocess.Popen(
         [*argv, "--host", LOOPBACK, "--port", str(port)],
         env=_environment(settings, tmp_path_factory.mktemp("no-stack")),
