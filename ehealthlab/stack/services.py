@@ -135,9 +135,11 @@ def wait_ready(
     recorded: BackgroundState,
     ready: Callable[[], bool],
     *,
-    timeout_s: float = 60.0,
+    timeout_s: float = 120.0,
 ) -> None:
-    """Until `ready()`; StackError with the log's last lines if it ends or the time runs out."""
+    """Until `ready()`; StackError with the log's last lines if it ends or the time runs out
+    (a loaded machine only makes it slower: the API's imports alone took 5-17 s with three
+    busy processes on two cores)."""
     deadline = time.monotonic() + timeout_s
     while not ready():
         if not is_running(recorded):
