@@ -27,6 +27,7 @@ from ehealthlab.dashboards.queries import (
     resolve_variables,
     run_panel,
 )
+from ehealthlab.ingest.alerts import load_rules
 
 ROME = ZoneInfo("Europe/Rome")
 BOARDS = {entry.name: entry for entry in DASHBOARDS}
@@ -182,6 +183,33 @@ def test_organisations_are_numbered_lab_first_then_by_kind_and_name() -> None:
     ]  # fmt: skip
     assert orgs[0].name == provisioning.LAB_ORG_NAME
     assert orgs[1].name == "ASL TO4 (provider)"
+
+
+def test_the_build_draws_the_alert_rules_ingest_runs(
+    simulated_pilot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--alert-rules` or EHEALTHLAB_ALERT_RULES, as ingest takes them: the provider's
+    thresholds are the file's, not the built-in ones."""
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(
+        '[thresholds.bp_systolic_high]\nmetric = "bp_systolic"\nop = ">="\nthreshold = 165\n'
+    )
+    rules = load_rules(rules_file)
+    monkeypatch.setenv("EHEALTHLAB_DATABASE_URL", simulated_pilot.url)
+    monkeypatch.setenv("EHEALTHLAB_STATE_DIR", str(tmp_path / "no-stack"))
+    provider = next(e for e in DASHBOARDS if e.name == "provider")
+    assert provider.json_data(rules) != provider.json_data()  # the file changes the board
+    for name, argv, env in (
+        ("option", ["--alert-rules", str(rules_file)], None),
+        ("environment", [], str(rules_file)),
+    ):
+        if env:
+            monkeypatch.setenv("EHEALTHLAB_ALERT_RULES", env)
+        out = tmp_path / name
+        assert main(["dashboards", "build", "--out", str(out), *argv]) == 0
+        written = json.loads((out / "dashboards" / "provider" / "provider.json").read_text())
+        assert written == provider.json_data(rules), name
+        assert written != provider.json_data(), name
 
 
 def test_the_build_command_provisions_every_organisation_with_its_own_role(

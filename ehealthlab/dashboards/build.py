@@ -25,6 +25,7 @@ from ehealthlab.dashboards.catalogue import DASHBOARDS, names_by_kind
 from ehealthlab.dashboards.panels import to_json
 from ehealthlab.dashboards.roles import list_roles
 from ehealthlab.dashboards.roles_command import register_roles
+from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules, load_rules
 from ehealthlab.settings import Settings
 from ehealthlab.stack.local import settings_with_stack
 from ehealthlab.store.db import Connection, connect
@@ -37,12 +38,12 @@ class BuildReport:
     without_role: list[str]  # organisations that have no dashboard role yet
 
 
-def write_dashboards(out: Path) -> list[Path]:
+def write_dashboards(out: Path, rules: AlertRules = DEFAULT_RULES) -> list[Path]:
     written = []
     for entry in DASHBOARDS:
         path = out / "dashboards" / entry.kind / f"{entry.name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(to_json(entry.build()), encoding="utf-8")
+        path.write_text(to_json(entry.build(rules)), encoding="utf-8")
         written.append(path)
     return written
 
@@ -69,8 +70,9 @@ def build(
     *,
     dashboards_path: PurePosixPath = provisioning.DEFAULT_DASHBOARDS_PATH,
     secrets_path: PurePosixPath = provisioning.DEFAULT_SECRETS_PATH,
+    rules: AlertRules = DEFAULT_RULES,
 ) -> BuildReport:
-    dashboards = write_dashboards(out)
+    dashboards = write_dashboards(out, rules)
     roles = [r for r in list_roles(conn) if r.registered and r.exists and r.can_login]
     orgs = provisioning.organisations(
         [
@@ -146,12 +148,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="the store's host as Grafana reaches it (default: the URL's)",
     )  # fmt: skip
     build_parser.add_argument("--database-port", type=int, metavar="PORT")
+    build_parser.add_argument(
+        "--alert-rules", type=Path, metavar="FILE",
+        help="the alert rules ingest runs, whose thresholds the provider dashboard draws "
+        "(default: EHEALTHLAB_ALERT_RULES, else the built-in rules)",
+    )  # fmt: skip
     build_parser.set_defaults(handler=run_build)
     register_roles(commands)
 
 
 def run_build(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings_with_stack(settings)
+    rules_file = args.alert_rules or settings.alert_rules
+    rules = DEFAULT_RULES if rules_file is None else load_rules(rules_file)
     with connect(settings) as conn:
         database = store_database(
             conn, settings.require_database_url(), args.database_host, args.database_port
@@ -159,6 +168,7 @@ def run_build(args: argparse.Namespace, settings: Settings) -> int:
         report = build(
             args.out, conn, database,
             dashboards_path=args.grafana_dashboards_path, secrets_path=args.secrets_path,
+            rules=rules,
         )  # fmt: skip
     print(f"wrote {len(report.dashboards)} dashboards and provisioning for "
           f"{len(report.organisations)} Grafana organisations in {args.out}")  # fmt: skip
