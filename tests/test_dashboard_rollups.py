@@ -271,3 +271,81 @@ def test_the_triggers_roll_up_each_stored_reading_once_as_a_rebuild_does(store_u
         rebuilt = conn.execute("SELECT ehl_dashboard_rollups_rebuild()").fetchone()
         assert rebuilt == (len(cuff) + len(oxi),)
         assert _snapshot(conn) == incremental
+
+
+# -- each patient-day judged against its care plans (migration 0023) ---------------------------
+
+
+def _judged(conn: psycopg.Connection) -> dict[date, tuple[bool, int]]:
+    return {
+        day: (adherent, taken)
+        for day, adherent, taken in conn.execute(
+            "SELECT day, adherent, taken FROM readings_patient_daily ORDER BY day"
+        ).fetchall()
+    }
+
+
+def test_each_patient_day_is_judged_against_the_plans_covering_it_and_again_when_they_change(
+    store_url: str,
+) -> None:
+    """Adherent: every planned metric has a reading; taken: each metric's readings capped at
+    its plan. A second enrolment (another device), an edited care plan, a shortened
+    enrolment and a removed one each judge the covered days again."""
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        org = {}
+        for key, kind in (("S", "startup"), ("P", "provider")):
+            org[key] = conn.execute(
+                "INSERT INTO organisations (kind, name) VALUES (%s, %s) RETURNING id",
+                (kind, f"{key} {uuid.uuid4().hex[:6]}"),
+            ).fetchone()[0]  # type: ignore[index]
+        for device, kind in (("cuff", "blood_pressure_monitor"), ("oxi", "pulse_oximeter")):
+            conn.execute(
+                "INSERT INTO devices (device_id, organisation_id, device_type, model, serial)"
+                " VALUES (%s, %s, %s, 'M', %s)",
+                (device, org["S"], kind, device),
+            )
+        patient = conn.execute(
+            "INSERT INTO patients (organisation_id, identifier_hash, label)"
+            " VALUES (%s, %s, 'p') RETURNING id",
+            (org["P"], uuid.uuid4().bytes),
+        ).fetchone()[0]  # type: ignore[index]
+        cuff = conn.execute(
+            "INSERT INTO enrolments (patient_id, device_id, municipality, start_date, care_plan)"
+            " VALUES (%s, 'cuff', %s, %s, '{\"bp_systolic\": 2, \"heart_rate\": 1}')"
+            " RETURNING id",
+            (patient, TORINO, DAY),
+        ).fetchone()[0]  # type: ignore[index]
+        days = [DAY + timedelta(days=d) for d in range(3)]
+        # day 1: systolic x3, pulse x1 -> adherent, 2 + 1 taken (the third systolic capped)
+        # day 2: systolic x1 only -> not adherent, 1 taken
+        # day 3: systolic x2, pulse x2 -> adherent, 2 + 1 taken
+        plan = {days[0]: {"bp_systolic": 3, "heart_rate": 1}, days[1]: {"bp_systolic": 1},
+                days[2]: {"bp_systolic": 2, "heart_rate": 2}}  # fmt: skip
+        rows, seq = [], 0
+        for day, counts in plan.items():
+            for metric, n in counts.items():
+                for i in range(n):
+                    seq += 1
+                    at = _at(day, 8 + i)
+                    rows.append(ReadingRow("cuff", metric, at, 100.0, at, at, seq, f"m{seq}",
+                                           0.0, False))  # fmt: skip
+        ReadingWriter(conn).write(rows)
+        assert _judged(conn) == {days[0]: (True, 3), days[1]: (False, 1), days[2]: (True, 3)}
+
+        # an oximeter enrolled from day 2 asks for spo2, which nobody measured
+        oxi = conn.execute(
+            "INSERT INTO enrolments (patient_id, device_id, municipality, start_date, care_plan)"
+            " VALUES (%s, 'oxi', %s, %s, '{\"spo2\": 1}') RETURNING id",
+            (patient, TORINO, days[1]),
+        ).fetchone()[0]  # type: ignore[index]
+        assert _judged(conn) == {days[0]: (True, 3), days[1]: (False, 1), days[2]: (False, 3)}
+        # the cuff's plan asks for one systolic a day now: day 2 is adherent for the cuff
+        conn.execute(
+            "UPDATE enrolments SET care_plan = '{\"bp_systolic\": 1}' WHERE id = %s", (cuff,)
+        )
+        assert _judged(conn) == {days[0]: (True, 1), days[1]: (False, 1), days[2]: (False, 1)}
+        # the oximeter's enrolment ends on day 2, then is removed: day 3, then 2, are the cuff's
+        conn.execute("UPDATE enrolments SET end_date = %s WHERE id = %s", (days[1], oxi))
+        assert _judged(conn) == {days[0]: (True, 1), days[1]: (False, 1), days[2]: (True, 1)}
+        conn.execute("DELETE FROM enrolments WHERE id = %s", (oxi,))
+        assert _judged(conn) == {days[0]: (True, 1), days[1]: (True, 1), days[2]: (True, 1)}

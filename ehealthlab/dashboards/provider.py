@@ -139,12 +139,12 @@ _FIRST_ADHERENCE_DAY = f"({_LAST_ADHERENCE_DAY} - 29)"
 
 # Operational adherence: the last 30 complete pilot days up to the range's end. An enrolled
 # day is adherent when every metric of each care plan covering it has a reading; completeness
-# caps each metric's readings at the plan. Readings count from the patients' daily rollup
-# (readings attributed to the patient, by pilot day of measured_at; migration 0022), joined
-# only to the enrolments: the planned days are counted, never listed against the readings.
+# caps each metric's readings at the plan. The patients' daily rollup holds each patient-day
+# judged against its plans (readings attributed to the patient, by pilot day of measured_at;
+# migrations 0022 and 0023); the planned days are counted from the enrolments, never listed.
 ADHERENCE_SQL = f"""
 WITH enrolled AS (
-    SELECT e.patient_id, e.care_plan,
+    SELECT e.patient_id,
            greatest(e.start_date, {_FIRST_ADHERENCE_DAY}) AS first_day,
            least(coalesce(e.end_date, {_LAST_ADHERENCE_DAY}), {_LAST_ADHERENCE_DAY}) AS last_day,
            (SELECT sum(p.value::int) FROM jsonb_each_text(e.care_plan) p) AS per_day
@@ -165,32 +165,20 @@ WITH enrolled AS (
     FROM enrolled en
     GROUP BY en.patient_id
 ), judged AS (
-    SELECT t.patient_id, t.day, bool_and(j.adherent) AS adherent, sum(j.taken) AS taken
+    SELECT t.patient_id, count(*) FILTER (WHERE t.adherent) AS adherent_days,
+           sum(t.taken) AS taken
     FROM readings_patient_daily t
-    JOIN enrolled en
-      ON en.patient_id = t.patient_id AND t.day BETWEEN en.first_day AND en.last_day
-    CROSS JOIN LATERAL (
-        SELECT bool_and(coalesce((t.counts ->> p.key)::int, 0) > 0) AS adherent,
-               sum(least(coalesce((t.counts ->> p.key)::int, 0), p.value::int)) AS taken
-        FROM jsonb_each_text(en.care_plan) p
-    ) j
     WHERE t.day BETWEEN {_FIRST_ADHERENCE_DAY} AND {_LAST_ADHERENCE_DAY}
-    GROUP BY t.patient_id, t.day
-), patient_days AS (
-    SELECT pl.patient_id, pl.enrolled_days, pl.expected,
-           count(*) FILTER (WHERE ju.adherent) AS adherent_days,
-           coalesce(sum(ju.taken), 0) AS taken
-    FROM planned pl
-    LEFT JOIN judged ju ON ju.patient_id = pl.patient_id
-    GROUP BY pl.patient_id, pl.enrolled_days, pl.expected
+    GROUP BY t.patient_id
 )
-SELECT d.patient_id, p.label AS patient, d.enrolled_days,
-       d.adherent_days,
-       round(d.adherent_days::numeric / d.enrolled_days, 3) AS adherence,
-       d.taken AS readings_taken, d.expected AS readings_expected,
-       round(d.taken::numeric / nullif(d.expected, 0), 3) AS completeness
-FROM patient_days d
-JOIN patients p ON p.id = d.patient_id
+SELECT pl.patient_id, p.label AS patient, pl.enrolled_days,
+       coalesce(ju.adherent_days, 0) AS adherent_days,
+       round(coalesce(ju.adherent_days, 0)::numeric / pl.enrolled_days, 3) AS adherence,
+       coalesce(ju.taken, 0) AS readings_taken, pl.expected AS readings_expected,
+       round(coalesce(ju.taken, 0)::numeric / nullif(pl.expected, 0), 3) AS completeness
+FROM planned pl
+LEFT JOIN judged ju ON ju.patient_id = pl.patient_id
+JOIN patients p ON p.id = pl.patient_id
 ORDER BY adherence, completeness, p.label
 LIMIT {TABLE_LIMIT}
 """  # noqa: S608 - the code's constants and Grafana's macros, no input
