@@ -268,6 +268,12 @@ def test_the_triggers_roll_up_each_stored_reading_once_as_a_rebuild_does(store_u
         assert incremental == expected
         assert {k[2] for k in incremental["municipality"]} == {"", TORINO, LANZO}
         assert len(incremental["patient"]) == 3  # the cuff's two enrolled days, the oxi's one
+        # each device's newest reading (migration 0024), whichever batch brought it
+        newest = dict(conn.execute("SELECT device_id, measured_at FROM device_last_readings"))
+        assert newest == {
+            device: max(r.measured_at for r in cuff + oxi if r.device_id == device)
+            for device in ("cuff", "oxi")
+        }
         rebuilt = conn.execute("SELECT ehl_dashboard_rollups_rebuild()").fetchone()
         assert rebuilt == (len(cuff) + len(oxi),)
         assert _snapshot(conn) == incremental

@@ -50,10 +50,18 @@ def _in(values: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
+#: True when $device selects every device the start-up has (Grafana's "All", or each one
+#: ticked): a panel then reads the start-up's rollups, which hold no device column, instead of
+#: filtering thousands of devices. An InitPlan: evaluated once, and the branch whose filter it
+#: fails is never run.
+WHOLE_FLEET = "NOT EXISTS (SELECT 1 FROM devices w WHERE w.device_id NOT IN ($device))"
+
 #: One row per device of the selection: its presence now, its enrolment on the range's last
 #: pilot day, its last reading before the range's end, and whether it is silent then. The
-#: reading's `at` bound (a week of clock error either way) keeps partitions and chunks
-#: outside the month unread; measured_at goes through readings_device_measured_idx.
+#: last reading is the device's newest (device_last_readings, migration 0024) unless that is
+#: after the range's end (a range in the past): then it is looked up, newest first, through
+#: readings_device_measured_idx, the `at` bound (a week of clock error either way) keeping
+#: partitions and chunks outside the month unread.
 FLEET = f"""
 WITH fleet AS (
   SELECT d.device_id, d.device_type, d.model, d.firmware, d.status, d.status_at,
@@ -66,16 +74,26 @@ WITH fleet AS (
     ON e.device_id = d.device_id
    AND ({_T} AT TIME ZONE '{PILOT_ZONE}')::date
        BETWEEN e.start_date AND coalesce(e.end_date, 'infinity'::date)
+  LEFT JOIN device_last_readings newest ON newest.device_id = d.device_id
   LEFT JOIN LATERAL (
-    SELECT max(r.measured_at) AS measured_at
+    SELECT r.measured_at
     FROM readings r
-    WHERE r.device_id = d.device_id
+    WHERE newest.measured_at > {_T}
+      AND r.device_id = d.device_id
       AND r.measured_at <= {_T}
       AND r.measured_at > {_T} - interval '{LAST_READING_WITHIN}'
       AND r.at > {_T} - interval '{LAST_READING_WITHIN}' - interval '7 days'
       AND r.at <= {_T} + interval '7 days'
-  ) last ON true
-  WHERE d.device_id IN ($device)
+    ORDER BY r.measured_at DESC
+    LIMIT 1
+  ) earlier ON true
+  CROSS JOIN LATERAL (
+    SELECT CASE WHEN newest.measured_at <= {_T}
+                 AND newest.measured_at > {_T} - interval '{LAST_READING_WITHIN}'
+                THEN newest.measured_at
+                ELSE earlier.measured_at END AS measured_at
+  ) last
+  WHERE ({WHOLE_FLEET} OR d.device_id IN ($device))
 ), judged AS (
   SELECT f.*,
          f.enrolled_from IS NOT NULL AND NOT f.revoked
@@ -214,11 +232,6 @@ LIMIT 50
 
 _LATENCY_S = "extract(epoch FROM r.received_at - r.measured_at)"
 
-#: True when $device selects every device the start-up has (Grafana's "All", or each one
-#: ticked): a panel then reads the start-up's rollups, which hold no device column, instead of
-#: filtering thousands of devices. An InitPlan: evaluated once, and the branch whose filter it
-#: fails is never run.
-WHOLE_FLEET = "NOT EXISTS (SELECT 1 FROM devices w WHERE w.device_id NOT IN ($device))"
 
 #: Measurement to storage (received_at - measured_at, the clock-corrected time) by the
 #: municipality of the enrolment covering the reading's pilot day. Percentiles are estimated
