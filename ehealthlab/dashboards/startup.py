@@ -63,23 +63,25 @@ WHOLE_FLEET = "NOT EXISTS (SELECT 1 FROM devices w WHERE w.device_id NOT IN ($de
 #: readings_device_measured_idx, the `at` bound (a week of clock error either way) keeping
 #: partitions and chunks outside the month unread.
 FLEET = f"""
-WITH fleet AS (
+WITH selected AS MATERIALIZED (
   SELECT d.device_id, d.device_type, d.model, d.firmware, d.status, d.status_at,
-         d.last_seen_at, d.revoked_at IS NOT NULL AND d.revoked_at <= {_T} AS revoked,
-         e.municipality,
-         e.start_date::timestamp AT TIME ZONE '{PILOT_ZONE}' AS enrolled_from,
-         last.measured_at AS last_reading
+         d.last_seen_at, d.revoked_at
   FROM devices d
-  LEFT JOIN enrolments e
-    ON e.device_id = d.device_id
-   AND ({_T} AT TIME ZONE '{PILOT_ZONE}')::date
-       BETWEEN e.start_date AND coalesce(e.end_date, 'infinity'::date)
-  LEFT JOIN device_last_readings newest ON newest.device_id = d.device_id
+  WHERE d.device_id IN ($device)
+), last_readings AS MATERIALIZED (
+  -- apart from the enrolments: joined together, the planner looped devices x enrolments
+  SELECT s.device_id,
+         CASE WHEN newest.measured_at <= {_T}
+               AND newest.measured_at > {_T} - interval '{LAST_READING_WITHIN}'
+              THEN newest.measured_at
+              ELSE earlier.measured_at END AS measured_at
+  FROM selected s
+  LEFT JOIN device_last_readings newest ON newest.device_id = s.device_id
   LEFT JOIN LATERAL (
     SELECT r.measured_at
     FROM readings r
     WHERE newest.measured_at > {_T}
-      AND r.device_id = d.device_id
+      AND r.device_id = s.device_id
       AND r.measured_at <= {_T}
       AND r.measured_at > {_T} - interval '{LAST_READING_WITHIN}'
       AND r.at > {_T} - interval '{LAST_READING_WITHIN}' - interval '7 days'
@@ -87,13 +89,18 @@ WITH fleet AS (
     ORDER BY r.measured_at DESC
     LIMIT 1
   ) earlier ON true
-  CROSS JOIN LATERAL (
-    SELECT CASE WHEN newest.measured_at <= {_T}
-                 AND newest.measured_at > {_T} - interval '{LAST_READING_WITHIN}'
-                THEN newest.measured_at
-                ELSE earlier.measured_at END AS measured_at
-  ) last
-  WHERE ({WHOLE_FLEET} OR d.device_id IN ($device))
+), fleet AS (
+  SELECT d.device_id, d.device_type, d.model, d.firmware, d.status, d.status_at,
+         d.last_seen_at, d.revoked_at IS NOT NULL AND d.revoked_at <= {_T} AS revoked,
+         e.municipality,
+         e.start_date::timestamp AT TIME ZONE '{PILOT_ZONE}' AS enrolled_from,
+         last.measured_at AS last_reading
+  FROM selected d
+  JOIN last_readings last ON last.device_id = d.device_id
+  LEFT JOIN enrolments e
+    ON e.device_id = d.device_id
+   AND ({_T} AT TIME ZONE '{PILOT_ZONE}')::date
+       BETWEEN e.start_date AND coalesce(e.end_date, 'infinity'::date)
 ), judged AS (
   SELECT f.*,
          f.enrolled_from IS NOT NULL AND NOT f.revoked
