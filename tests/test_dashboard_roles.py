@@ -330,6 +330,12 @@ def test_a_provider_reads_its_own_patients_rows_only(world: World, provider: str
         assert Counter({d: n for d, n, _ in hourly}) == expected
         hourly_patients = {r[0] for r in conn.execute("SELECT patient_id FROM readings_hourly")}
         assert hourly_patients == own_ids
+        # each device's newest reading, only where it is one of its own patients' (a device
+        # that moved on to the other provider's patient says nothing of that patient)
+        newest = set(conn.execute("SELECT device_id, patient_id FROM device_last_readings"))
+        assert newest == {
+            (d, world.patients[k]) for d in DEVICES if (k := enrolment_of(d, TIMES[-1])) in own
+        }
         daily = conn.execute(
             "SELECT patient_id, sum((counts ->> 'bp_systolic')::int)::int"
             " FROM readings_patient_daily GROUP BY 1"
@@ -372,9 +378,9 @@ def test_the_views_filter_before_the_callers_conditions(world: World) -> None:
             " AND c.relnamespace::regnamespace::text = ANY (%s)",
             (list(SCHEMAS.values()),),
         ).fetchone()[0]
-    # provider 8 + 1, start-up 10 + 2 + 1, lab 17 + 1 + 1 + 1 (0019; messages_hourly of
-    # 0021; the rollups of 0022; device_last_readings of 0024)
-    assert len(views) == 9 + 13 + 20
+    # provider 8 + 1 + 1, start-up 10 + 2 + 1, lab 17 + 1 + 1 + 1 (0019; messages_hourly of
+    # 0021; the rollups of 0022; device_last_readings of 0024 and 0025)
+    assert len(views) == 10 + 13 + 20
     assert [v for v in views if "security_barrier=true" not in v[2]] == []
     assert others == 0  # nothing but views in the dashboard schemas
 
