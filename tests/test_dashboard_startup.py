@@ -90,11 +90,18 @@ def test_every_panel_returns_rows_over_the_demo_week(simulated_pilot: SimulatedP
             " WHERE d.organisation_id = %s AND x.received_at BETWEEN %s AND %s",
             (pilot.runs[0].organisations[STARTUP]["id"], start, end),
         ).fetchone()
-    assert row is not None
+        judged = admin.execute(
+            "SELECT count(*) FROM device_messages x JOIN devices d USING (device_id)"
+            " WHERE d.organisation_id = %s AND x.received_at BETWEEN %s AND %s",
+            (pilot.runs[0].organisations[STARTUP]["id"], end - timedelta(hours=24), end),
+        ).fetchone()
+    assert row is not None and judged is not None
     rejects = row[0]
     for title, result in results.items():
         if title in REJECT_PANELS and rejects == 0:
             assert result.rows == [], title  # the simulator sent nothing to reject
+        elif title == "Conformance problems per device" and judged[0] == 0:
+            assert result.rows == [], title  # nothing received in the last 24 hours
         else:
             assert result.rows, title
     [counts] = results["Fleet: online, offline, silent"].rows
@@ -276,7 +283,7 @@ def test_a_second_startup_never_sees_a_device_of_the_first(simulated_pilot: Simu
 # -- a store of our own, with the faults the contract names ----------------------------------
 
 T0 = datetime(2026, 3, 10, 7, 0, tzinfo=UTC)
-T1 = T0 + timedelta(days=1)
+T1 = T0 + timedelta(hours=12)  # every fault within the conformance table's 24 hours
 RANGE = rome(date(2026, 3, 9)), rome(date(2026, 3, 12))
 
 
@@ -426,14 +433,19 @@ def test_rejects_by_reason_equal_what_was_sent_and_a_count_by_hand(fault_store: 
     for _, reason, count in series.rows:
         summed[reason] += count
     assert summed == Counter(FAULTY_REJECTS)
-    assert len({time for time, _, _ in series.rows}) >= 2  # two days: two buckets at least
+    assert len({time for time, _, _ in series.rows}) >= 2  # 15 hours apart: two buckets at least
     table = {row[0]: row[1] for row in results["Rejection reasons"].rows}
     assert table == FAULTY_REJECTS
 
 
 def test_conformance_problems_are_counted_per_device_by_kind(fault_store: FaultStore) -> None:
+    """Over the last 24 hours of the range, as the conformance check judges by default: a
+    range ending a day after the faults counts them all, one ending two days after none."""
+    timescaledb = fault_store.form == "timescale"
     with fault_store.login("faulty") as conn:
-        results = run_all(conn, *RANGE, timescaledb=fault_store.form == "timescale")
+        results = run_all(conn, RANGE[0], T0 + timedelta(hours=20), timescaledb=timescaledb)
+        later = run_all(conn, RANGE[0], T0 + timedelta(hours=48), timescaledb=timescaledb)
+    assert later["Conformance problems per device"].rows == []
     table = results["Conformance problems per device"]
     rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
     assert set(rows) == {"faulty-bpm-1"}  # the scale sent nothing and had no problem

@@ -44,6 +44,10 @@ CATALOGUE_REASONS = ("unknown_metric", "metric_not_for_device_type", "out_of_ran
 
 _T = "$__timeTo()::timestamptz"
 _RECENT_FROM = f"{_T} - interval '{RECENT}'"
+#: the conformance table's window: the conformance check's own default (the portal's verdict
+#: is judged over the last 24 hours too), so the two agree
+CONFORMANCE_WINDOW = "24 hours"
+_CONFORMANCE_FROM = f"{_T} - interval '{CONFORMANCE_WINDOW}'"
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -167,7 +171,7 @@ WITH rej AS (
          count(*) FILTER (WHERE reason = 'timestamp_in_future') AS future,
          count(*) FILTER (WHERE reason = 'conflicting_duplicate') AS conflicts
   FROM rejected_readings
-  WHERE $__timeFilter(received_at) AND received_at >= {_RECENT_FROM}
+  WHERE $__timeFilter(received_at) AND received_at >= {_CONFORMANCE_FROM}
     AND device_id IN ($device)
   GROUP BY device_id
 ), msg AS (
@@ -176,13 +180,13 @@ WITH rej AS (
          count(*) FILTER (WHERE abs(clock_offset_s) > {CLOCK_TOLERANCE_S:.0f}) AS clock_off,
          sum(duplicates) AS resent
   FROM device_messages
-  WHERE $__timeFilter(received_at) AND received_at >= {_RECENT_FROM}
+  WHERE $__timeFilter(received_at) AND received_at >= {_CONFORMANCE_FROM}
     AND device_id IN ($device)
   GROUP BY device_id
 ), st AS (
   SELECT device_id, count(*) FILTER (WHERE status = 'invalid') AS bad_status
   FROM device_status_events
-  WHERE $__timeFilter(received_at) AND received_at >= {_RECENT_FROM}
+  WHERE $__timeFilter(received_at) AND received_at >= {_CONFORMANCE_FROM}
     AND device_id IN ($device)
   GROUP BY device_id
 ), per_device AS (
@@ -362,10 +366,12 @@ def startup_dashboard() -> Dashboard:
     grid.place(
         Table(
             title="Conformance problems per device",
-            description=_recent(
+            description=(
                 "What the conformance check counts as a problem, per device: refused "
                 "messages and readings by check, clock beyond tolerance, QoS 0, resends with "
-                "another value, unreadable status payloads."
+                "another value, unreadable status payloads. Over the last "
+                f"{CONFORMANCE_WINDOW} of the range, the window the conformance check judges "
+                "by default (the portal's verdict); the rejects panels show longer periods."
             ),
             dataSource=datasource(KIND),
             targets=[sql(KIND, CONFORMANCE)],
