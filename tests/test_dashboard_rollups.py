@@ -269,11 +269,20 @@ def test_the_triggers_roll_up_each_stored_reading_once_as_a_rebuild_does(store_u
         assert {k[2] for k in incremental["municipality"]} == {"", TORINO, LANZO}
         assert len(incremental["patient"]) == 3  # the cuff's two enrolled days, the oxi's one
         # each device's newest reading (migration 0024), whichever batch brought it
-        newest = dict(conn.execute("SELECT device_id, measured_at FROM device_last_readings"))
-        assert newest == {
-            device: max(r.measured_at for r in cuff + oxi if r.device_id == device)
-            for device in ("cuff", "oxi")
+        # with its metric (the first by name of those measured at that moment) and receive
+        # time (migration 0026)
+        newest = {
+            d: rest
+            for d, *rest in conn.execute(
+                "SELECT device_id, measured_at, metric, received_at FROM device_last_readings"
+            )
         }
+        expected_newest = {}
+        for device in ("cuff", "oxi"):
+            mine = [r for r in cuff + oxi if r.device_id == device]
+            last = min(mine, key=lambda r: (-r.measured_at.timestamp(), r.metric))
+            expected_newest[device] = [last.measured_at, last.metric, last.received_at]
+        assert newest == expected_newest
         rebuilt = conn.execute("SELECT ehl_dashboard_rollups_rebuild()").fetchone()
         assert rebuilt == (len(cuff) + len(oxi),)
         assert _snapshot(conn) == incremental

@@ -194,7 +194,7 @@ WITH enrolled AS MATERIALIZED (
     WHERE e.start_date <= {_TO_DAY} AND (e.end_date IS NULL OR e.end_date >= {_FROM_DAY})
 ), newest AS MATERIALIZED (
     -- the device's newest reading when it is the enrolment's patient's and in the week
-    SELECT n.device_id, n.patient_id, n.measured_at
+    SELECT n.device_id, n.patient_id, n.measured_at, n.metric, n.received_at
     FROM device_last_readings n
     WHERE n.measured_at <= {_T} AND n.measured_at > {_T} - interval '{LAST_READING_WITHIN}'
 )
@@ -204,17 +204,7 @@ SELECT en.patient_id, en.patient, en.device_id, en.municipality, en.start_date, 
 FROM enrolled en
 LEFT JOIN newest ON newest.device_id = en.device_id AND newest.patient_id = en.patient_id
 LEFT JOIN LATERAL (
-    -- the device's newest reading is this enrolment's and in the week: read it
-    SELECT r.measured_at, r.metric, r.received_at FROM readings r
-    WHERE newest.measured_at IS NOT NULL
-      AND r.device_id = en.device_id AND r.measured_at = newest.measured_at
-      AND r.at > newest.measured_at - interval '7 days'
-      AND r.at < newest.measured_at + interval '7 days'
-    ORDER BY r.metric
-    LIMIT 1
-) known ON true
-LEFT JOIN LATERAL (
-    -- otherwise (a range in the past, a device since moved on): look for it
+    -- not the device's newest reading (a range in the past, a device since moved on): look
     SELECT r.measured_at, r.metric, r.received_at FROM readings r
     WHERE newest.measured_at IS NULL
       AND r.patient_id = en.patient_id AND r.device_id = en.device_id
@@ -225,9 +215,9 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) found ON true
 CROSS JOIN LATERAL (
-    SELECT coalesce(known.measured_at, found.measured_at) AS measured_at,
-           coalesce(known.metric, found.metric) AS metric,
-           coalesce(known.received_at, found.received_at) AS received_at
+    SELECT coalesce(newest.measured_at, found.measured_at) AS measured_at,
+           coalesce(newest.metric, found.metric) AS metric,
+           coalesce(newest.received_at, found.received_at) AS received_at
 ) lr
 ORDER BY lr.measured_at NULLS FIRST, en.patient, en.device_id
 LIMIT {TABLE_LIMIT}
