@@ -229,14 +229,14 @@ class _Cast:
         stop = threading.Event()
         timer = threading.Timer(seconds, stop.set)
         with progress_bar(console) as progress:
-            task = progress.add_task("live, in real time", total=seconds)
+            task = progress.add_task("live, in real time (Ctrl-C ends it)", total=seconds)
 
             def show(report: RunReport) -> None:
                 elapsed = (datetime.now(UTC) - start).total_seconds()
                 progress.update(
                     task,
                     completed=min(elapsed, seconds),
-                    description=f"live, in real time: {report.measurements} measurements",
+                    description=f"live (Ctrl-C ends it): {report.measurements} measurements",
                 )
 
             run = PilotRun(scenario, patients, onboarded, run_dir, speed=1.0, progress=show)
@@ -244,10 +244,13 @@ class _Cast:
             run.end = scenario.ends_at  # ended by the timer, not by the period
             timer.start()
             try:
-                report = run.run(stop)
+                run.run(stop)
+            except KeyboardInterrupt:  # Ctrl-C ends the live part, not the demo
+                say("  (the live part ended early: Ctrl-C)")
             finally:
                 timer.cancel()
                 stop.set()
+        report = run.report
         device_ids = [d.device_id for d in onboarded.devices.values()]
         with connect(settings) as conn:
             row = conn.execute(
