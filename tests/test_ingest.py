@@ -626,32 +626,37 @@ def test_two_batches_storing_one_patients_weights_at_once_still_raise_the_gain(
             ).fetchone()[0]
             for k in ("startup", "provider")
         )
-        conn.execute(
-            "INSERT INTO devices (device_id, organisation_id, device_type, model, serial)"
-            " VALUES ('scale-1', %s, 'weighing_scale', 'M', 's1')",
-            (startup,),
-        )
+        # two scales of one patient (at home and at the clinic, say): the batches share no
+        # device, so no row of the store or of its rollups makes them wait on each other
+        for scale in ("scale-1", "scale-2"):
+            conn.execute(
+                "INSERT INTO devices (device_id, organisation_id, device_type, model, serial)"
+                " VALUES (%s, %s, 'weighing_scale', 'M', %s)",
+                (scale, startup, scale),
+            )
         patient = conn.execute(
             "INSERT INTO patients (organisation_id, identifier_hash, label)"
             " VALUES (%s, '\\x01', 'P1') RETURNING id",
             (provider,),
         ).fetchone()[0]
-        conn.execute(
-            "INSERT INTO enrolments (patient_id, device_id, municipality, start_date)"
-            " VALUES (%s, 'scale-1', '001003', '2026-03-01')",
-            (patient,),
-        )
+        for scale in ("scale-1", "scale-2"):
+            conn.execute(
+                "INSERT INTO enrolments (patient_id, device_id, municipality, start_date)"
+                " VALUES (%s, %s, '001003', '2026-03-01')",
+                (patient, scale),
+            )
         # the month exists: only the alert evaluation can make the two batches wait
         conn.execute("SELECT ehl_ensure_reading_partitions(ARRAY[%s::timestamptz])", (T0,))
 
-    def weight(seq: int, at: datetime, kg: float):
+    def weight(scale: str, seq: int, at: datetime, kg: float):
         item = {"seq": seq, "metric": "body_weight", "value": kg, "unit": "kg",
                 "at": at.isoformat()}  # fmt: skip
-        received = ReceivedMessage("ehl/v1/devices/scale-1/readings",
+        received = ReceivedMessage(f"ehl/v1/devices/{scale}/readings",
                                    message([item], sent_at=at), 1, False, 0, at, True)  # fmt: skip
         return judge(received, lambda device: KnownDevice("weighing_scale"))
 
-    low, high = weight(1, T0, 70.0), weight(2, T0 + timedelta(days=1), 72.5)
+    low = weight("scale-1", 1, T0, 70.0)
+    high = weight("scale-2", 1, T0 + timedelta(days=1), 72.5)
     try:
         with psycopg.connect(url) as first, psycopg.connect(url) as second:
             errors: list[BaseException] = []
