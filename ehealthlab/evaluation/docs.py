@@ -38,8 +38,12 @@ ehealthlab publish-evaluation --from 2026-03-01 --to 2026-04-01 --population sim
 or `GET /api/v1/evaluation?from=2026-03-01&to=2026-04-01&by=municipality` with the
 operator's token. Groupings: {", ".join(f"`{g}`" for g in GROUPINGS)}. `evaluate` only
 reads; `publish-evaluation` computes every grouping from one snapshot and keeps the results
-in the store, where the FHIR `MeasureReport`s and the pilot dashboard publish them from. The
-HTML report for people is described in `docs/report.md`.
+in the store, where the FHIR `MeasureReport`s and the pilot dashboard publish them from. It
+also publishes, for the grouping `all`, each whole week (Monday to the next Monday) inside the
+period, each from its own snapshot: the pilot dashboard's trend by week reads those, so every
+point is what `evaluate --from <Monday> --to <next Monday>` gives, and the FHIR
+`MeasureReport`s include those weeks too. The HTML report for people is described in
+`docs/report.md`.
 
 ## How the numbers are made
 
