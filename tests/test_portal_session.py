@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from ehealthlab.errors import InvalidFieldError, InvalidInputError
 from ehealthlab.portal import forms
 from ehealthlab.portal.session import (
-    EndedSessions,
     csrf_matches,
     csrf_token,
     new_session,
@@ -68,19 +67,6 @@ def test_csrf_tokens_belong_to_one_session_and_one_key():
     assert not csrf_matches(OTHER_KEY, "session-a", token)
     assert not csrf_matches(KEY, "session-a", None)
     assert not csrf_matches(KEY, "session-a", "")
-
-
-def test_ended_sessions_are_forgotten_once_expired():
-    ended = EndedSessions()
-    value = new_session(KEY, HASH, NOW, HOUR)
-    session = open_session(KEY, value, NOW)
-    assert session is not None
-    ended.end(session, NOW)
-    assert session.session_id in ended
-    other = open_session(KEY, new_session(KEY, HASH, NOW + 2 * HOUR, HOUR), NOW + 2 * HOUR)
-    assert other is not None
-    ended.end(other, NOW + 2 * HOUR)  # the first has expired meanwhile
-    assert session.session_id not in ended and other.session_id in ended
 
 
 # -- forms ------------------------------------------------------------------------------------

@@ -52,13 +52,13 @@ from ehealthlab.gateway import registry, tokens
 from ehealthlab.gateway import routes as gateway
 from ehealthlab.gateway.registry import OrganisationKind
 from ehealthlab.portal import forms, render
+from ehealthlab.portal.ended_sessions import end_session, is_ended
 from ehealthlab.portal.session import (
     CSRF_FIELD,
     LOGIN_COOKIE,
     SECURE_LOGIN_COOKIE,
     SECURE_SESSION_COOKIE,
     SESSION_COOKIE,
-    EndedSessions,
     Session,
     csrf_matches,
     csrf_token,
@@ -126,7 +126,6 @@ router = APIRouter(prefix="/portal", route_class=PortalRoute, include_in_schema=
 
 def install(app: Any) -> None:
     """Mount the portal on the API application."""
-    app.state.portal_ended = EndedSessions()
     app.include_router(router)
 
 
@@ -158,12 +157,6 @@ def _set_cookie(request: Request, response: Response, name: str, value: str, sec
     )  # fmt: skip
 
 
-def _ended(request: Request) -> EndedSessions:
-    ended = request.app.state.portal_ended
-    assert isinstance(ended, EndedSessions)  # noqa: S101 - install() put it there
-    return ended
-
-
 @dataclass(frozen=True, slots=True)
 class PortalUser:
     """Who the session speaks for, and what its forms must carry."""
@@ -184,9 +177,11 @@ def current_user(request: Request, context: ContextDep) -> PortalUser:
     key = _key(context.settings)
     value = request.cookies.get(_cookie_names(request)[0])
     session = open_session(key, value, datetime.now(UTC)) if value else None
-    if session is None or session.session_id in _ended(request):
+    if session is None:
         raise AuthenticationError("log in with your API token")
     with context.transaction() as conn:
+        if is_ended(conn, session.session_id):  # logged out, on whichever worker
+            raise AuthenticationError("log in with your API token")
         owner = registry.authenticate(conn, session.token_hash)
         organisation = (
             None if owner is None else registry.get_organisation(conn, owner.organisation_id)
@@ -300,8 +295,9 @@ async def login(request: Request, context: AsyncContextDep) -> Response:
 
 
 @router.post("/logout")
-def logout(request: Request, user: UserDep, form: FormDep) -> Response:
-    _ended(request).end(user.session, datetime.now(UTC))
+def logout(request: Request, context: ContextDep, user: UserDep, form: FormDep) -> Response:
+    with context.transaction() as conn:
+        end_session(conn, user.session, datetime.now(UTC))
     response = _see("/portal/login?done=bye")
     response.delete_cookie(_cookie_names(request)[0], path="/", secure=_over_tls(request),
                            httponly=True, samesite="strict")  # fmt: skip

@@ -5,7 +5,7 @@ random session id, the token's SHA-256 hash (what the database keeps, useless as
 token) and an expiry, signed with HMAC-SHA256. Each request looks the hash up again, so
 revoking the API token ends every portal session made with it at once. The cookie carries
 its own state, so any number of API workers accept it without sharing memory; logging out
-adds the session id to `EndedSessions` (see docs/portal.md for what that covers).
+records the session id in the store, where every worker looks (`ended_sessions.py`).
 
 CSRF tokens are HMACs of the session id (synchroniser tokens that need no storage); the
 login form, which has no session yet, uses a random nonce kept in a short-lived cookie.
@@ -17,7 +17,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -102,21 +101,3 @@ def csrf_matches(key: bytes, session_id: str, presented: str | None) -> bool:
 
 def new_login_nonce() -> str:
     return secrets.token_urlsafe(18)
-
-
-class EndedSessions:
-    """Session ids logged out before their expiry, forgotten once expired (a cookie that old
-    is refused anyway). Safe to share between threads."""
-
-    def __init__(self) -> None:
-        self._ended: dict[str, datetime] = {}
-        self._lock = threading.Lock()
-
-    def end(self, session: Session, now: datetime) -> None:
-        with self._lock:
-            self._ended = {sid: at for sid, at in self._ended.items() if at > now}
-            self._ended[session.session_id] = session.expires_at
-
-    def __contains__(self, session_id: object) -> bool:
-        with self._lock:
-            return session_id in self._ended
