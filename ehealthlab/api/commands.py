@@ -17,6 +17,13 @@ from ehealthlab.stack.local import settings_with_stack
 APP_FACTORY = f"{__name__}:app_from_environment"
 
 
+#: how long uvicorn's supervisor waits for a worker to answer its health check before killing
+#: it (uvicorn's default: 5 s). A new worker imports the whole command line first — 2.5 s on
+#: an idle 2-core machine, 5 to 17 s with its cores busy — so at 5 s a busy host killed and
+#: restarted workers again and again and never served.
+WORKER_HEALTHCHECK_S = 60
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     api = subparsers.add_parser(
         "api",
@@ -62,6 +69,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     # several processes need the application by name: uvicorn's supervisor spawns each worker,
     # which imports the factory and builds its app from the same environment as this process
     uvicorn.run(
-        APP_FACTORY, factory=True, workers=args.workers, host=host, port=port, log_level="info"
-    )
+        APP_FACTORY, factory=True, workers=args.workers, host=host, port=port, log_level="info",
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+    )  # fmt: skip
     return 0
