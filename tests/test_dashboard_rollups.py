@@ -197,20 +197,26 @@ def _by_hand(stored: list[tuple[ReadingRow, dict[str, Any] | None]]) -> dict[str
     }
 
 
+def _startup_with_a_cuff_and_an_oximeter(conn: psycopg.Connection) -> dict[str, Any]:
+    """A start-up ("S") with devices `cuff` and `oxi`, and a provider ("P"): their ids."""
+    org = {}
+    for key, kind in (("S", "startup"), ("P", "provider")):
+        org[key] = conn.execute(
+            "INSERT INTO organisations (kind, name) VALUES (%s, %s) RETURNING id",
+            (kind, f"{key} {uuid.uuid4().hex[:6]}"),
+        ).fetchone()[0]  # type: ignore[index]
+    for device, kind in (("cuff", "blood_pressure_monitor"), ("oxi", "pulse_oximeter")):
+        conn.execute(
+            "INSERT INTO devices (device_id, organisation_id, device_type, model, serial)"
+            " VALUES (%s, %s, %s, 'M', %s)",
+            (device, org["S"], kind, device),
+        )
+    return org
+
+
 def test_the_triggers_roll_up_each_stored_reading_once_as_a_rebuild_does(store_url: str) -> None:
     with psycopg.connect(store_url, autocommit=True) as conn:
-        org = {}
-        for key, kind in (("S", "startup"), ("P", "provider")):
-            org[key] = conn.execute(
-                "INSERT INTO organisations (kind, name) VALUES (%s, %s) RETURNING id",
-                (kind, f"{key} {uuid.uuid4().hex[:6]}"),
-            ).fetchone()[0]  # type: ignore[index]
-        for device, kind in (("cuff", "blood_pressure_monitor"), ("oxi", "pulse_oximeter")):
-            conn.execute(
-                "INSERT INTO devices (device_id, organisation_id, device_type, model, serial)"
-                " VALUES (%s, %s, %s, 'M', %s)",
-                (device, org["S"], kind, device),
-            )
+        org = _startup_with_a_cuff_and_an_oximeter(conn)
         patients = [
             conn.execute(
                 "INSERT INTO patients (organisation_id, identifier_hash, label)"
@@ -307,18 +313,7 @@ def test_each_patient_day_is_judged_against_the_plans_covering_it_and_again_when
     its plan. A second enrolment (another device), an edited care plan, a shortened
     enrolment and a removed one each judge the covered days again."""
     with psycopg.connect(store_url, autocommit=True) as conn:
-        org = {}
-        for key, kind in (("S", "startup"), ("P", "provider")):
-            org[key] = conn.execute(
-                "INSERT INTO organisations (kind, name) VALUES (%s, %s) RETURNING id",
-                (kind, f"{key} {uuid.uuid4().hex[:6]}"),
-            ).fetchone()[0]  # type: ignore[index]
-        for device, kind in (("cuff", "blood_pressure_monitor"), ("oxi", "pulse_oximeter")):
-            conn.execute(
-                "INSERT INTO devices (device_id, organisation_id, device_type, model, serial)"
-                " VALUES (%s, %s, %s, 'M', %s)",
-                (device, org["S"], kind, device),
-            )
+        org = _startup_with_a_cuff_and_an_oximeter(conn)
         patient = conn.execute(
             "INSERT INTO patients (organisation_id, identifier_hash, label)"
             " VALUES (%s, %s, 'p') RETURNING id",
