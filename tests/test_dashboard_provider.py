@@ -37,6 +37,7 @@ ALL_PANELS = {
     VITALS_PANEL,
     "Adherence, last 30 days",
     "Last reading and device status",
+    "Data",  # simulated or real: the banner (tests/test_dashboards.py)
 }
 
 

@@ -20,6 +20,7 @@ from ehealthlab.dashboards.catalogue import DASHBOARDS, Entry
 from ehealthlab.dashboards.macros import expand
 from ehealthlab.dashboards.panels import DATASOURCE_TYPE, GRID_WIDTH, SCHEMA_VERSION, to_json
 from ehealthlab.dashboards.panels import datasource_uid as uid_of
+from ehealthlab.dashboards.provenance import SIMULATED
 from ehealthlab.dashboards.queries import (
     panel_queries,
     query_context,
@@ -253,3 +254,25 @@ def test_the_build_command_provisions_every_organisation_with_its_own_role(
     organisations = json.loads((out / "organisations.json").read_text())
     assert sorted(o["orgId"] for o in organisations) == sorted(path_of)
     assert f"provisioning for {len(roles)} Grafana organisations" in printed
+
+
+@pytest.mark.parametrize("name", ["provider", "startup", "operations"])
+def test_a_banner_above_every_panel_says_the_data_are_simulated(simulated_pilot, name) -> None:
+    """The simulated pilot's organisations are simulated: each dashboard says so at its top,
+    from the data; the banner was placed last, so no other panel's id moved."""
+    entry = next(e for e in DASHBOARDS if e.name == name)
+    board = entry.json_data()
+    [banner] = [p for p in board["panels"] if p["title"] == "Data"]
+    assert banner["gridPos"] == {"h": 3, "w": GRID_WIDTH, "x": 0, "y": 0}
+    assert banner["id"] == max(p["id"] for p in board["panels"])
+    assert all(p["gridPos"]["y"] >= 3 for p in board["panels"] if p is not banner)
+    [query] = [q for q in panel_queries(board) if q.title == "Data"]
+    end = datetime.combine(simulated_pilot.period.end, time(), ZoneInfo("Europe/Rome"))
+    with simulated_pilot.login(entry.kind) as conn:
+        result = run_panel(conn, query, end - timedelta(days=1), end, {},
+                           timescaledb=simulated_pilot.timescaledb)  # fmt: skip
+    assert result.rows == [(SIMULATED,)]
+    with simulated_pilot.admin() as admin:
+        assert admin.execute(
+            "SELECT bool_and(simulated) FROM organisations WHERE kind <> 'operator'"
+        ).fetchone() == (True,)

@@ -15,6 +15,7 @@ from grafanalib.core import Dashboard, Table, Text, TimeSeries
 
 from ehealthlab.dashboards.latency import LATENCY_BOUNDS_S, quantile_sql, sums_sql
 from ehealthlab.dashboards.panels import Grid, dashboard, datasource, sql
+from ehealthlab.dashboards.provenance import provenance_panel
 from ehealthlab.dashboards.roles import Kind
 
 KIND: Kind = "lab"
@@ -385,6 +386,7 @@ def operations_dashboard() -> Dashboard:
     grid.place(
         Text(title="Ingest backlog", content=BACKLOG_TEXT.strip(), mode="markdown"), w=24, h=7
     )
+    grid.banner(provenance_panel(KIND), h=3)  # last placed: no other id moves
     return dashboard(
         uid=UID,
         title="Operations",

@@ -102,6 +102,20 @@ class Grid:
     def new_row(self) -> None:
         self._x, self._y, self._row_height = 0, self._y + self._row_height, 0
 
+    def banner(self, panel: Any, *, h: int) -> Any:
+        """A full-width panel above all the others, numbered after them: added last, it
+        changes no other panel's id."""
+        for placed in self.panels:
+            placed.gridPos = GridPos(
+                h=placed.gridPos.h, w=placed.gridPos.w, x=placed.gridPos.x, y=placed.gridPos.y + h
+            )
+        self._y += h
+        panel.gridPos = GridPos(h=h, w=GRID_WIDTH, x=0, y=0)
+        panel.id = self._next_id
+        self._next_id += 1
+        self.panels.insert(0, panel)
+        return panel
+
 
 def dashboard(
     *,

@@ -15,6 +15,7 @@ from grafanalib.core import Dashboard, Table, TimeSeries
 
 from ehealthlab.contract import METRICS
 from ehealthlab.dashboards.panels import Grid, dashboard, datasource, query_variable, sql
+from ehealthlab.dashboards.provenance import provenance_panel
 from ehealthlab.dashboards.roles import Kind
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
 
@@ -397,6 +398,7 @@ def provider_dashboard(rules: AlertRules = DEFAULT_RULES) -> Dashboard:
         h=9,
     )
     variable = query_variable(KIND, "patient", "Patient", PATIENT_VARIABLE_SQL)
+    grid.banner(provenance_panel(KIND), h=3)  # last placed: no other id moves
     return dashboard(
         uid=UID,
         title="Provider: patients and vitals",

@@ -25,6 +25,7 @@ from grafanalib.core import Dashboard, Stat, Table, Text, TimeSeries
 from ehealthlab.contract.validation import CLOCK_TOLERANCE_S
 from ehealthlab.dashboards.latency import counts_sql, quantile_sql, sums_sql
 from ehealthlab.dashboards.panels import Grid, dashboard, datasource, query_variable, sql
+from ehealthlab.dashboards.provenance import provenance_panel
 from ehealthlab.dashboards.roles import Kind
 
 KIND: Kind = "startup"
@@ -435,6 +436,7 @@ def startup_dashboard() -> Dashboard:
     )
     grid.place(Text(title="Battery", content=BATTERY_TEXT, mode="markdown"), w=24, h=4)
     device = query_variable(KIND, "device", "Device", DEVICE_VARIABLE, multi=True, include_all=True)
+    grid.banner(provenance_panel(KIND), h=3)  # last placed: no other id moves
     return dashboard(
         uid=UID,
         title="Start-up: our devices",
