@@ -94,6 +94,12 @@ def _kind_of(exc: EhealthlabError) -> _Kind:
     return _INTERNAL
 
 
+def status_of(exc: EhealthlabError) -> int:
+    """The HTTP status of an error of the tree (500 for one with no HTTP meaning): the one
+    table, for the JSON API's problems and the portal's pages alike."""
+    return _kind_of(exc).status
+
+
 async def _platform_error(request: Request, exc: EhealthlabError) -> Response:
     kind = _kind_of(exc)
     headers = None

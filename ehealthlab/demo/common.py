@@ -6,11 +6,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
 from ehealthlab.api.client import GatewayClient
 from ehealthlab.errors import StackError
+from ehealthlab.simulators.commands import progress_bar
+
+__all__ = ["api", "progress_bar", "say", "wait_until"]
 
 
 def say(line: str) -> None:
@@ -31,15 +31,3 @@ def wait_until(done: Callable[[], bool], *, what: str, timeout_s: float = 120.0)
 def api(url: str, token: str, method: str, path: str, body: object = None) -> Any:
     client = GatewayClient(url, token)
     return client.get("/api/v1" + path) if method == "GET" else client.post("/api/v1" + path, body)
-
-
-def progress_bar(console: Console) -> Progress:
-    """A bar on standard error: shown while it runs on a terminal, its last state otherwise."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )

@@ -13,18 +13,10 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from ehealthlab.api.problems import status_of
 from ehealthlab.contract.catalogue import DEVICE_TYPES, METRICS
 from ehealthlab.contract.pilot_time import PILOT_ZONE
-from ehealthlab.errors import (
-    AuthenticationError,
-    ConflictError,
-    EhealthlabError,
-    InvalidFieldError,
-    InvalidInputError,
-    NotFoundError,
-    PermissionDeniedError,
-    ServiceUnavailableError,
-)
+from ehealthlab.errors import AuthenticationError, EhealthlabError
 from ehealthlab.portal.session import CSRF_FIELD
 
 LOGIN_PATH = "/portal/login"
@@ -40,25 +32,6 @@ REPORT_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
-
-# Most specific first, as problems.py: the first class an error is an instance of decides.
-_STATUSES: tuple[tuple[type[EhealthlabError], int], ...] = (
-    (AuthenticationError, 401),
-    (PermissionDeniedError, 403),
-    (NotFoundError, 404),
-    (ConflictError, 409),
-    (InvalidFieldError, 422),
-    (InvalidInputError, 400),
-    (ServiceUnavailableError, 503),
-)
-
-
-def status_of(exc: EhealthlabError) -> int:
-    """The HTTP status of an error of the tree; 500 for one with no HTTP meaning."""
-    for cls, status in _STATUSES:
-        if isinstance(exc, cls):
-            return status
-    return 500
 
 
 def _when(value: datetime | None) -> str:

@@ -34,6 +34,7 @@ from ehealthlab.api.auth import (
     get_principal,
     require_kind,
 )
+from ehealthlab.api.problems import status_of
 from ehealthlab.contract.topics import is_valid_device_id
 from ehealthlab.errors import (
     AuthenticationError,
@@ -339,7 +340,7 @@ def _devices_page(
             if user.kind == "operator" else {}
         )  # fmt: skip
     return render.page(
-        "devices.j2", render.status_of(error) if error else 200, user=user, devices=devices,
+        "devices.j2", status_of(error) if error else 200, user=user, devices=devices,
         latest=latest, rejected=rejected, owners=owners, form=form, error=error, notice=notice,
     )  # fmt: skip
 
@@ -432,7 +433,7 @@ def _patients_page(
     alerts = gateway.list_alerts(user.principal, context, status="open", limit=200)
     municipalities, _ = _municipalities()
     return render.page(
-        "patients.j2", render.status_of(error) if error else 200, user=user, patients=patients,
+        "patients.j2", status_of(error) if error else 200, user=user, patients=patients,
         labels={p.id: p.label for p in patients}, alerts=alerts,
         municipalities=municipalities, names={code: name for code, name, _ in municipalities},
         today=datetime.now(UTC).date(), form=form, error=error, notice=notice,
@@ -492,7 +493,7 @@ def _organisations_page(
 ) -> Response:  # fmt: skip
     organisations = gateway.list_organisations(user.principal, context)
     return render.page(
-        "organisations.j2", render.status_of(error) if error else 200, user=user,
+        "organisations.j2", status_of(error) if error else 200, user=user,
         organisations=organisations, form=form, error=error,
     )  # fmt: skip
 
@@ -521,7 +522,7 @@ def _mini_pilots_page(
     pilots = evaluation.list_mini_pilots(user.principal, context)
     municipalities, _ = _municipalities()
     return render.page(
-        "mini_pilots.j2", render.status_of(error) if error else 200, user=user, pilots=pilots,
+        "mini_pilots.j2", status_of(error) if error else 200, user=user, pilots=pilots,
         startups=[o for o in organisations if o.kind == "startup"],
         names={o.id: o.name for o in organisations}, municipalities=municipalities,
         municipality_names={code: name for code, name, _ in municipalities},

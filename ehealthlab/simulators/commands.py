@@ -91,7 +91,7 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
     previous = signal.signal(signal.SIGTERM, _stopper(stop))
     logging.getLogger("ehealthlab.simulators").setLevel(logging.WARNING)
     try:
-        with _progress(console) as progress:
+        with progress_bar(console) as progress:
             task = progress.add_task("onboarding", total=len(patients))
             onboarded = onboard(
                 client, patients, state_dir,
@@ -126,7 +126,8 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not report.undelivered else 1
 
 
-def _progress(console: Console) -> Progress:
+def progress_bar(console: Console) -> Progress:
+    """A bar on standard error: shown while it runs on a terminal, its last state otherwise."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
