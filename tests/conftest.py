@@ -16,13 +16,20 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from api_fixtures import (
+    API_PATIENT_KEY,
+    app_client,
+    create_database,
+    drop_database,
+    make_settings,
+    template_copy,
+    with_database,
+)
 from fastapi.testclient import TestClient
 from hypothesis import settings as hypothesis_settings
-from pydantic import SecretStr
 
 from ehealthlab.api.client import GatewayClient
 from ehealthlab.contract.pilot_time import pilot_day
@@ -39,6 +46,9 @@ from ehealthlab.store.db import connect
 from ehealthlab.store.migrate import migrate
 from ehealthlab.store.reference import load_municipalities
 
+#: re-exported: modules import these from conftest
+__all__ = ["API_PATIENT_KEY", "create_database", "drop_database", "with_database"]
+
 pytest_plugins = ["servers"]
 
 # In CI (CI=true) hypothesis replays a fixed sequence of examples, so a submission never fails
@@ -48,29 +58,6 @@ if os.environ.get("CI") == "true":
     hypothesis_settings.load_profile("ci")
 
 TIMESCALE_URL_VARIABLE = "EHEALTHLAB_TEST_TIMESCALE_URL"
-#: the patient key of the `settings` fixture
-API_PATIENT_KEY = "patient key of the API tests, long enough"
-
-
-def with_database(url: str, dbname: str) -> str:
-    """The same server URL, pointing at another database."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + dbname))
-
-
-def create_database(admin_url: str, *, template: str | None = None) -> str:
-    name = "ehl_test_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        if template is None:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        else:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    return name
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -126,15 +113,15 @@ def empty_database_url(plain_admin_url: str) -> Iterator[str]:
 
 
 # -- one application per test module, over its own copy of the migrated template -----------
-# A module may override any of these (several older modules still define their own).
+# Built from `api_fixtures`; a module needing a variant calls its factories (make_settings with
+# options, app_client, served, template_copy) rather than redefining these.
 
 
 @pytest.fixture(scope="module")
 def database_url(plain_admin_url: str, migrated_template: str) -> Iterator[str]:
     """The module's own migrated database, with the municipalities loaded."""
-    name = create_database(plain_admin_url, template=migrated_template)
-    yield with_database(plain_admin_url, name)
-    drop_database(plain_admin_url, name)
+    with template_copy(plain_admin_url, migrated_template) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -143,25 +130,15 @@ def settings(database_url, mosquitto_broker, tmp_path_factory) -> Settings:
     return settings_for(database_url, mosquitto_broker, tmp_path_factory)
 
 
-def settings_for(database_url: str, broker, tmp_path_factory) -> Settings:
-    return Settings(
-        state_dir=tmp_path_factory.mktemp("no-stack"),
-        database_url=SecretStr(database_url),
-        mqtt_host=broker.host,
-        mqtt_port=broker.port,
-        mqtt_username=broker.admin_username,
-        mqtt_password=SecretStr(broker.admin_password),
-        patient_key=SecretStr(API_PATIENT_KEY),
-    )
+def settings_for(database_url: str, broker, tmp_path_factory, **options) -> Settings:
+    """`make_settings` with a fresh state directory from pytest's factory."""
+    return make_settings(database_url, broker, tmp_path_factory.mktemp("no-stack"), **options)
 
 
 @pytest.fixture(scope="module")
 def client(settings: Settings) -> Iterator[TestClient]:
     """The HTTP API over `settings`, started (pool, broker role, presence) for the module."""
-    # imported here: a module that needs no application does not import all of it
-    from ehealthlab.api.app import create_app  # noqa: PLC0415
-
-    with TestClient(create_app(settings)) as test_client:
+    with app_client(settings) as test_client:
         yield test_client
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 import uuid
@@ -13,14 +12,12 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import psycopg
 import pytest
-import uvicorn
-from conftest import create_database, drop_database, with_database
-from pydantic import SecretStr
+from api_fixtures import served, template_copy
+from conftest import settings_for
 from test_gateway_api import run_admin
 from test_ingest import RunningWorker
 
 from ehealthlab import cli
-from ehealthlab.api.app import create_app
 from ehealthlab.contract.topics import readings_topic, status_topic
 from ehealthlab.gateway.conformance import (
     MessageSeen,
@@ -31,8 +28,6 @@ from ehealthlab.gateway.conformance import (
 )
 from ehealthlab.gateway.conformance_command import render
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, Will
-from ehealthlab.settings import Settings
-from ehealthlab.stack.ports import free_port
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 
@@ -148,43 +143,24 @@ def test_nothing_observed_is_not_enough_to_judge():
 @pytest.fixture(scope="module")
 def lab(plain_admin_url, migrated_template, mosquitto_broker, tmp_path_factory):
     """API server (uvicorn in a thread, real HTTP), an ingest worker and a start-up."""
-    name = create_database(plain_admin_url, template=migrated_template)
     b = mosquitto_broker
-    settings = Settings(
-        state_dir=tmp_path_factory.mktemp("no-stack"),
-        database_url=SecretStr(with_database(plain_admin_url, name)),
-        mqtt_host=b.host,
-        mqtt_port=b.port,
-        mqtt_username=b.admin_username,
-        mqtt_password=SecretStr(b.admin_password),
-        patient_key=SecretStr("k" * 40),
-    )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60  # bounds a failure only: a loaded machine starts slowly
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the API server did not start"
-    worker = RunningWorker(settings, f"ingest-conf-{uuid.uuid4().hex[:6]}")
-    operator = run_admin(settings, "admin", "bootstrap")["token"]
-    url = f"http://127.0.0.1:{port}"
-    startup = _post(url, operator, "/api/v1/organisations", {"kind": "startup", "name": "Acme"})
-    try:
-        yield {
-            "url": url,
-            "token": startup["token"],
-            "admin": BrokerAddress(b.host, b.port, b.admin_username, b.admin_password),
-            "database_url": settings.require_database_url(),
-        }
-    finally:
-        worker.close()
-        server.should_exit = True
-        thread.join(timeout=10)
-        drop_database(plain_admin_url, name)
+    with template_copy(plain_admin_url, migrated_template) as database_url:
+        settings = settings_for(database_url, b, tmp_path_factory)
+        with served(settings) as url:
+            worker = RunningWorker(settings, f"ingest-conf-{uuid.uuid4().hex[:6]}")
+            try:
+                operator = run_admin(settings, "admin", "bootstrap")["token"]
+                startup = _post(
+                    url, operator, "/api/v1/organisations", {"kind": "startup", "name": "Acme"}
+                )
+                yield {
+                    "url": url,
+                    "token": startup["token"],
+                    "admin": BrokerAddress(b.host, b.port, b.admin_username, b.admin_password),
+                    "database_url": database_url,
+                }
+            finally:
+                worker.close()
 
 
 def _post(url: str, token: str, path: str, body: dict) -> dict:

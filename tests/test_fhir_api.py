@@ -10,9 +10,6 @@ the SQL under test.
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,8 +19,8 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx2
 import psycopg
 import pytest
-import uvicorn
-from conftest import TIMESCALE_URL_VARIABLE, create_database, drop_database, with_database
+from api_fixtures import served
+from conftest import drop_database, migrated_store, settings_for, with_database
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
@@ -31,10 +28,8 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhirpy import SyncFHIRClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
 from test_gateway_api import run_admin
 
-from ehealthlab.api.app import create_app
 from ehealthlab.errors import PermissionDeniedError
 from ehealthlab.fhir import access
 from ehealthlab.fhir.mapping import fast
@@ -47,10 +42,7 @@ from ehealthlab.fhir.search.dates import parse_date
 from ehealthlab.fhir.search.parameters import PARAMETERS
 from ehealthlab.fhir.search.query import parse_lastn, parse_search, strict_handling
 from ehealthlab.settings import Settings
-from ehealthlab.stack.ports import free_port
-from ehealthlab.store.migrate import migrate
 from ehealthlab.store.readings import ReadingRow, ReadingWriter
-from ehealthlab.store.reference import load_municipalities
 
 FHIR_JSON = "application/fhir+json"
 LOINC = "http://loinc.org"
@@ -423,50 +415,15 @@ BOUNDARY = {
 
 
 @pytest.fixture(scope="module", params=["plain", "timescale"])
-def world(
-    request, plain_admin_url, migrated_template, mosquitto_broker, tmp_path_factory
-) -> Iterator[World]:
+def world(request, mosquitto_broker, tmp_path_factory) -> Iterator[World]:
     """The API over a store of each physical form (TimescaleDB only when available)."""
-    if request.param == "plain":
-        admin_url = plain_admin_url
-        name = create_database(admin_url, template=migrated_template)
-    else:
-        admin_url = os.environ.get(TIMESCALE_URL_VARIABLE, "")
-        if not admin_url:
-            pytest.skip(f"{TIMESCALE_URL_VARIABLE} is not set: TimescaleDB form not tested")
-        name = create_database(admin_url)
-        with psycopg.connect(with_database(admin_url, name), autocommit=True) as conn:
-            migrate(conn, "timescale")
-            load_municipalities(conn)
+    admin_url, name = migrated_store(request, request.param)
     database_url = with_database(admin_url, name)
-    b = mosquitto_broker
-    settings_ = Settings(
-        state_dir=tmp_path_factory.mktemp("no-stack"),
-        database_url=SecretStr(database_url),
-        mqtt_host=b.host,
-        mqtt_port=b.port,
-        mqtt_username=b.admin_username,
-        mqtt_password=SecretStr(b.admin_password),
-        patient_key=SecretStr("fhir api tests' patient key, long enough"),
-    )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings_), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60  # bounds a failure only: a loaded machine starts slowly
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the API server did not start"
-    url = f"http://127.0.0.1:{port}"
-    http = httpx2.Client(timeout=30)
+    settings_ = settings_for(database_url, mosquitto_broker, tmp_path_factory)
     try:
-        yield _populate(url, http, settings_, database_url)
+        with served(settings_) as url, httpx2.Client(timeout=30) as http:
+            yield _populate(url, http, settings_, database_url)
     finally:
-        http.close()
-        server.should_exit = True
-        thread.join(timeout=10)
         drop_database(admin_url, name)
 
 

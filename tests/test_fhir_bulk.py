@@ -19,8 +19,6 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from conftest import create_database, drop_database, with_database
-from fastapi.testclient import TestClient
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.location import Location
 from fhir.resources.R4B.observation import Observation
@@ -29,10 +27,8 @@ from fhir.resources.R4B.organization import Organization
 from fhir.resources.R4B.patient import Patient
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import SecretStr
-from test_gateway_api import PATIENT_KEY, Cast, bearer, enrol, register_patient, run_admin
+from test_gateway_api import Cast, bearer, enrol, register_patient, run_admin
 
-from ehealthlab.api.app import create_app
 from ehealthlab.errors import InvalidInputError
 from ehealthlab.fhir.bulk import routes, store
 from ehealthlab.fhir.bulk.export import (
@@ -89,33 +85,6 @@ DEADLINE_S = 60.0
 
 
 # -- the application, the cast and the store -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def database_url(plain_admin_url, migrated_template):
-    name = create_database(plain_admin_url, template=migrated_template)
-    yield with_database(plain_admin_url, name)
-    drop_database(plain_admin_url, name)
-
-
-@pytest.fixture(scope="module")
-def settings(database_url, mosquitto_broker, tmp_path_factory) -> Settings:
-    b = mosquitto_broker
-    return Settings(
-        state_dir=tmp_path_factory.mktemp("bulk-state"),
-        database_url=SecretStr(database_url),
-        mqtt_host=b.host,
-        mqtt_port=b.port,
-        mqtt_username=b.admin_username,
-        mqtt_password=SecretStr(b.admin_password),
-        patient_key=SecretStr(PATIENT_KEY),
-    )
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 @pytest.fixture(scope="module")

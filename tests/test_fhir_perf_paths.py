@@ -14,22 +14,17 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from conftest import create_database, drop_database, with_database
-from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
-from pydantic import SecretStr
 from test_gateway_api import run_admin
 
-from ehealthlab.api.app import create_app
 from ehealthlab.api.auth import TokenCache
 from ehealthlab.fhir.audit import AuditEntry, AuditWriter
 from ehealthlab.fhir.mapping import fast
 from ehealthlab.fhir.mapping.ids import observation_id, observation_identifier
 from ehealthlab.fhir.search import sql
 from ehealthlab.gateway import registry
-from ehealthlab.settings import Settings
 
 # -- the token cache, on its own ------------------------------------------------------------------
 
@@ -71,33 +66,6 @@ def test_the_cache_is_bounded_forgetting_the_least_recently_verified():
 
 
 # -- through the application ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def database_url(plain_admin_url, migrated_template) -> Iterator[str]:
-    name = create_database(plain_admin_url, template=migrated_template)
-    yield with_database(plain_admin_url, name)
-    drop_database(plain_admin_url, name)
-
-
-@pytest.fixture(scope="module")
-def settings(database_url, mosquitto_broker, tmp_path_factory) -> Settings:
-    b = mosquitto_broker
-    return Settings(
-        state_dir=tmp_path_factory.mktemp("no-stack"),
-        database_url=SecretStr(database_url),
-        mqtt_host=b.host,
-        mqtt_port=b.port,
-        mqtt_username=b.admin_username,
-        mqtt_password=SecretStr(b.admin_password),
-        patient_key=SecretStr("fhir performance tests' patient key, long enough"),
-    )
-
-
-@pytest.fixture(scope="module")
-def client(settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -18,16 +18,13 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from conftest import create_database, drop_database, with_database
-from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
-from test_gateway_api import PATIENT_KEY, Cast, bearer, enrol, register_patient, run_admin
+from test_gateway_api import Cast, bearer, enrol, register_patient, run_admin
 
-from ehealthlab.api.app import create_app
 from ehealthlab.contract.messages import MAX_READINGS, ReasonCode
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.contract.validation import validate_message
@@ -62,36 +59,9 @@ DEADLINE_S = 30.0
 
 
 @pytest.fixture(scope="module")
-def database_url(plain_admin_url, migrated_template):
-    name = create_database(plain_admin_url, template=migrated_template)
-    yield with_database(plain_admin_url, name)
-    drop_database(plain_admin_url, name)
-
-
-@pytest.fixture(scope="module")
-def app_settings(database_url, mosquitto_broker, tmp_path_factory) -> Settings:
-    b = mosquitto_broker
-    return Settings(
-        state_dir=tmp_path_factory.mktemp("transaction-state"),
-        database_url=SecretStr(database_url),
-        mqtt_host=b.host,
-        mqtt_port=b.port,
-        mqtt_username=b.admin_username,
-        mqtt_password=SecretStr(b.admin_password),
-        patient_key=SecretStr(PATIENT_KEY),
-    )
-
-
-@pytest.fixture(scope="module")
-def client(app_settings):
-    with TestClient(create_app(app_settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def ingest(client, app_settings) -> Iterator[IngestWorker]:
+def ingest(client, settings) -> Iterator[IngestWorker]:
     """An ingest worker consuming the broker, as `ehealthlab ingest` runs one."""
-    worker = IngestWorker(app_settings, f"ingest-{uuid.uuid4().hex[:6]}", IngestConfig())
+    worker = IngestWorker(settings, f"ingest-{uuid.uuid4().hex[:6]}", IngestConfig())
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
@@ -102,8 +72,8 @@ def ingest(client, app_settings) -> Iterator[IngestWorker]:
 
 
 @pytest.fixture(scope="module")
-def cast(client, app_settings) -> Cast:
-    boot = run_admin(app_settings, "admin", "bootstrap")
+def cast(client, settings) -> Cast:
+    boot = run_admin(settings, "admin", "bootstrap")
     cast = Cast(operator=boot["token"])
     for who, kind in (("a", "startup"), ("b", "startup"), ("p", "provider")):
         answer = client.post(
@@ -133,8 +103,8 @@ def enrolled_cuff(client, cast) -> str:
     return device_id
 
 
-def query(app_settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(app_settings.require_database_url()) as conn:
+def query(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.require_database_url()) as conn:
         return conn.execute(sql, params).fetchall()
 
 
@@ -241,7 +211,7 @@ def stamp(moment: datetime) -> str:
 
 
 def test_a_bundle_is_stored_exactly_as_the_same_readings_over_mqtt(
-    client, cast, ingest, mosquitto_broker, app_settings
+    client, cast, ingest, mosquitto_broker, settings
 ):
     by_mqtt = new_device(client, cast)
     patient = register_patient(client, cast, "p")
@@ -311,32 +281,32 @@ def test_a_bundle_is_stored_exactly_as_the_same_readings_over_mqtt(
     def stored(device_id: str) -> dict[str, Any]:
         return {
             "readings": query(
-                app_settings,
+                settings,
                 "SELECT metric, at, value, measured_at, seq, clock_corrected, reported_unit,"
                 " patient_id IS NOT NULL FROM readings WHERE device_id = %s"
                 " ORDER BY metric, at",
                 device_id,
             ),
             "rejected": query(
-                app_settings,
+                settings,
                 "SELECT reason, seq, metric, at, measured_at FROM rejected_readings"
                 " WHERE device_id = %s ORDER BY seq",
                 device_id,
             ),
             "log": query(
-                app_settings,
+                settings,
                 "SELECT qos, readings, accepted, duplicates, rejected, deliveries"
                 " FROM device_messages WHERE device_id = %s",
                 device_id,
             ),
             "alerts": query(
-                app_settings,
+                settings,
                 "SELECT rule, day, metric, at, value FROM alerts WHERE device_id = %s"
                 " ORDER BY rule",
                 device_id,
             ),
             "seen": query(
-                app_settings,
+                settings,
                 "SELECT last_seen_at IS NOT NULL FROM devices WHERE device_id = %s",
                 device_id,
             ),
@@ -363,7 +333,7 @@ def test_a_bundle_is_stored_exactly_as_the_same_readings_over_mqtt(
     assert [row[0] for row in over_http["alerts"]] == ["bp_diastolic_high", "bp_systolic_high"]
     # a dead letter keeps the Observation as the start-up sent it, and the entry's index
     kept = query(
-        app_settings,
+        settings,
         "SELECT item_index, payload FROM rejected_readings WHERE device_id = %s AND seq = 9",
         by_http,
     )
@@ -372,7 +342,7 @@ def test_a_bundle_is_stored_exactly_as_the_same_readings_over_mqtt(
     assert {r["reason"] for r in rejects} == {r[0] for r in over_http["rejected"]}
 
 
-def test_a_bundle_sent_again_collapses_into_duplicates(client, cast, app_settings):
+def test_a_bundle_sent_again_collapses_into_duplicates(client, cast, settings):
     d = enrolled_cuff(client, cast)
     at = stamp(datetime.now(UTC) - timedelta(hours=1))
     body = bundle(
@@ -384,19 +354,19 @@ def test_a_bundle_sent_again_collapses_into_duplicates(client, cast, app_setting
     assert statuses(again) == ["200 OK"] * 2
     assert {i["code"] for i in issues(again, 0)} == {"duplicate"}
     assert again.json()["entry"][0]["response"]["location"].startswith(f"Observation/{d}.")
-    assert query(app_settings, "SELECT count(*) FROM readings WHERE device_id = %s", d) == [(3,)]
+    assert query(settings, "SELECT count(*) FROM readings WHERE device_id = %s", d) == [(3,)]
+    assert query(settings, "SELECT count(*) FROM duplicate_readings WHERE device_id = %s", d) == [
+        (3,)
+    ]
     assert query(
-        app_settings, "SELECT count(*) FROM duplicate_readings WHERE device_id = %s", d
-    ) == [(3,)]
-    assert query(
-        app_settings,
+        settings,
         "SELECT accepted, duplicates FROM device_messages"
         " WHERE device_id = %s ORDER BY received_at",
         d,
     ) == [(3, 0), (0, 3)]
 
 
-def test_a_bundle_delivered_again_with_its_identifier_is_logged_once(client, cast, app_settings):
+def test_a_bundle_delivered_again_with_its_identifier_is_logged_once(client, cast, settings):
     d = enrolled_cuff(client, cast)
     at = stamp(datetime.now(UTC) - timedelta(hours=1))
     body = bundle(
@@ -409,16 +379,16 @@ def test_a_bundle_delivered_again_with_its_identifier_is_logged_once(client, cas
     assert statuses(again) == ["200 OK"]
     assert "delivered before" in issues(again, 0)[0]["diagnostics"]
     assert query(
-        app_settings,
+        settings,
         "SELECT msg_id, deliveries, accepted FROM device_messages WHERE device_id = %s",
         d,
     ) == [(body["identifier"]["value"], 2, 1)]
-    assert query(
-        app_settings, "SELECT count(*) FROM duplicate_readings WHERE device_id = %s", d
-    ) == [(0,)]
+    assert query(settings, "SELECT count(*) FROM duplicate_readings WHERE device_id = %s", d) == [
+        (0,)
+    ]
 
 
-def test_a_conflicting_value_is_refused_and_the_first_one_stays(client, cast, app_settings):
+def test_a_conflicting_value_is_refused_and_the_first_one_stays(client, cast, settings):
     d = enrolled_cuff(client, cast)
     at = stamp(datetime.now(UTC) - timedelta(hours=1))
     first = observation(d, 40, at, metric="heart_rate", value=60, unit="/min")
@@ -427,13 +397,13 @@ def test_a_conflicting_value_is_refused_and_the_first_one_stays(client, cast, ap
     answer = post(client, cast.h("a"), bundle(other))
     assert statuses(answer) == ["409 Conflict"]
     assert issues(answer, 0)[0]["details"]["coding"][0]["code"] == "conflicting_duplicate"
-    assert query(app_settings, "SELECT value FROM readings WHERE device_id = %s", d) == [(60.0,)]
+    assert query(settings, "SELECT value FROM readings WHERE device_id = %s", d) == [(60.0,)]
     assert query(
-        app_settings, "SELECT reason, item_index FROM rejected_readings WHERE device_id = %s", d
+        settings, "SELECT reason, item_index FROM rejected_readings WHERE device_id = %s", d
     ) == [("conflicting_duplicate", 0)]
 
 
-def test_a_wrong_device_clock_is_corrected_as_over_mqtt(client, cast, app_settings):
+def test_a_wrong_device_clock_is_corrected_as_over_mqtt(client, cast, settings):
     d = enrolled_cuff(client, cast)
     sent = datetime.now(UTC) - timedelta(hours=2)  # the device's clock is two hours behind
     at = sent - timedelta(minutes=1)
@@ -443,7 +413,7 @@ def test_a_wrong_device_clock_is_corrected_as_over_mqtt(client, cast, app_settin
     )
     assert statuses(post(client, cast.h("a"), body)) == ["201 Created"]
     [(corrected, offset, shift)] = query(
-        app_settings,
+        settings,
         "SELECT clock_corrected, clock_offset_s,"
         " extract(epoch FROM measured_at - at) FROM readings WHERE device_id = %s",
         d,
@@ -454,7 +424,7 @@ def test_a_wrong_device_clock_is_corrected_as_over_mqtt(client, cast, app_settin
 # -- bad entries: dead letters with reasons, answered per entry -------------------------------
 
 
-def test_bad_entries_are_dead_letters_answered_one_by_one(client, cast, app_settings):
+def test_bad_entries_are_dead_letters_answered_one_by_one(client, cast, settings):
     d = new_device(client, cast)["device_id"]  # unassigned: nobody is enrolled with it
     foreign = new_device(client, cast, "b")["device_id"]
     revoked = new_device(client, cast)["device_id"]
@@ -522,7 +492,7 @@ def test_bad_entries_are_dead_letters_answered_one_by_one(client, cast, app_sett
     for i in range(8, 13):
         OperationOutcome.model_validate(answer.json()["entry"][i]["response"]["outcome"])
     dead = query(
-        app_settings,
+        settings,
         "SELECT item_index, reason, seq FROM rejected_readings"
         " WHERE device_id = %s ORDER BY item_index",
         d,
@@ -537,19 +507,19 @@ def test_bad_entries_are_dead_letters_answered_one_by_one(client, cast, app_sett
         (7, "out_of_range", 67),
     ]
     assert query(
-        app_settings,
+        settings,
         "SELECT metric, seq, patient_id FROM readings WHERE device_id = %s ORDER BY seq",
         d,
     ) == [("heart_rate", 60, None), ("bp_diastolic", 68, None)]
     assert query(
-        app_settings,
+        settings,
         "SELECT readings, accepted, rejected FROM device_messages WHERE device_id = %s",
         d,
     ) == [(9, 2, 7)]
     # nothing at all for another start-up's device, nor for a revoked one
     for other in (foreign, revoked):
         counts = query(
-            app_settings,
+            settings,
             "SELECT (SELECT count(*) FROM readings WHERE device_id = %s),"
             " (SELECT count(*) FROM rejected_readings WHERE device_id = %s),"
             " (SELECT count(*) FROM device_messages WHERE device_id = %s)",
@@ -560,7 +530,7 @@ def test_bad_entries_are_dead_letters_answered_one_by_one(client, cast, app_sett
         assert counts == [(0, 0, 0)]
 
 
-def test_a_bundle_whose_every_reading_is_refused_is_still_logged(client, cast, app_settings):
+def test_a_bundle_whose_every_reading_is_refused_is_still_logged(client, cast, settings):
     d = new_device(client, cast)["device_id"]
     at = stamp(datetime.now(UTC) - timedelta(hours=1))
     body = bundle(
@@ -568,7 +538,7 @@ def test_a_bundle_whose_every_reading_is_refused_is_still_logged(client, cast, a
     )
     assert statuses(post(client, cast.h("a"), body)) == ["422 Unprocessable Entity"]
     assert query(
-        app_settings,
+        settings,
         "SELECT readings, accepted, rejected FROM device_messages WHERE device_id = %s",
         d,
     ) == [(1, 0, 1)]
@@ -683,7 +653,7 @@ def mangled_bundles(draw) -> bytes:
     return orjson.dumps(document)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=mangled_bundles())
 def test_no_bundle_makes_the_server_fail(client, cast, body):
     answer = post(client, cast.h("b"), body)

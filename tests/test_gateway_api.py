@@ -19,13 +19,11 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from conftest import create_database, drop_database, with_database
-from fastapi.testclient import TestClient
+from api_fixtures import API_PATIENT_KEY
 from paho.mqtt.client import topic_matches_sub
 from pydantic import SecretStr
 
 from ehealthlab.api import commands as api_commands
-from ehealthlab.api.app import create_app
 from ehealthlab.cli import OneLineParser
 from ehealthlab.contract.topics import feedback_topic, readings_topic, status_topic
 from ehealthlab.errors import (
@@ -42,44 +40,18 @@ from ehealthlab.store.readings import ReadingRow, ReadingWriter
 from ehealthlab.store.rejections import RejectedRow, write_rejections
 
 WAIT_S = 30.0  # bounds a failure only: what is awaited comes sooner on any machine
-PATIENT_KEY = "patient key of the gateway tests, long enough"
+PATIENT_KEY = API_PATIENT_KEY  # the shared `settings` fixture's
 PROBLEM = "application/problem+json"
 
 
 # -- the application and the pilot's cast --------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def database_url(plain_admin_url, migrated_template):
-    name = create_database(plain_admin_url, template=migrated_template)
-    yield with_database(plain_admin_url, name)
-    drop_database(plain_admin_url, name)
-
-
-@pytest.fixture(scope="module")
-def settings(database_url, mosquitto_broker, tmp_path_factory) -> Settings:
-    b = mosquitto_broker
-    return Settings(
-        state_dir=tmp_path_factory.mktemp("no-stack"),
-        database_url=SecretStr(database_url),
-        mqtt_host=b.host,
-        mqtt_port=b.port,
-        mqtt_username=b.admin_username,
-        mqtt_password=SecretStr(b.admin_password),
-        patient_key=SecretStr(PATIENT_KEY),
-    )
+# database_url, settings and client are conftest's (tests/api_fixtures.py)
 
 
 @pytest.fixture(scope="module")
 def admin_broker(mosquitto_broker) -> BrokerAddress:
     b = mosquitto_broker
     return BrokerAddress(b.host, b.port, b.admin_username, b.admin_password)
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 def run_admin(settings: Settings, *argv: str) -> dict:

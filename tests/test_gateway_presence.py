@@ -15,7 +15,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import create_database, drop_database, with_database
 from psycopg_pool import ConnectionPool
 
 from ehealthlab.contract.topics import readings_topic, status_topic
@@ -34,13 +33,6 @@ from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError, ReceivedMe
 
 T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 ONLINE, OFFLINE = b'{"state": "online"}', b'{"state": "offline"}'
-
-
-@pytest.fixture(scope="module")
-def database_url(plain_admin_url, migrated_template):
-    name = create_database(plain_admin_url, template=migrated_template)
-    yield with_database(plain_admin_url, name)
-    drop_database(plain_admin_url, name)
 
 
 @pytest.fixture(scope="module")

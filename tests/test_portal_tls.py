@@ -12,22 +12,22 @@ from typing import Any
 
 import psycopg
 import pytest
+from api_fixtures import app_client
 from fastapi.testclient import TestClient
 
-from ehealthlab.api.app import create_app
 from ehealthlab.gateway.admin import bootstrap_operator
 from ehealthlab.portal.ended_sessions import end_session, is_ended
 from ehealthlab.portal.session import new_session, open_session
 from ehealthlab.settings import Settings
 
+#: behind the proxy: the scheme it reports is https
+HTTPS: dict[str, Any] = {"base_url": "https://testserver", "follow_redirects": False}
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture(scope="module")
 def tls(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(settings), base_url="https://testserver", follow_redirects=False
-    ) as client:
+    with app_client(settings, **HTTPS) as client:
         yield client
 
 
@@ -82,11 +82,9 @@ def test_a_logged_out_cookie_is_refused_by_every_worker(settings):
     session on the other, even for a copy of the cookie kept from before."""
     token = bootstrap_operator(settings)["token"]
     with (
-        TestClient(create_app(settings), base_url="https://testserver",
-                   follow_redirects=False) as first,
-        TestClient(create_app(settings), base_url="https://testserver",
-                   follow_redirects=False) as second,
-    ):  # fmt: skip
+        app_client(settings, **HTTPS) as first,
+        app_client(settings, **HTTPS) as second,
+    ):
         form = first.get("/portal/login")
         csrf = CSRF.search(form.text)
         assert csrf is not None

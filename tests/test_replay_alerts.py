@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 import psycopg
 import pytest
-from conftest import create_database, drop_database, with_database
+from api_fixtures import template_copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -669,11 +669,8 @@ def pilot_messages(seed: int) -> list[tuple[str, datetime, datetime, list[dict]]
 
 @pytest.fixture
 def store(plain_admin_url: str, migrated_template: str) -> Iterator[Store]:
-    name = create_database(plain_admin_url, template=migrated_template)
-    try:
-        yield Store(with_database(plain_admin_url, name))
-    finally:
-        drop_database(plain_admin_url, name)
+    with template_copy(plain_admin_url, migrated_template) as database_url:
+        yield Store(database_url)
 
 
 def test_the_replay_of_the_current_rules_reproduces_exactly_the_alerts_ingest_stored(

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
-from conftest import create_database, drop_database, with_database
+from api_fixtures import template_copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ingest import Pilot, RunningWorker
@@ -482,15 +482,14 @@ class Lab:
 
 @pytest.fixture
 def lab(plain_admin_url, migrated_template, mosquitto_broker, tmp_path):
-    name = create_database(plain_admin_url, template=migrated_template)
-    pilot = Pilot(with_database(plain_admin_url, name), mosquitto_broker)
-    opened = Lab(pilot, tmp_path)
-    try:
-        yield opened
-    finally:
-        opened.close()
-        pilot.cleanup()
-        drop_database(plain_admin_url, name)
+    with template_copy(plain_admin_url, migrated_template) as database_url:
+        pilot = Pilot(database_url, mosquitto_broker)
+        opened = Lab(pilot, tmp_path)
+        try:
+            yield opened
+        finally:
+            opened.close()
+            pilot.cleanup()
 
 
 def eventually(predicate, timeout: float = 15.0) -> bool:

@@ -18,15 +18,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import uvicorn
-from conftest import create_database, drop_database, with_database
-from pydantic import SecretStr
+from api_fixtures import make_settings, served, template_copy
 from test_gateway_api import run_admin
 from test_ingest import RunningWorker
 
-from ehealthlab.api.app import create_app
 from ehealthlab.api.client import GatewayClient
-from ehealthlab.settings import Settings
 from ehealthlab.simulators.onboarding import STATE_FILE, onboard
 from ehealthlab.simulators.runner import PilotRun
 from ehealthlab.simulators.scenario import (
@@ -35,7 +31,6 @@ from ehealthlab.simulators.scenario import (
     pilot_measurements,
     simulated_patients,
 )
-from ehealthlab.stack.ports import free_port
 
 SCENARIO = Path(__file__).parent / "data" / "small-pilot.toml"
 BALME, TORINO = "001019", "001272"
@@ -44,41 +39,20 @@ BALME, TORINO = "001019", "001272"
 @pytest.fixture
 def lab(plain_admin_url, migrated_template, mosquitto_broker, tmp_path):
     """A fresh store, the API over real HTTP, an ingest worker and an operator token."""
-    name = create_database(plain_admin_url, template=migrated_template)
-    b = mosquitto_broker
-    settings = Settings(
-        state_dir=tmp_path / "no-stack",
-        database_url=SecretStr(with_database(plain_admin_url, name)),
-        mqtt_host=b.host,
-        mqtt_port=b.port,
-        mqtt_username=b.admin_username,
-        mqtt_password=SecretStr(b.admin_password),
-        patient_key=SecretStr("k" * 40),
-    )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120  # bounds a failure only
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the API did not start"
-    worker = RunningWorker(settings, f"ingest-sim-{uuid.uuid4().hex[:6]}")
-    token = run_admin(settings, "admin", "bootstrap")["token"]
-    try:
-        yield {
-            "settings": settings,
-            "url": f"http://127.0.0.1:{port}",
-            "token": token,
-            "database_url": settings.require_database_url(),
-        }
-    finally:
-        worker.close()
-        server.should_exit = True
-        thread.join(timeout=10)
-        drop_database(plain_admin_url, name)
+    with template_copy(plain_admin_url, migrated_template) as database_url:
+        settings = make_settings(database_url, mosquitto_broker, tmp_path / "no-stack")
+        with served(settings) as url:
+            worker = RunningWorker(settings, f"ingest-sim-{uuid.uuid4().hex[:6]}")
+            try:
+                token = run_admin(settings, "admin", "bootstrap")["token"]
+                yield {
+                    "settings": settings,
+                    "url": url,
+                    "token": token,
+                    "database_url": database_url,
+                }
+            finally:
+                worker.close()
 
 
 def expected_readings(scenario, patients) -> int:
