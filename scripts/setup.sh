@@ -33,10 +33,11 @@ ehl_missing_packages() {
   { [ -x /usr/sbin/mosquitto ] && command -v mosquitto_ctrl >/dev/null &&
     compgen -G '/usr/lib/*/mosquitto_dynamic_security.so' >/dev/null; } || missing+=(mosquitto)
   command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
-  # the broker's receive-stamp plugin is compiled from ehealthlab/stack/plugins at stack start
+  # the broker's plugins are compiled from ehealthlab/stack/plugins at stack start
   { command -v cc >/dev/null || command -v gcc >/dev/null; } || missing+=(gcc libc6-dev)
   [ -f /usr/include/mosquitto_broker.h ] || missing+=(mosquitto-dev)
   [ -f /usr/include/mosquitto.h ] || missing+=(libmosquitto-dev)
+  [ -f /usr/include/openssl/sha.h ] || missing+=(libssl-dev)  # the partitions plugin's SHA-256
   ehl_find_python >/dev/null || missing+=(python3 python3-venv)
   # the portal's browser tests drive Debian's chromium through Playwright
   [ -x /usr/bin/chromium ] || missing+=(chromium)

@@ -39,7 +39,7 @@ from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.settings import Settings
 from ehealthlab.stack.mosquitto import connack_code
-from ehealthlab.stack.plugin import build_receive_stamp_plugin
+from ehealthlab.stack.plugin import INGEST_PARTITIONS, RECEIVE_STAMP, build_plugin
 from ehealthlab.stack.ports import LOOPBACK, free_port
 from ehealthlab.stack.postgres import PostgresServer
 from ehealthlab.stack.programs import ServiceAccount, find_mosquitto, find_postgres, place_for
@@ -416,6 +416,7 @@ def test_mosquitto_enables_dynamic_security_the_stamp_plugin_and_tls_for_devices
     plugins = [value for name, value in pairs if name == "plugin"]
     assert [Path(p).name for p in plugins] == [
         "ehl_receive_stamp.so",
+        "ehl_ingest_partitions.so",
         "mosquitto_dynamic_security.so",
     ]
     assert settings["plugin_opt_config_file"] == "/mosquitto/data/dynamic-security.json"
@@ -519,8 +520,9 @@ def deployed_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker
         d.mkdir(parents=True, mode=0o700)
     account.give(data)  # as the image does: the broker's user writes its persistence there
     ca, _cert, _key = test_certificates(mounted)
-    plugin = build_receive_stamp_plugin(plugins)
-    for path in (directory, plugins, plugin):
+    plugin = build_plugin(RECEIVE_STAMP, plugins)
+    partitions_plugin = build_plugin(INGEST_PARTITIONS, plugins)
+    for path in (directory, plugins, plugin, partitions_plugin):
         path.chmod(0o755)
     internal_port, tls_port = free_port(), free_port()
     replacements = {
@@ -529,6 +531,7 @@ def deployed_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker
         "/mosquitto/certs/": f"{certs}/",
         "/mosquitto/data/": f"{data}/",
         "/usr/lib/ehealthlab/ehl_receive_stamp.so": str(plugin),
+        "/usr/lib/ehealthlab/ehl_ingest_partitions.so": str(partitions_plugin),
         "/usr/lib/ehealthlab/mosquitto_dynamic_security.so": str(programs.dynsec_plugin),
     }
     text = MOSQUITTO_CONF.read_text()
@@ -737,7 +740,7 @@ def test_the_ingest_healthcheck_reads_a_running_workers_metrics(settings: Settin
     }
     # the shared subscription and a name of its own: a clean stop ends the worker's session,
     # so the session's broker queues nothing for it afterwards (a partitioned one would)
-    argv = ["ingest", "--first", "91"]
+    argv = ["ingest", "--subscription", "shared", "--first", "91"]  # its session ends with it
     worker = subprocess.Popen(
         [sys.executable, "-m", "ehealthlab.cli", *argv, "--metrics-port", str(port)],
         env=environment,

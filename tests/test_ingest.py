@@ -464,13 +464,6 @@ def test_a_corpus_of_bad_messages_is_kept_with_reasons_and_the_worker_goes_on(pi
     ) * 2  # all of it
 
 
-def test_partitioned_ingest_needs_the_number_of_partitions(capsys):
-    assert cli.main(["ingest", "--subscription", "partitioned"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "ehealthlab: --subscription partitioned needs --partitions N, the same on every machine"
-    )
-
-
 def test_a_nul_byte_in_a_metric_never_sinks_its_neighbours(pilot, workers):
     workers()
     device_id, password = pilot.register("multiparameter_monitor")

@@ -121,8 +121,22 @@ def _close_process_logs():
 
 
 def ingest_process(pilot: Pilot) -> subprocess.Popen:
-    settings = pilot.settings
-    env = {
+    env = ingest_env(pilot.settings)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ehealthlab.cli", "ingest", "--name", "ingest-killed"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    process.log = log  # type: ignore[attr-defined]
+    _LOGS.append(log)
+    return process
+
+
+def ingest_env(settings) -> dict[str, str]:
+    """`ehealthlab ingest`'s environment: the pilot's store and broker, nothing else."""
+    return {
         **os.environ,
         "EHEALTHLAB_DATABASE_URL": settings.database_url.get_secret_value(),
         "EHEALTHLAB_MQTT_HOST": settings.mqtt_host,
@@ -131,16 +145,6 @@ def ingest_process(pilot: Pilot) -> subprocess.Popen:
         "EHEALTHLAB_MQTT_PASSWORD": settings.mqtt_password.get_secret_value(),
         "EHEALTHLAB_STATE_DIR": "/nonexistent-ehealthlab-state",
     }
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ehealthlab.cli", "ingest", "--first", "7"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    process.log = log  # type: ignore[attr-defined]
-    _LOGS.append(log)
-    return process
 
 
 def log_of(process: subprocess.Popen) -> str:
@@ -201,7 +205,18 @@ def test_a_worker_killed_mid_stream_loses_nothing_once_restarted(pilot):
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+        retire(pilot, "ingest-killed")  # a partitioned worker's session outlives it
     assert pilot.query("SELECT count(DISTINCT seq) FROM readings") == [(20_001,)]
+
+
+def retire(pilot: Pilot, name: str) -> None:
+    """End the broker session of `ehealthlab ingest --name NAME` (one worker)."""
+    settings = pilot.settings
+    result = subprocess.run(
+        [sys.executable, "-m", "ehealthlab.cli", "ingest", "--name", name, "--retire"],
+        env=ingest_env(settings), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_database_outage_loses_nothing_and_memory_stays_bounded(pilot, own_postgres):

@@ -2,7 +2,9 @@
 
 Workers are separate processes (validation is CPU work; two cores, two processes) with
 stable names `ingest-1` … `ingest-N`, so a worker that is killed and restarted takes its
-persistent session, and what the broker kept for it, back. SIGTERM or Ctrl-C: each worker
+persistent session, and what the broker kept for it, back. By default each keeps one
+partition of the devices from a durable subscription of its own: Mosquitto 2.0 keeps those
+across a restart, and not shared subscriptions (docs/ingest.md). SIGTERM or Ctrl-C: each worker
 stops taking messages, stores and acknowledges what it holds, and the command exits 0.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import re
 import signal
 import sys
 import threading
@@ -32,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "ingest",
         help="move readings from the broker into the store (runs until stopped)",
-        description="Run ingest workers on the shared subscription "
-        "$share/ingest/ehl/v1/devices/+/readings. SIGTERM: finish the batch, then exit 0.",
+        description="Run ingest workers, each keeping the readings of its partition of the "
+        "devices from a durable subscription of its own (or, with --subscription shared, "
+        "from $share/ingest/ehl/v1/devices/+/readings). SIGTERM: finish the batch, then "
+        "exit 0.",
     )
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N", help="worker processes (default 1)"
@@ -44,6 +49,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=1,
         metavar="I",
         help="number of the first worker, for several machines (default 1)",
+    )
+    parser.add_argument(
+        "--name",
+        default="ingest",
+        metavar="PREFIX",
+        help="workers are PREFIX-1 .. PREFIX-N on the broker (default ingest); two pipelines "
+        "on one broker need two prefixes",
+    )
+    parser.add_argument(
+        "--retire",
+        action="store_true",
+        help="end these workers' broker sessions for good, after storing what the broker "
+        "kept for them: for the old set, once a new number of partitions runs",
     )
     parser.add_argument(
         "--metrics-port",
@@ -61,19 +79,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument(
         "--subscription",
-        choices=("shared", "partitioned"),
-        default="shared",
-        help="shared: the broker splits messages over $share/ingest (default); partitioned: "
-        "each worker keeps the devices of its partition from a durable subscription of its "
-        "own, which survives a Mosquitto restart (docs/ingest.md)",
+        choices=("partitioned", "shared"),
+        default="partitioned",
+        help="partitioned (default): each worker keeps the devices of its partition from a "
+        "durable subscription of its own, which survives a Mosquitto restart; shared: the "
+        "broker splits messages over $share/ingest, only for a broker that keeps shared "
+        "subscriptions across a restart, which Mosquitto 2.0 does not (docs/ingest.md)",
     )
     parser.add_argument(
         "--partitions",
         type=int,
         default=None,
         metavar="N",
-        help="with --subscription partitioned: how many partitions in all, the same on every "
-        "machine (workers are numbered 1..N with --first)",
+        help="partitioned: how many partitions in all, the same on every machine (default: "
+        "--workers, when this machine runs them all)",
     )
     parser.add_argument(
         "--alert-rules",
@@ -88,9 +107,11 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers < 1 or args.workers > 64:
         raise ConfigurationError("--workers must be between 1 and 64")
     if args.subscription == "partitioned" and args.partitions is None:
-        raise ConfigurationError(
-            "--subscription partitioned needs --partitions N, the same on every machine"
-        )
+        if args.first != 1:
+            raise ConfigurationError(
+                "workers on several machines need --partitions N, the same on every machine"
+            )
+        args.partitions = args.workers
     settings = settings_with_stack(settings)
     settings.require_database_url()
     settings.require_mqtt()
@@ -108,7 +129,11 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
             f"workers {args.first}..{args.first + args.workers - 1} do not fit in "
             f"{partitions} partitions: give --partitions"
         )
-    names = [f"ingest-{args.first + i}" for i in range(args.workers)]
+    if not is_valid_worker_prefix(args.name):
+        raise ConfigurationError(
+            f"--name {args.name!r}: use 1 to 40 characters of a-z, 0-9 and '-'"
+        )
+    names = [f"{args.name}-{args.first + i}" for i in range(args.workers)]
     configs = [
         IngestConfig(
             batch_max_wait_s=args.batch_wait_ms / 1000,
@@ -122,6 +147,11 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     ports = [
         None if args.metrics_port is None else args.metrics_port + i for i in range(args.workers)
     ]
+    if args.retire:
+        for name, config in zip(names, configs, strict=True):
+            IngestWorker(settings, name, config).retire()
+            print(f"{config.client_id(name)}: session ended")
+        return 0
     if args.workers == 1:
         return run_worker(settings, names[0], configs[0], ports[0])
     context = multiprocessing.get_context("spawn")
@@ -142,6 +172,11 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     for process in processes:
         process.join()
     return max((p.exitcode or 0) for p in processes)
+
+
+def is_valid_worker_prefix(prefix: str) -> bool:
+    """A prefix that keeps client ids readable and free of the partition mark's dot."""
+    return re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", prefix) is not None
 
 
 def run_worker(

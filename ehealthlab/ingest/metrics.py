@@ -36,6 +36,7 @@ class WorkerMetrics:
                 ("rejected", "readings and messages rejected, kept with their reason"),
                 ("redeliveries", "messages delivered again (same msg_id), logged once"),
                 ("alerts", "clinical alerts raised"),
+                ("foreign", "other partitions' messages the broker sent anyway (acknowledged)"),
             )
         }
         self._seen = {name: 0 for name in self._counters}

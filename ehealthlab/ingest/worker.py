@@ -62,11 +62,14 @@ class IngestConfig:
     retry_max_s: float = 5.0
     rules: AlertRules = DEFAULT_RULES
     drain_timeout_s: float = 30.0
-    #: "shared": the broker splits messages over the $share/ingest group (the contract's
-    #: way). "partitioned": every worker holds a durable ordinary subscription and keeps the
-    #: devices of its partition (a hash of device_id mod `partitions`), acknowledging the
-    #: others at once — N deliveries per message, but a broker restart loses nothing, since
-    #: Mosquitto 2.0 persists ordinary subscriptions and not shared ones (docs/ingest.md).
+    #: "partitioned" (`ehealthlab ingest`'s default): every worker holds a durable ordinary
+    #: subscription and keeps the devices of its partition (a hash of device_id mod
+    #: `partitions`); a broker restart loses nothing, since Mosquitto 2.0 persists ordinary
+    #: subscriptions and not shared ones, and the broker's ehl_ingest_partitions plugin sends
+    #: each worker only its partition's messages. "shared": the broker splits messages over
+    #: the $share/ingest group, for brokers that keep shared subscriptions across a restart;
+    #: it is this class's default because a shared worker's session ends when it stops, which
+    #: suits short-lived workers (tests, a demo in one process) (docs/ingest.md).
     subscription: Literal["shared", "partitioned"] = "shared"
     partition: int = 0
     partitions: int = 1
@@ -74,6 +77,14 @@ class IngestConfig:
     @property
     def topic_filter(self) -> str:
         return INGEST_SHARED_SUBSCRIPTION if self.subscription == "shared" else READINGS_WILDCARD
+
+    def client_id(self, name: str) -> str:
+        """The worker's MQTT client id: its name, and for a partitioned worker its partition
+        as ".p<k>of<n>" (from 1), which the broker's partitions plugin reads. A different
+        number of partitions is therefore a different set of sessions."""
+        if self.subscription == "shared":
+            return name
+        return f"{name}.p{self.partition + 1}of{self.partitions}"
 
 
 @dataclass
@@ -86,6 +97,8 @@ class WorkerStats:
     rejected: int = 0
     redeliveries: int = 0
     alerts: int = 0
+    #: messages of other partitions that the broker sent anyway (no partitions plugin)
+    foreign: int = 0
     batches: int = 0
     last_batch_s: float = 0.0
     lag_s: float = 0.0
@@ -116,6 +129,7 @@ class IngestWorker:
         self._inbox: queue.Queue[_Delivery] = queue.Queue(maxsize=2 * self.config.receive_maximum)
         self._generation = 0
         self._warned_unstamped = False
+        self._warned_foreign = False
         self._mqtt: MqttConnection | None = None
         self._db: Connection | None = None
         self._writer: ReadingWriter | None = None
@@ -140,23 +154,40 @@ class IngestWorker:
             self._close()
             log.info("%s: stopped", self.name)
 
-    def _drain(self) -> None:
+    def retire(self) -> None:
+        """End this worker's session for good: take no more messages, store what the broker
+        kept for it, then end the session. For a partitioned worker whose partition count is
+        being changed (its client id names the old count), once the new set runs; a stopped
+        partitioned worker otherwise keeps its session, and the broker keeps queueing for
+        it until the session expires."""
+        stop = threading.Event()
+        try:
+            self._ensure_broker(stop)
+            self._drain(end_session=True)
+        finally:
+            self._close()
+        log.info("%s: retired", self.name)
+
+    def _drain(self, *, end_session: bool | None = None) -> None:
         """A clean stop: take no more messages, store and acknowledge every one already
         delivered (for at most `drain_timeout_s`), then end the session so the broker sends
         this worker's share to the others instead of keeping it for a worker that may not
         come back. Whatever could not be stored in time stays with the broker: the session
-        is then kept."""
+        is then kept. A partitioned worker keeps its session (nobody else takes its
+        partition) unless `end_session` says otherwise."""
         connection = self._mqtt
         if connection is None or not connection.is_connected:
             return
-        if self.config.subscription == "partitioned":
+        if end_session is None:
+            end_session = self.config.subscription == "shared"
+        if not end_session:
             # nobody else takes this partition: keep the session, so the broker holds its
             # messages until the worker is back
             connection.close()
             self._mqtt = None
             return
         try:
-            connection.unsubscribe(INGEST_SHARED_SUBSCRIPTION)
+            connection.unsubscribe(self.config.topic_filter)
         except EhealthlabError as exc:
             log.warning("%s: could not unsubscribe (%s); the session is kept", self.name, exc)
             return
@@ -330,7 +361,7 @@ class IngestWorker:
             holder: list[MqttConnection] = []
             connection = MqttConnection(
                 BrokerAddress.from_settings(self.settings),
-                self.name,
+                self.config.client_id(self.name),
                 clean_start=False,
                 session_expiry_s=self.config.session_expiry_s,
                 manual_ack=True,
@@ -365,6 +396,7 @@ class IngestWorker:
         def deliver(message: ReceivedMessage) -> None:
             if partitioned and partition_of(message.topic, partitions) != partition:
                 holder[0].ack(message)  # another worker's device: it has its own copy
+                self._count_foreign()
                 return
             if not message.broker_stamped and not self._warned_unstamped:
                 self._warned_unstamped = True
@@ -375,6 +407,18 @@ class IngestWorker:
             self._inbox.put(_Delivery(generation, message))
 
         return deliver
+
+    def _count_foreign(self) -> None:
+        with self.stats.lock:
+            self.stats.foreign += 1
+        if not self._warned_foreign:
+            self._warned_foreign = True
+            log.warning(
+                "%s: the broker sends this worker other partitions' messages (plugin "
+                "ehl_ingest_partitions not loaded before dynamic security): each message "
+                "travels to every worker; nothing is lost",
+                self.name,
+            )
 
     def _acknowledge(self, batch: list[_Delivery],
                      settled: list[tuple[JudgedMessage, Settled]]) -> None:  # fmt: skip

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ehealthlab.errors import StackError
-from ehealthlab.stack.plugin import build_receive_stamp_plugin
+from ehealthlab.stack.plugin import INGEST_PARTITIONS, RECEIVE_STAMP, build_plugin
 from ehealthlab.stack.ports import LOOPBACK, PortTakenError, free_port
 from ehealthlab.stack.programs import (
     MosquittoPrograms,
@@ -127,7 +127,8 @@ class MosquittoBroker:
         self.dynsec_file.chmod(0o600)
 
     def _write_config(self) -> None:
-        stamp_plugin = build_receive_stamp_plugin(self.directory / "plugins")
+        stamp_plugin = build_plugin(RECEIVE_STAMP, self.directory / "plugins")
+        partitions_plugin = build_plugin(INGEST_PARTITIONS, self.directory / "plugins")
         lines = [
             "# written by ehealthlab at every start: edit the stack, not this file",
             "per_listener_settings false",
@@ -135,6 +136,9 @@ class MosquittoBroker:
             f"listener {self.port} {self.host}",
             # the broker's receive time on every pilot message (clock offsets, latency)
             f"plugin {stamp_plugin}",
+            # each device's readings only to the partitioned ingest worker that keeps them;
+            # before dynamic security, whose answer would otherwise come first
+            f"plugin {partitions_plugin}",
             f"plugin {self.programs.dynsec_plugin}",
             f"plugin_opt_config_file {self.dynsec_file}",
             "persistence true",

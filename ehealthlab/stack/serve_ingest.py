@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except EhealthlabError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return exc.exit_status
-    worker = IngestWorker(settings, args.name, IngestConfig(rules=rules))
+    # partitioned, as `ehealthlab ingest` is by default: its durable subscription survives a
+    # broker restart, and a stopped worker's session keeps what arrives until it is back
+    config = IngestConfig(rules=rules, subscription="partitioned", partition=0, partitions=1)
+    worker = IngestWorker(settings, args.name, config)
     metrics = WorkerMetrics(worker)
     threading.Thread(target=report_every_minute, args=(metrics, stop), daemon=True).start()
     threading.Thread(target=_say_ready, args=(worker, args.ready_file, stop), daemon=True).start()
