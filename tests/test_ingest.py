@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -16,7 +17,6 @@ import psycopg
 import pytest
 from conftest import create_database, drop_database, with_database
 
-from ehealthlab import cli
 from ehealthlab.contract.topics import (
     INGEST_SHARED_SUBSCRIPTION,
     feedback_topic,
@@ -295,6 +295,53 @@ def test_messages_logged_before_contract_1_1_are_still_known_by_their_bytes(pilo
         ("from-before", 2, 0)
     ]
     assert pilot.query("SELECT count(*) FROM duplicate_readings") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00\xff not json",
+        b'{"schema": "ehl.readings/1", "sent_at": "2026-03-10T08:00:00Z", "readings": []}',
+    ],
+    ids=["not json", "no msg_id"],
+)
+def test_a_malformed_message_delivered_again_is_logged_and_dead_lettered_once(pilot, payload):
+    """Without a msg_id a message is known by its device, topic and bytes: the broker handing
+    it over again (committed, not yet acknowledged) or the device retrying adds a delivery,
+    not a second log row or dead letter; other bytes are another message."""
+    device_id, _ = pilot.register()
+    received = ReceivedMessage(readings_topic(device_id), payload, 1, False, 0, T0, True)
+    judged = judge(received, lambda device: KnownDevice("blood_pressure_monitor"))
+    other = judge(
+        replace(received, payload=payload + b" "),
+        lambda device: KnownDevice("blood_pressure_monitor"),
+    )
+    with psycopg.connect(pilot.database_url) as conn:
+        first = store_judged(conn, ReadingWriter(conn), [judged, judged], DEFAULT_RULES)
+        again = store_judged(conn, ReadingWriter(conn), [judged, other], DEFAULT_RULES)
+    assert (first.redeliveries, first.rejected) == (1, 1)
+    assert (again.redeliveries, again.rejected) == (1, 1)
+    assert pilot.query(
+        "SELECT msg_id, deliveries, payload_bytes FROM device_messages ORDER BY payload_bytes"
+    ) == [(None, 3, len(payload)), (None, 1, len(payload) + 1)]
+    assert pilot.query("SELECT count(*), count(DISTINCT payload) FROM rejected_readings") == [
+        (2, 2)
+    ]
+
+
+def test_a_device_retrying_a_malformed_message_is_told_once_and_logged_once(pilot, workers):
+    workers()
+    device_id, password = pilot.register()
+    feedback: queue.Queue[ReceivedMessage] = queue.Queue()
+    with pilot.device(device_id, password, feedback) as device:
+        for _ in range(3):
+            device.publish(readings_topic(device_id), b"{ not json")
+        device.publish(readings_topic(device_id), message(bp(1, T0)))
+    logged = "SELECT msg_id IS NULL, deliveries FROM device_messages ORDER BY 1"
+    assert pilot.wait_for(logged, [(False, 1), (True, 3)]) == [(False, 1), (True, 3)]
+    assert pilot.query("SELECT reason, count(*) FROM rejected_readings GROUP BY 1") == [
+        ("malformed_json", 1)
+    ]
 
 
 # --- exactly once, whatever happens ----------------------------------------------------------

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from ehealthlab.ingest.alerting import raise_alerts_for
 from ehealthlab.ingest.alerts import AlertRules
-from ehealthlab.ingest.pipeline import UNKNOWN_DEVICE, JudgedMessage, MessageLog, Settled, settle
+from ehealthlab.ingest.pipeline import JudgedMessage, MessageLog, Settled, settle
 from ehealthlab.store.db import Connection
 from ehealthlab.store.readings import Conflict, ReadingRow, ReadingWriter, WriteResult
 from ehealthlab.store.rejections import RejectedRow, write_rejections
@@ -73,7 +73,7 @@ def store_judged(
             conflicts[m].append(replace(conflict, index=r))
         settled = [settle(item, len(duplicates[m]), conflicts[m]) for m, item in enumerate(judged)]
         rejected: list[RejectedRow] = []
-        logs: list[tuple[MessageLog, MessageKey | None]] = []
+        logs: list[tuple[MessageLog, MessageKey]] = []
         for item, verdict, key, repeated in zip(judged, settled, keys, again, strict=True):
             if repeated is None:
                 rejected.extend(item.rejections)
@@ -107,17 +107,29 @@ def _share_lock_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> No
 _MESSAGE_LOCK_CLASS = 0x45484C4D
 
 
-def _message_key(item: JudgedMessage) -> MessageKey | None:
+def _message_key(item: JudgedMessage) -> MessageKey:
     """A message's identity: device, msg_id and the digest of its content without `sent_at`
     (contract v1.1: a message sent again refreshes `sent_at` and keeps its readings; a msg_id
     reused for other readings is another message). An outcome without a content digest (a
-    message the platform assembled itself) is identified by its bytes."""
-    if item.outcome.msg_id is None or item.device_id == UNKNOWN_DEVICE:
-        return None
+    message the platform assembled itself) is identified by its bytes. A message without a
+    msg_id (malformed, or refused whole) is identified by its topic and bytes, under the msg_id
+    "" (logged as NULL): delivered again, it is logged and dead-lettered once."""
+    if item.outcome.msg_id is None:
+        return item.device_id, NO_MSG_ID, _whole_digest(item)
     digest = item.outcome.content_digest
     if digest is None:
         digest = _payload_digest(item)
     return item.device_id, item.outcome.msg_id, digest
+
+
+#: the msg_id of a message's key when it has none (a contract msg_id is never empty)
+NO_MSG_ID = ""
+
+
+def _whole_digest(item: JudgedMessage) -> bytes:
+    """A message without a msg_id: its topic and bytes are all there is to know it by."""
+    message = item.message
+    return hashlib.sha256(message.topic.encode() + b"\0" + message.payload).digest()[:16]
 
 
 def _payload_digest(item: JudgedMessage) -> bytes:
@@ -126,30 +138,26 @@ def _payload_digest(item: JudgedMessage) -> bytes:
 
 
 def _claim_messages(
-    conn: Connection, judged: Sequence[JudgedMessage], keys: Sequence[MessageKey | None]
+    conn: Connection, judged: Sequence[JudgedMessage], keys: Sequence[MessageKey]
 ) -> list[MessageKey | None]:
     """Each message's key when it was delivered before (in an earlier batch or earlier in
     this one), else None. A lock per (device, msg_id), taken in one order, makes two workers
     given the same message at once (a device retrying, in shared mode) agree.
 
     Rows logged before migration 0015 have no content digest; a message matches them by
-    its bytes, as it did then."""
-    legacy = {k: _payload_digest(item) for item, k in zip(judged, keys, strict=True) if k}
-    distinct = sorted({k for k in keys if k is not None})
+    its bytes, as it did then. Messages without a msg_id match rows without one by digest."""
+    legacy = {k: _payload_digest(item) for item, k in zip(judged, keys, strict=True)}
+    distinct = sorted(set(keys))
     stored: set[MessageKey] = set()
     if distinct:
-        columns = (
-            [k[0] for k in distinct],
-            [k[1] for k in distinct],
-            [k[2] for k in distinct],
-            [legacy[k] for k in distinct],
-        )
         conn.execute(
             "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT"
             " hashtext(device_id || '/' || msg_id) AS h"
             " FROM unnest(%s::text[], %s::text[]) AS k(device_id, msg_id)) AS s ORDER BY h",
-            (_MESSAGE_LOCK_CLASS, columns[0], columns[1]),
+            (_MESSAGE_LOCK_CLASS, [k[0] for k in distinct], [k[1] for k in distinct]),
         )
+    named = [k for k in distinct if k[1] != NO_MSG_ID]
+    if named:
         found = conn.execute(
             "SELECT k.device_id, k.msg_id, k.digest FROM device_messages m"
             " JOIN unnest(%s::text[], %s::text[], %s::bytea[], %s::bytea[])"
@@ -157,14 +165,23 @@ def _claim_messages(
             " ON m.device_id = k.device_id AND m.msg_id = k.msg_id"
             " AND (m.content_digest = k.digest"
             " OR (m.content_digest IS NULL AND m.payload_digest = k.payload_digest))",
-            columns,
+            ([k[0] for k in named], [k[1] for k in named], [k[2] for k in named],
+             [legacy[k] for k in named]),
+        ).fetchall()  # fmt: skip
+        stored.update((d, m, bytes(h)) for d, m, h in found)
+    unnamed = [k for k in distinct if k[1] == NO_MSG_ID]
+    if unnamed:
+        found = conn.execute(
+            "SELECT k.device_id, k.digest FROM device_messages m"
+            " JOIN unnest(%s::text[], %s::bytea[]) AS k(device_id, digest)"
+            " ON m.device_id = k.device_id AND m.msg_id IS NULL AND m.content_digest = k.digest",
+            ([k[0] for k in unnamed], [k[2] for k in unnamed]),
         ).fetchall()
-        stored = {(d, m, bytes(h)) for d, m, h in found}
+        stored.update((d, NO_MSG_ID, bytes(h)) for d, h in found)
     again: list[MessageKey | None] = []
     for key in keys:
-        again.append(key if key is not None and key in stored else None)
-        if key is not None:
-            stored.add(key)
+        again.append(key if key in stored else None)
+        stored.add(key)
     return again
 
 
@@ -172,26 +189,34 @@ def _count_deliveries(
     conn: Connection, judged: Sequence[JudgedMessage], again: Sequence[MessageKey | None]
 ) -> None:
     """Add each repeated delivery to its message's log row (written now or before; before
-    migration 0015, matched by bytes)."""
+    migration 0015, matched by bytes; without a msg_id, by topic and bytes)."""
     repeats: dict[MessageKey, int] = {}
     legacy: dict[MessageKey, bytes] = {}
     for item, key in zip(judged, again, strict=True):
         if key is not None:
             repeats[key] = repeats.get(key, 0) + 1
             legacy.setdefault(key, _payload_digest(item))
-    if not repeats:
-        return
-    keys = sorted(repeats)
-    conn.execute(
-        "UPDATE device_messages m SET deliveries = m.deliveries + k.n"
-        " FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::bytea[], %s::int[])"
-        " AS k(device_id, msg_id, digest, payload_digest, n)"
-        " WHERE m.device_id = k.device_id AND m.msg_id = k.msg_id"
-        " AND (m.content_digest = k.digest"
-        " OR (m.content_digest IS NULL AND m.payload_digest = k.payload_digest))",
-        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-         [legacy[k] for k in keys], [repeats[k] for k in keys]),
-    )  # fmt: skip
+    named = sorted(k for k in repeats if k[1] != NO_MSG_ID)
+    if named:
+        conn.execute(
+            "UPDATE device_messages m SET deliveries = m.deliveries + k.n"
+            " FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::bytea[], %s::int[])"
+            " AS k(device_id, msg_id, digest, payload_digest, n)"
+            " WHERE m.device_id = k.device_id AND m.msg_id = k.msg_id"
+            " AND (m.content_digest = k.digest"
+            " OR (m.content_digest IS NULL AND m.payload_digest = k.payload_digest))",
+            ([k[0] for k in named], [k[1] for k in named], [k[2] for k in named],
+             [legacy[k] for k in named], [repeats[k] for k in named]),
+        )  # fmt: skip
+    unnamed = sorted(k for k in repeats if k[1] == NO_MSG_ID)
+    if unnamed:
+        conn.execute(
+            "UPDATE device_messages m SET deliveries = m.deliveries + k.n"
+            " FROM unnest(%s::text[], %s::bytea[], %s::int[]) AS k(device_id, digest, n)"
+            " WHERE m.device_id = k.device_id AND m.msg_id IS NULL"
+            " AND m.content_digest = k.digest",
+            ([k[0] for k in unnamed], [k[2] for k in unnamed], [repeats[k] for k in unnamed]),
+        )
 
 
 def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
@@ -211,9 +236,7 @@ def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
         )
 
 
-def _write_message_logs(
-    conn: Connection, logs: Sequence[tuple[MessageLog, MessageKey | None]]
-) -> None:
+def _write_message_logs(conn: Connection, logs: Sequence[tuple[MessageLog, MessageKey]]) -> None:
     """One row per message (COPY: at thousands of messages a second, row by row is slow)."""
     if not logs:
         return
@@ -230,5 +253,5 @@ def _write_message_logs(
                 (entry.device_id, entry.received_at, entry.msg_id, entry.qos,
                  entry.payload_bytes, entry.readings, entry.accepted, entry.duplicates,
                  entry.rejected, entry.clock_offset_s, entry.oldest_at, entry.newest_at,
-                 key[2] if key is not None else None)
+                 key[2])
             )  # fmt: skip
