@@ -63,6 +63,9 @@ class Settings(BaseSettings):
 
     #: key of the keyed hash that replaces patient identifiers (never stored in clear)
     patient_key: SecretStr | None = None
+    #: whole pilot days of data kept by `ehealthlab db retention` (today and this many before
+    #: it; docs/reliability-privacy.md); unset: retention runs only with --older-than
+    retention_days: int | None = Field(default=None, ge=1)
 
     #: key signing the web portal's session cookies and CSRF tokens; unset: derived from the
     #: patient key (so every API worker agrees without another secret to distribute)
