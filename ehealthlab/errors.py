@@ -62,6 +62,16 @@ class AuthenticationError(EhealthlabError):
     """The caller could not be identified (missing or invalid credentials)."""
 
 
+class TooManyAttemptsError(AuthenticationError):
+    """Too many failed credential checks from one client: it may try again after
+    `retry_after` seconds (HTTP 429 with Retry-After; a boundary that does not know it
+    answers it as the failed check it also is)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ConflictError(InvalidInputError):
     """The request clashes with what exists: a duplicate, an overlap, a revoked device.
 

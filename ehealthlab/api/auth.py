@@ -5,6 +5,9 @@ address); `PrincipalDep` the organisation a bearer token speaks for, and `Startu
 `ProviderDep`, `OperatorDep`, `StartupOrOperatorDep` the same, refusing (403) a token of
 another kind of organisation. A missing, malformed, unknown or revoked token is 401.
 
+Every failed token check is counted against the client's address (ratelimit.py): past a
+burst, failures are answered 429 with Retry-After, while a correct token always passes.
+
 `CachedPrincipalDep` is `PrincipalDep` for read-only APIs that answer thousands of requests a
 second (/fhir): a token verified in the database is trusted for TOKEN_CACHE_SECONDS more
 without asking again, so a revocation takes effect there within that time; `PrincipalDep`
@@ -19,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, NoReturn
 from uuid import UUID
 
 import psycopg
@@ -28,7 +31,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
-from ehealthlab.errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
+from ehealthlab.api.ratelimit import FailureLimiter, client_key
+from ehealthlab.errors import (
+    AuthenticationError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+    TooManyAttemptsError,
+)
 from ehealthlab.gateway import registry, tokens
 from ehealthlab.gateway.registry import OrganisationKind, TokenRole
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
@@ -37,8 +46,9 @@ from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection
 
 #: how long a verified token is trusted by CachedPrincipalDep: a revoked token may still be
-#: accepted there this long after its revocation
-TOKEN_CACHE_SECONDS = 5.0
+#: accepted there this long after its revocation. The promise is 5 s (docs/reliability-
+#: security.md); 4 s leaves a second for a request already in flight when the entry expires
+TOKEN_CACHE_SECONDS = 4.0
 #: tokens remembered at most (the least recently verified are forgotten first)
 TOKEN_CACHE_SIZE = 4096
 
@@ -104,6 +114,8 @@ class ApiContext:
     alert_rules: AlertRules = DEFAULT_RULES
     #: tokens verified recently (CachedPrincipalDep); one per application, never shared
     tokens: TokenCache = field(default_factory=TokenCache, compare=False, repr=False)
+    #: failed token checks per client (ratelimit.py); one per application, never shared
+    failures: FailureLimiter = field(default_factory=FailureLimiter, compare=False, repr=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -146,31 +158,51 @@ _bearer = HTTPBearer(
 
 
 def get_principal(
+    request: Request,
     context: ContextDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    return _verify(context, _bearer_token(credentials))
+    client = client_key(request.client.host if request.client else None)
+    return _verify(context, _bearer_token(context, client, credentials), client)
 
 
-def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+def _bearer_token(
+    context: ApiContext, client: str | None, credentials: HTTPAuthorizationCredentials | None
+) -> str:
+    """The presented token; a missing one is no attempt, a malformed one a failed one."""
     if credentials is None:
         raise AuthenticationError("send an API token as `Authorization: Bearer ehl_…`")
     token = credentials.credentials
     if not tokens.looks_like_token(token):
-        raise AuthenticationError("the bearer token is not an ehealthlab API token")
+        _failed(context, client, "the bearer token is not an ehealthlab API token")
     return token
 
 
-def _verify(context: ApiContext, token: str) -> Principal:
-    """Ask the database who the token speaks for (it must be known and not revoked)."""
+def _failed(context: ApiContext, client: str | None, message: str) -> NoReturn:
+    """Count a failed check against the client; 429 once it is past its burst, else 401."""
+    wait = context.failures.failed(client)
+    if wait:
+        raise TooManyAttemptsError(
+            f"too many failed token checks from this address; try again in {wait} s", wait
+        )
+    raise AuthenticationError(message)
+
+
+def _verify(context: ApiContext, token: str, client: str | None) -> Principal:
+    """Ask the database who the token speaks for (it must be known and not revoked).
+
+    The lookup is by the token's SHA-256 (an index probe); the stored hash is then compared
+    with hmac.compare_digest, so no secret is ever compared byte by byte in the clear. A
+    correct token is never throttled: only failures are counted."""
     with context.transaction() as conn:
         owner = registry.authenticate(conn, tokens.hash_token(token))
     if owner is None or not tokens.token_matches(token, owner.token_hash):
-        raise AuthenticationError("the bearer token is unknown or revoked")
+        _failed(context, client, "the bearer token is unknown or revoked")
     return Principal(owner.organisation_id, owner.kind, owner.role, owner.token_id)
 
 
 async def get_cached_principal(
+    request: Request,
     context: AsyncContextDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -178,11 +210,12 @@ async def get_cached_principal(
 
     A coroutine, so that a remembered token costs no trip to the thread pool.
     """
-    token = _bearer_token(credentials)
+    client = client_key(request.client.host if request.client else None)
+    token = _bearer_token(context, client, credentials)
     token_hash = tokens.hash_token(token)
     principal = context.tokens.get(token_hash)
     if principal is None:
-        principal = await run_in_threadpool(_verify, context, token)
+        principal = await run_in_threadpool(_verify, context, token, client)
         context.tokens.put(token_hash, principal)
     return principal
 

@@ -29,6 +29,7 @@ from ehealthlab.errors import (
     NotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
+    TooManyAttemptsError,
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -55,6 +56,7 @@ class _Kind:
 
 # Most specific first: the first class an error is an instance of decides.
 _KINDS: tuple[tuple[type[EhealthlabError], _Kind], ...] = (
+    (TooManyAttemptsError, _Kind(429, "too-many-attempts", "Too many failed token checks")),
     (AuthenticationError, _Kind(401, "unauthenticated", "Missing or invalid bearer token")),
     (PermissionDeniedError, _Kind(403, "forbidden", "Not allowed for this organisation")),
     (NotFoundError, _Kind(404, "not-found", "Not found")),
@@ -105,7 +107,9 @@ async def _platform_error(request: Request, exc: EhealthlabError) -> Response:
     headers = None
     extensions: dict[str, object] = {}
     detail = str(exc)
-    if isinstance(exc, AuthenticationError):
+    if isinstance(exc, TooManyAttemptsError):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, AuthenticationError):
         headers = {"WWW-Authenticate": 'Bearer realm="ehealthlab"'}
     elif isinstance(exc, ServiceUnavailableError):
         headers = {"Retry-After": "5"}
@@ -177,6 +181,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "no such thing, or not one the caller may see",
         409: "conflicts with what exists",
         422: "a field of the request is not valid (`errors` lists each)",
+        429: "too many failed token checks from this address: wait `Retry-After` seconds",
         503: "the database or the MQTT broker is unavailable",
     }
     schema = Problem.model_json_schema()

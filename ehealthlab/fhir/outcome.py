@@ -29,6 +29,7 @@ from ehealthlab.errors import (
     NotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
+    TooManyAttemptsError,
 )
 from ehealthlab.fhir.search.query import UnsupportedFormatError
 
@@ -51,6 +52,7 @@ class FhirResponse(Response):
 # Most specific first: the first class an error is an instance of decides.
 # (status, OperationOutcome.issue.code from http://hl7.org/fhir/issue-type)
 _KINDS: tuple[tuple[type[EhealthlabError], int, str], ...] = (
+    (TooManyAttemptsError, 429, "throttled"),
     (AuthenticationError, 401, "login"),
     (PermissionDeniedError, 403, "forbidden"),
     (NotFoundError, 404, "not-found"),
@@ -91,7 +93,9 @@ def error_response(request: Request, exc: EhealthlabError) -> FhirResponse:
     status, code = status_of(exc)
     headers = None
     detail = str(exc)
-    if isinstance(exc, AuthenticationError):
+    if isinstance(exc, TooManyAttemptsError):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, AuthenticationError):
         headers = {"WWW-Authenticate": 'Bearer realm="ehealthlab"'}
     elif isinstance(exc, ServiceUnavailableError):
         headers = {"Retry-After": "5"}

@@ -28,6 +28,7 @@ from ehealthlab.errors import (
     NotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
+    TooManyAttemptsError,
 )
 from ehealthlab.fhir.bulk.export import (
     RETRY_AFTER_S,
@@ -56,6 +57,7 @@ class FhirResponse(Response):
 
 # Most specific first: the first class an error is an instance of decides.
 _ERRORS: tuple[tuple[type[EhealthlabError], int, str], ...] = (
+    (TooManyAttemptsError, 429, "throttled"),
     (AuthenticationError, 401, "login"),
     (PermissionDeniedError, 403, "forbidden"),
     (NotFoundError, 404, "not-found"),
@@ -82,7 +84,9 @@ def error_response(exc: EhealthlabError, request: Request) -> FhirResponse:
     for cls, status, code in _ERRORS:
         if isinstance(exc, cls):
             headers = None
-            if status == 401:
+            if isinstance(exc, TooManyAttemptsError):
+                headers = {"Retry-After": str(exc.retry_after)}
+            elif status == 401:
                 headers = {"WWW-Authenticate": 'Bearer realm="ehealthlab"'}
             elif status in (429, 503):
                 headers = {"Retry-After": str(RETRY_AFTER_S if status == 429 else 5)}

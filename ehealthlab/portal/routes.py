@@ -44,6 +44,7 @@ from ehealthlab.errors import (
     NotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
+    TooManyAttemptsError,
 )
 from ehealthlab.evaluation import routes as evaluation
 from ehealthlab.evaluation.dataset import POPULATIONS
@@ -280,7 +281,15 @@ async def login(request: Request, context: AsyncContextDep) -> Response:
     token = (form.get("token") or "").strip()
     credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
     try:
-        await run_in_threadpool(get_principal, context, credentials)
+        await run_in_threadpool(get_principal, request, context, credentials)
+    except TooManyAttemptsError as exc:  # counted with the API's failed checks (ratelimit.py)
+        page = _login_page(
+            request, context, status=429,
+            error=f"Too many wrong tokens from this address: try again in {exc.retry_after} "
+            "seconds. A correct token is always accepted.",
+        )  # fmt: skip
+        page.headers["Retry-After"] = str(exc.retry_after)
+        return page
     except AuthenticationError:
         return _login_page(
             request, context, status=401,
