@@ -46,6 +46,7 @@ from ehealthlab.errors import (
     ServiceUnavailableError,
 )
 from ehealthlab.gateway import pseudonyms, registry, schemas, tokens
+from ehealthlab.gateway.audit import audit_read
 from ehealthlab.gateway.conformance import assess
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.observations import observe
@@ -499,6 +500,8 @@ def list_patients(caller: ProviderDep, context: ContextDep) -> list[schemas.Pati
     with context.transaction() as conn:
         patients = registry.list_patients(conn, caller.organisation_id)
         enrolments = registry.list_enrolments(conn, caller.organisation_id)
+        ids = [p.id for p in patients]
+        audit_read(conn, caller, "Patient", "GET /api/v1/patients", ids, results=len(ids))
     by_patient: dict[UUID, list[schemas.Enrolment]] = {}
     for enrolment in enrolments:
         by_patient.setdefault(enrolment.patient_id, []).append(_enrolment_view(enrolment))
@@ -524,6 +527,10 @@ def get_patient(
         if patient is None:
             raise NotFoundError("no such patient among yours")
         enrolments = registry.list_enrolments(conn, caller.organisation_id, [patient_id])
+        audit_read(
+            conn, caller, "Patient", "GET /api/v1/patients/{id}", [patient.id],
+            resource_id=patient.id,
+        )  # fmt: skip
     return schemas.Patient(
         id=patient.id,
         label=patient.label,
@@ -616,6 +623,11 @@ def list_enrolments(
         rows = registry.list_enrolments(
             conn, caller.organisation_id, None if patient_id is None else [patient_id]
         )
+        request = "GET /api/v1/enrolments" + ("" if patient_id is None else "?patient_id=")
+        audit_read(
+            conn, caller, "EpisodeOfCare", request, {r.patient_id for r in rows},
+            results=len(rows),
+        )  # fmt: skip
     return [_enrolment_view(row) for row in rows]
 
 
@@ -630,6 +642,11 @@ def get_enrolment(
 ) -> schemas.Enrolment:
     with context.transaction() as conn:
         row = registry.get_enrolment(conn, enrolment_id, caller.organisation_id)
+        if row is not None:
+            audit_read(
+                conn, caller, "EpisodeOfCare", "GET /api/v1/enrolments/{id}", [row.patient_id],
+                resource_id=enrolment_id,
+            )  # fmt: skip
     if row is None:
         raise NotFoundError("no such enrolment among yours")
     return _enrolment_view(row)
@@ -701,6 +718,10 @@ def list_alerts(
     organisation = None if caller.kind == "operator" else caller.organisation_id
     with context.transaction() as conn:
         rows = store_alerts.list_alerts(conn, organisation, only_open=status == "open", limit=limit)
+        audit_read(
+            conn, caller, "Flag", f"GET /api/v1/alerts?status={status}&limit={limit}",
+            {r.patient_id for r in rows}, results=len(rows),
+        )  # fmt: skip
     return [_alert_view(row) for row in rows]
 
 
