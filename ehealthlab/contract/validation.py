@@ -109,8 +109,17 @@ def validate_message(payload: bytes, *, device_type: str, received_at: datetime)
         document = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         return _whole_rejection(payload, received_at, ReasonCode.MALFORMED_JSON, _malformed(exc))
+    try:
+        digest = content_digest(document) if type(document) is dict else None
+    except orjson.JSONEncodeError:  # nested past orjson's serialising depth (its parser's is 1024)
+        return _whole_rejection(
+            payload,
+            received_at,
+            ReasonCode.SCHEMA_VIOLATION,
+            "the message is nested too deeply to be a readings message (it has 3 levels: "
+            "the message, its 'readings' array, each reading)",
+        )
     envelope = _read_envelope(document)
-    digest = content_digest(document) if type(document) is dict else None
     if envelope.problems or envelope.msg_id is None or envelope.sent_at is None:
         return _whole_rejection(
             payload,
