@@ -20,9 +20,16 @@ from ehealthlab.evaluation.output import to_document
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection
 
+#: the days a period may cover: a day's bounds in UTC must exist (year 1 in Rome begins in
+#: year 0 in UTC, which Python cannot represent: a 500 found by fuzzing the API)
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2999, 12, 31)
+
 
 def check_request(start: date, end: date, grouping: str, population: str) -> Period:
     """The period, or an InvalidFieldError naming what is wrong."""
+    for name, day in (("from", start), ("to", end)):
+        if not FIRST_DAY <= day <= LAST_DAY:
+            raise InvalidFieldError(name, f"{day} is outside {FIRST_DAY} to {LAST_DAY}")
     if end <= start:
         raise InvalidFieldError("to", f"the period is [from, to): {end} is not after {start}")
     if grouping not in GROUPINGS:
