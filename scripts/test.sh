@@ -9,6 +9,9 @@ if [ "$#" -eq 0 ]; then  # the whole suite: linters first, so pytest's summary c
   echo "== ruff";  "$EHL_VENV/bin/ruff" check . || status=1
   "$EHL_VENV/bin/ruff" format --check --quiet . || { echo "ruff format: run 'ruff format .'"; status=1; }
   echo "== mypy";  "$EHL_VENV/bin/mypy" || status=1
+  # known vulnerabilities in the pinned runtime dependencies fail; an unreachable advisory
+  # database is one line and does not (scripts/audit_dependencies.py)
+  echo "== pip-audit"; "$EHL_VENV/bin/python" scripts/audit_dependencies.py || status=1
 fi
 echo "== pytest"
 "$EHL_VENV/bin/python" -m pytest "$@" || status=$?
