@@ -37,7 +37,7 @@ from ehealthlab.store.db import Connection
 
 ROME = ZoneInfo("Europe/Rome")
 #: devices whose past readings one transaction deletes
-DEVICE_BATCH = 200
+DEVICE_BATCH = 50
 #: rows of a log table one transaction deletes
 ROW_BATCH = 5_000
 
@@ -201,22 +201,20 @@ def _delete_readings(
     latest: datetime | None = None
     for batch in _chunks(devices, device_batch):
         with conn.transaction():
-            # the hours touched, distinct: a statement's own deletion is invisible to the
-            # functions it calls, so the recomputation is a second statement
+            # the hours touched go to a temporary table in the deleting statement; the
+            # recomputation is a second one (a statement's own deletion is invisible to the
+            # functions it calls)
+            conn.execute("SELECT ehl_hours_touched_create()")
             row = conn.execute(
                 "WITH gone AS (DELETE FROM readings WHERE device_id = ANY(%s)"
                 " AND measured_at < %s RETURNING device_id, metric, at),"
-                " hours AS (SELECT device_id, metric,"
-                " date_bin('1 hour', at, timestamptz '2000-01-01') AS hour, count(*) AS n,"
-                " max(at) AS latest FROM gone GROUP BY 1, 2, 3)"
-                " SELECT coalesce(sum(n), 0)::bigint, max(latest), array_agg(device_id),"
-                " array_agg(metric), array_agg(hour) FROM hours",
+                " touched AS (INSERT INTO ehl_hours_touched SELECT DISTINCT device_id, metric,"
+                " date_bin('1 hour', at, timestamptz '2000-01-01') FROM gone)"
+                " SELECT count(*), max(at) FROM gone",
                 (batch, cutoff),
             ).fetchone()
             if row and row[0]:
-                conn.execute(
-                    "SELECT ehl_readings_hourly_recompute(%s, %s, %s)", (row[2], row[3], row[4])
-                )
+                conn.execute("SELECT ehl_readings_hourly_recompute_touched()")
         if row and row[0]:
             report.add("readings", row[0])
             latest = row[1] if latest is None else max(latest, row[1])
