@@ -142,8 +142,12 @@ class MqttConnection:
         max_inflight: int = 1000,
         max_queued: int = 0,
         receive_maximum: int | None = None,
+        trust_receive_stamp: bool = True,
     ) -> None:
         self.broker = broker
+        #: False for a broker without the receive-stamp plugin: a stamp on a message could
+        #: then only be the publisher's, and is never believed
+        self._trust_receive_stamp = trust_receive_stamp
         self.client_id = client_id
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
@@ -416,7 +420,7 @@ class MqttConnection:
         if self._on_message is None:
             return
         user_properties = getattr(msg.properties, "UserProperty", None)
-        stamped = broker_receive_time(user_properties)
+        stamped = broker_receive_time(user_properties) if self._trust_receive_stamp else None
         self._on_message(
             ReceivedMessage(
                 topic=msg.topic,

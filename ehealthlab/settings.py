@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     mqtt_public_host: str | None = None
     mqtt_public_port: int | None = None
     mqtt_public_tls: bool | None = None
+    #: whether the broker stamps each message with its receive time (the ehl_receive_stamp
+    #: plugin, docs/ingest.md). True: ingest checks at start that it does and refuses to
+    #: start if not. False: no stamp a message carries is believed, and receive times are
+    #: when ingest reads the message
+    broker_receive_stamp: bool = True
 
     #: where `ehealthlab api` listens, and where commands that act through it find it
     api_host: str = "127.0.0.1"

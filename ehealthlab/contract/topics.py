@@ -38,6 +38,10 @@ READINGS_WILDCARD = f"{DEVICES_PREFIX}/+/{TopicKind.READINGS}"
 #: every device's retained status (online, or the Last Will's offline)
 STATUS_WILDCARD = f"{DEVICES_PREFIX}/+/{TopicKind.STATUS}"
 
+#: the platform's own topics, never a device's: ingest checks there at start that the broker
+#: stamps receive times (stamped topics are those under ehl/)
+PLATFORM_PROBE_PREFIX = "ehl/v1/platform/probe"
+
 _DEVICE_TOPIC = re.compile(
     rf"{re.escape(DEVICES_PREFIX)}/(?P<device_id>{DEVICE_ID_PATTERN})"
     rf"/(?P<kind>{'|'.join(kind.value for kind in TopicKind)})"

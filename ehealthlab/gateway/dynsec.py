@@ -19,6 +19,7 @@ from typing import Any
 from ehealthlab.contract.topics import (
     DEVICES_PREFIX,
     INGEST_SHARED_SUBSCRIPTION,
+    PLATFORM_PROBE_PREFIX,
     READINGS_WILDCARD,
     STATUS_WILDCARD,
     feedback_topic,
@@ -60,6 +61,9 @@ def platform_acls() -> list[dict[str, Any]]:
         {"acltype": "subscribePattern", "topic": READINGS_WILDCARD, "allow": True},
         {"acltype": "subscribePattern", "topic": INGEST_SHARED_SUBSCRIPTION, "allow": True},
         {"acltype": "subscribePattern", "topic": STATUS_WILDCARD, "allow": True},
+        # ingest's start-up check that the broker stamps receive times (ingest/stamp_check.py)
+        {"acltype": "publishClientSend", "topic": f"{PLATFORM_PROBE_PREFIX}/+", "allow": True},
+        {"acltype": "subscribePattern", "topic": f"{PLATFORM_PROBE_PREFIX}/+", "allow": True},
     ]
 
 
@@ -120,10 +124,27 @@ class DynamicSecurity:
 
     def ensure_platform_role(self, username: str) -> None:
         """Give the platform's client (the administrative one) the platform role; idempotent."""
-        if self.get_role(PLATFORM_ROLE) is None:
+        role = self.get_role(PLATFORM_ROLE)
+        if role is None:
             self.execute(
                 {"command": "createRole", "rolename": PLATFORM_ROLE, "acls": platform_acls()}
             )
+        else:  # a role made by an earlier version: add the rights it lacks
+            held = {(a.get("acltype"), a.get("topic")) for a in role.get("acls", [])}
+            missing = [a for a in platform_acls() if (a["acltype"], a["topic"]) not in held]
+            if missing:
+                # the broker disconnects the role's clients, this one among them (see below)
+                with contextlib.suppress(MqttError, DynsecError):
+                    add = {"command": "addRoleACL", "rolename": PLATFORM_ROLE}
+                    self.execute(*({**add, **a} for a in missing))
+                self._connection.close()
+                self._connection = self._connect()
+                held = {
+                    (a.get("acltype"), a.get("topic"))
+                    for a in (self.get_role(PLATFORM_ROLE) or {}).get("acls", [])
+                }
+                if any((a["acltype"], a["topic"]) not in held for a in missing):
+                    raise DynsecError(f"could not give the {PLATFORM_ROLE} role its new rights")
         client = self.get_client(username)
         roles = {r.get("rolename") for r in (client or {}).get("roles", [])}
         if PLATFORM_ROLE not in roles:

@@ -25,6 +25,7 @@ from ehealthlab.errors import ConfigurationError
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.ingest.metrics import WorkerMetrics, report_every_minute, serve_metrics
+from ehealthlab.ingest.stamp_check import require_receive_stamp
 from ehealthlab.ingest.worker import IngestConfig, IngestWorker
 from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
@@ -121,6 +122,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if username is not None:
         with DynamicSecurity(BrokerAddress.from_settings(settings)) as dynsec:
             dynsec.ensure_platform_role(username)
+    require_receive_stamp(settings)
     rules_file = Path(args.alert_rules) if args.alert_rules else settings.alert_rules
     rules = DEFAULT_RULES if rules_file is None else load_rules(rules_file)
     partitions = args.partitions or 1

@@ -143,6 +143,13 @@ class IngestWorker:
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set; then finish the batch in hand and return."""
         log.info("%s: starting", self.name)
+        if not self.settings.broker_receive_stamp:
+            log.info(
+                "%s: the broker is declared without the receive-stamp plugin "
+                "(EHEALTHLAB_BROKER_RECEIVE_STAMP=false): receive times are this worker's read "
+                "times, and no stamp a message carries is believed",
+                self.name,
+            )
         try:
             while not stop.is_set():
                 self._ensure_broker(stop)
@@ -366,6 +373,7 @@ class IngestWorker:
                 session_expiry_s=self.config.session_expiry_s,
                 manual_ack=True,
                 receive_maximum=self.config.receive_maximum,
+                trust_receive_stamp=self.settings.broker_receive_stamp,
                 on_message=self._deliverer(generation, holder),
             )
             holder.append(connection)
@@ -400,10 +408,13 @@ class IngestWorker:
                 return
             if not message.broker_stamped and not self._warned_unstamped:
                 self._warned_unstamped = True
-                log.warning(
-                    "the broker does not stamp receive times (plugin ehl_receive_stamp not "
-                    "loaded): clock offsets and latencies include time spent in the broker"
-                )
+                if self.settings.broker_receive_stamp:  # checked at start: lost since
+                    log.warning(
+                        "%s: a message came without the broker's receive stamp (plugin "
+                        "ehl_receive_stamp no longer loaded?): it gets this worker's read "
+                        "time, which includes time spent in the broker",
+                        self.name,
+                    )
             self._inbox.put(_Delivery(generation, message))
 
         return deliver

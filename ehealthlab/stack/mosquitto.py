@@ -54,8 +54,11 @@ class MosquittoBroker:
         admin_password: str | None = None,
         programs: MosquittoPrograms | None = None,
         account: ServiceAccount | None = None,
+        receive_stamp: bool = True,
     ) -> None:
         self.directory = directory.absolute()
+        #: load the receive-stamp plugin (False only to test a broker without it)
+        self.receive_stamp = receive_stamp
         if "\n" in str(self.directory):
             raise StackError("the broker's directory may not contain a newline")
         self.port = port if port is not None else free_port()
@@ -127,7 +130,9 @@ class MosquittoBroker:
         self.dynsec_file.chmod(0o600)
 
     def _write_config(self) -> None:
-        stamp_plugin = build_plugin(RECEIVE_STAMP, self.directory / "plugins")
+        stamp_plugins = (
+            [build_plugin(RECEIVE_STAMP, self.directory / "plugins")] if self.receive_stamp else []
+        )
         partitions_plugin = build_plugin(INGEST_PARTITIONS, self.directory / "plugins")
         lines = [
             "# written by ehealthlab at every start: edit the stack, not this file",
@@ -135,7 +140,7 @@ class MosquittoBroker:
             "allow_anonymous false",
             f"listener {self.port} {self.host}",
             # the broker's receive time on every pilot message (clock offsets, latency)
-            f"plugin {stamp_plugin}",
+            *(f"plugin {plugin}" for plugin in stamp_plugins),
             # each device's readings only to the partitioned ingest worker that keeps them;
             # before dynamic security, whose answer would otherwise come first
             f"plugin {partitions_plugin}",

@@ -22,6 +22,7 @@ from ehealthlab.errors import EhealthlabError
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.ingest.metrics import WorkerMetrics, report_every_minute
+from ehealthlab.ingest.stamp_check import require_receive_stamp
 from ehealthlab.ingest.worker import IngestConfig, IngestWorker
 from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.mqtt_username is not None:
             with DynamicSecurity(BrokerAddress.from_settings(settings)) as dynsec:
                 dynsec.ensure_platform_role(settings.mqtt_username)
+        require_receive_stamp(settings)
         rules = DEFAULT_RULES if settings.alert_rules is None else load_rules(settings.alert_rules)
     except EhealthlabError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
