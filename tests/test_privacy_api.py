@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import API_PATIENT_KEY
+from fastapi.testclient import TestClient
 from psycopg import sql
 
 from ehealthlab.contract.topics import readings_topic
@@ -126,6 +128,46 @@ def test_every_read_of_patient_data_through_the_json_api_is_audited(client, pilo
         assert request in queries, request
         assert f"Patient/{pilot['patient']}" in queries[request], (request, queries)
     assert f"Patient/{pilot['patient']}" in queries
+
+
+def _audited(url: str, request: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT token_id, patient_ids FROM fhir_audit_events WHERE query = %s", (request,)
+        ).fetchall()
+
+
+def test_the_portals_patient_page_is_audited_as_the_api_reads_it(
+    client, pilot, settings: Settings
+) -> None:
+    """The portal's pages read through the JSON API's functions, so they leave the same rows
+    (the session's token, the patients shown)."""
+    url = settings.require_database_url()
+    before = len(_audited(url, "GET /api/v1/patients"))
+    browser = TestClient(client.app)
+    form = browser.get("/portal/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert csrf
+    login = browser.post("/portal/login", data={"csrf_token": csrf.group(1),
+                         "token": pilot["provider"]}, follow_redirects=False)  # fmt: skip
+    assert login.status_code == 303, login.text
+    page = browser.get("/portal/patients")
+    assert page.status_code == 200, page.text
+    rows = _audited(url, "GET /api/v1/patients")
+    assert len(rows) == before + 1
+    assert uuid.UUID(pilot["patient"]) in rows[-1][1]
+    assert _audited(url, "GET /api/v1/alerts?status=open&limit=200")
+
+
+def test_a_label_holding_an_identifier_is_refused(client, pilot) -> None:
+    for label in (f"Rossi {FISCAL_CODE.lower()}", "BNC LGU 70B02 L219Y", "x RSSMRA80A01L219X"):
+        answer = client.post(
+            "/api/v1/patients",
+            json={"identifier": "BNCLGU70B02L219Y", "label": label},
+            headers=bearer(pilot["provider"]),
+        )
+        assert answer.status_code == 422, (label, answer.text)
+        assert "label" in answer.text
 
 
 def _all_text(url: str) -> str:

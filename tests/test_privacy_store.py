@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from ehealthlab.errors import InvalidInputError, NotFoundError
+from ehealthlab.gateway.pseudonyms import label_problem
 from ehealthlab.store.erasure import erase_patient
 from ehealthlab.store.readings import ReadingRow, ReadingWriter
 from ehealthlab.store.retention import retention_cutoff, run_retention
@@ -324,3 +325,20 @@ def test_erasure_removes_one_patient_and_nothing_of_another(store_url: str) -> N
         assert _one(conn, "SELECT count(*) FROM patient_erasures") == 1
         with pytest.raises(NotFoundError):
             erase_patient(conn, uuid.uuid4(), erased_by="test operator")
+
+
+@pytest.mark.parametrize(
+    ("label", "identifier", "refused"),
+    [
+        ("M.R. 1950", "RSSMRA50A01L219X", False),
+        ("P0001", "P0001-demo", False),  # the simulators' label, part of the identifier
+        ("rssmra50a01l219x", "RSSMRA50A01L219X", True),  # the identifier, in another case
+        ("Mario RSS MRA 50A01 L219X", "12345", True),  # a codice fiscale, spaced
+        ("RSSMRA50A01L2MX", "x", False),  # not a codice fiscale's shape
+        ("ward 7 bed 12345", "12345", True),
+    ],
+)
+def test_a_label_that_would_store_an_identifier_is_named(
+    label: str, identifier: str, refused: bool
+) -> None:
+    assert (label_problem(label, identifier) is not None) == refused

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import unicodedata
 from uuid import UUID
 
 #: identifiers longer than this are refused before hashing (schemas enforce it too)
 MAX_IDENTIFIER_LENGTH = 128
+#: a codice fiscale (omocodia's letters for digits included), in a normalised text
+_CODICE_FISCALE = re.compile(
+    r"[A-Z]{6}[0-9LMNPQRSTUV]{2}[ABCDEHLMPRST][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]"
+)
 
 
 def normalise_identifier(identifier: str) -> str:
@@ -37,3 +42,18 @@ def patient_pseudonym(key: bytes, organisation_id: UUID, identifier: str) -> byt
     # the organisation's 16 bytes have a fixed length, so no separator is needed
     message = organisation_id.bytes + normalised.encode()
     return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def label_problem(label: str, identifier: str) -> str | None:
+    """Why a patient's label would put a direct identifier in the store, or None.
+
+    The label is the provider's free text, stored in clear for its staff: a label holding the
+    identifier being hashed, or any codice fiscale, would undo the pseudonym.
+    """
+    compact = "".join(normalise_identifier(label).split())
+    hashed = "".join(normalise_identifier(identifier).split())
+    if len(hashed) >= 4 and hashed in compact:
+        return "the label contains the patient's identifier; use a local code or initials"
+    if _CODICE_FISCALE.search(compact):
+        return "the label contains a codice fiscale; use a local code or initials"
+    return None

@@ -476,12 +476,17 @@ def device_conformance(
     tags=["patients"],
     summary="Register a patient (provider)",
     description="The identifier is stored only as a keyed hash, scoped to the provider. "
-    "Registering the same identifier again answers 409 with the existing patient's `id`.",
+    "Registering the same identifier again answers 409 with the existing patient's `id`. "
+    "A label holding the identifier or any codice fiscale is refused (422): it is stored in "
+    "clear.",
     responses=responses(*_AUTH, 409, 422),
 )
 def register_patient(
     caller: ProviderDep, body: schemas.PatientCreate, context: ContextDep
 ) -> schemas.PatientCreated:
+    problem = pseudonyms.label_problem(body.label, body.identifier)
+    if problem is not None:
+        raise InvalidFieldError("label", problem)
     digest = pseudonyms.patient_pseudonym(
         context.patient_key, caller.organisation_id, body.identifier
     )
