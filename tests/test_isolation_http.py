@@ -166,7 +166,7 @@ ROUTES: dict[str, Probe] = {
     "GET /fhir/$export-file/{job_id}/{name}": _COVERED,
     "POST /fhir": bundle_for_foreign_device,
     "GET /portal/login": public("the login form"),
-    "POST /portal/login": public("exchanges the caller's own token (test_credentials.py)"),
+    "POST /portal/login": public("exchanges the caller's own token (test_credentials_limit.py)"),
     "POST /portal/logout": public("ends the caller's own session"),
     "GET /portal/": listing("/portal/", portal=True),
     "GET /portal": listing("/portal", portal=True),
