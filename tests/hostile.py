@@ -145,9 +145,11 @@ def _oversized(rng: random.Random, msg_id: str) -> bytes:
     """Just past the contract's 64 KiB, or a few times it: refused whole for its size."""
     size = rng.choice([MAX_PAYLOAD_BYTES + 1, MAX_PAYLOAD_BYTES * 2, MAX_PAYLOAD_BYTES * 4])
     message = _message(rng, msg_id)
-    padding = size - len(orjson.dumps(message)) - 12
-    message["note"] = "x" * max(padding, 1)
-    return orjson.dumps(message)
+    message["note"] = ""  # ',"note":""' added: the padding brings it to `size` exactly
+    message["note"] = "x" * (size - len(orjson.dumps(message)))
+    payload = orjson.dumps(message)
+    assert len(payload) == size > MAX_PAYLOAD_BYTES
+    return payload
 
 
 #: the kinds of damage, with how often each is drawn (oversized ones are rarer: they are heavy)
