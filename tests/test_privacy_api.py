@@ -268,3 +268,26 @@ def test_an_erased_patient_is_gone_from_fhir_and_their_export_withdrawn(
     with psycopg.connect(url, autocommit=True) as conn:
         again = erase_patient(conn, uuid.UUID(pilot["patient"]), erased_by="test")
     assert again.erased_before and again.total == 0
+
+
+def test_the_operator_erases_through_the_api_and_a_provider_may_not(client, pilot) -> None:
+    answer = client.post(
+        "/api/v1/patients",
+        json={"identifier": "VRDLCU90C03L219Z", "label": "p-api"},
+        headers=bearer(pilot["provider"]),
+    )
+    assert answer.status_code == 201, answer.text
+    patient = answer.json()["id"]
+    path = f"/api/v1/patients/{patient}/erasure"
+    refused = client.post(path, json={}, headers=bearer(pilot["provider"]))
+    assert refused.status_code == 403, refused.text
+    erased = client.post(path, json={"reason": "request 7"}, headers=bearer(pilot["operator"]))
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["counts"]["patients"] == 1 and not erased.json()["erased_before"]
+    assert client.get(f"/api/v1/patients/{patient}",
+                      headers=bearer(pilot["provider"])).status_code == 404  # fmt: skip
+    again = client.post(path, json={}, headers=bearer(pilot["operator"]))
+    assert again.status_code == 200 and again.json()["erased_before"], again.text
+    unknown = client.post(f"/api/v1/patients/{uuid.uuid4()}/erasure", json={},
+                          headers=bearer(pilot["operator"]))  # fmt: skip
+    assert unknown.status_code == 404

@@ -9,16 +9,19 @@ remaining readings would.
 
 from __future__ import annotations
 
+import io
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 
+from ehealthlab.cli import main
 from ehealthlab.errors import InvalidInputError, NotFoundError
-from ehealthlab.gateway.pseudonyms import label_problem
+from ehealthlab.gateway.pseudonyms import label_problem, patient_pseudonym
 from ehealthlab.store.erasure import erase_patient
 from ehealthlab.store.readings import ReadingRow, ReadingWriter
 from ehealthlab.store.retention import retention_cutoff, run_retention
@@ -325,6 +328,14 @@ def test_erasure_removes_one_patient_and_nothing_of_another(store_url: str) -> N
         assert _one(conn, "SELECT count(*) FROM patient_erasures") == 1
         with pytest.raises(NotFoundError):
             erase_patient(conn, uuid.uuid4(), erased_by="test operator")
+    # as the API erases: a pooled connection out of autocommit, idle
+    with psycopg.connect(store_url) as conn:
+        erase_patient(conn, b, erased_by="token:x")
+        assert conn.execute("SELECT count(*) FROM readings").fetchone() == (0,)
+        assert_device_rollups_follow_the_readings(conn)
+        conn.execute("SELECT 1")
+        with pytest.raises(InvalidInputError, match="transaction of its own"):
+            erase_patient(conn, b, erased_by="token:x")
 
 
 @pytest.mark.parametrize(
@@ -342,3 +353,47 @@ def test_a_label_that_would_store_an_identifier_is_named(
     label: str, identifier: str, refused: bool
 ) -> None:
     assert (label_problem(label, identifier) is not None) == refused
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+
+def test_the_commands_run_by_the_settings_and_say_what_they_did(
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key = "a patient key for the command test"
+    for name, value in (("DATABASE_URL", database_url), ("STATE_DIR", str(tmp_path)),
+                        ("PATIENT_KEY", key)):  # fmt: skip
+        monkeypatch.setenv(f"EHEALTHLAB_{name}", value)
+    monkeypatch.delenv("EHEALTHLAB_RETENTION_DAYS", raising=False)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        pilot = fill(conn)
+        conn.execute(
+            "UPDATE patients SET identifier_hash = %s WHERE id = %s",
+            (patient_pseudonym(key.encode(), pilot["provider"], "RSSMRA80A01L219X"),
+             pilot["patients"]["B"]),
+        )  # fmt: skip
+    assert main(["db", "retention"]) == 2
+    assert "EHEALTHLAB_RETENTION_DAYS" in capsys.readouterr().err
+    monkeypatch.setenv("EHEALTHLAB_RETENTION_DAYS", "10")
+    now = rome(DAY0 + timedelta(days=DAYS), 12).isoformat()
+    assert main(["db", "retention", "--now", now]) == 0
+    assert "deleted: alerts 40, device_messages 40" in capsys.readouterr().out
+    a = pilot["patients"]["A"]
+    assert main(["db", "erase-patient", f"Patient/{a}", "--reason", "request 1"]) == 0
+    assert capsys.readouterr().out.startswith(f"erased patient {a}: readings ")
+    assert main(["db", "erase-patient", str(a)]) == 0
+    assert "nothing of theirs is left" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO(" rssmra80a01l219x \n"))
+    erase_b = ["db", "erase-patient", "--identifier-stdin", "--provider", str(pilot["provider"])]
+    assert main(erase_b) == 0
+    assert f"erased patient {pilot['patients']['B']}" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("RSSMRA80A01L219X\n"))
+    assert main(erase_b) == 1  # the pseudonym names nobody now
+    assert main(["db", "erase-patient", "not-an-id"]) == 2
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        by = conn.execute("SELECT erased_by, reason FROM patient_erasures ORDER BY erased_at")
+        assert [r[1] for r in by] == ["request 1", ""]

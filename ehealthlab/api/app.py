@@ -29,7 +29,7 @@ from ehealthlab.evaluation import routes as evaluation_routes
 from ehealthlab.fhir.bulk import routes as bulk_routes
 from ehealthlab.fhir.rest import router as fhir_rest
 from ehealthlab.fhir.transaction import routes as transaction_routes
-from ehealthlab.gateway import routes
+from ehealthlab.gateway import erasure_routes, routes
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.presence import Presence
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
@@ -87,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.context = None
     problems.install(app)
     app.include_router(routes.router)
+    app.include_router(erasure_routes.router)  # the operator erases a patient (GDPR art. 17)
     app.include_router(evaluation_routes.router)  # mini-pilots (and the evaluation)
     fhir_rest.install(app)  # /fhir, with OperationOutcomes for its errors
     app.include_router(bulk_routes.router)  # $export (docs/fhir-bulk.md)

@@ -142,7 +142,12 @@ def run_erase_patient(args: argparse.Namespace, settings: Settings) -> int:
             if args.provider is None:
                 raise InvalidInputError("--identifier-stdin needs --provider ORGANISATION_ID")
             identifier = sys.stdin.readline().strip()
-            digest = patient_pseudonym(settings.require_patient_key(), args.provider, identifier)
+            try:
+                digest = patient_pseudonym(
+                    settings.require_patient_key(), args.provider, identifier
+                )
+            except ValueError as exc:
+                raise InvalidInputError(f"the identifier on standard input: {exc}") from None
             patient = find_patient(conn, args.provider, digest)
         else:
             patient = _patient_id(args.patient)
