@@ -134,6 +134,11 @@ class DeviceConfig:
     #: how long (simulated) after a failed connection attempt the device tries again
     retry_after: timedelta = timedelta(seconds=30)
     connect_timeout_s: float = 10.0
+    #: real seconds the oldest message in flight may wait for its PUBACK before the device
+    #: gives the connection up and reconnects (then sends it again): a PUBACK that never
+    #: comes on a live connection (bytes lost by a faulty middlebox) would otherwise hold
+    #: the in-flight window, and every later reading, for ever
+    ack_timeout_s: float = 30.0
     #: feedback messages kept for the caller to read (the newest)
     feedback_kept: int = 1000
 
@@ -142,6 +147,8 @@ class DeviceConfig:
             raise InvalidInputError(f"max_in_flight is from 2 to {_MAX_IN_FLIGHT}")
         if not 1 <= self.max_batch_readings <= MAX_READINGS:
             raise InvalidInputError(f"max_batch_readings is from 1 to {MAX_READINGS}")
+        if not self.ack_timeout_s > 0:
+            raise InvalidInputError("ack_timeout_s is more than 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +164,8 @@ class _InFlight(NamedTuple):
     msg_id: str
     #: readings it carries (0 for a faulty device's second copy: they are counted once)
     readings: int
+    #: time.monotonic() when it was published (the PUBACK deadline runs from it)
+    sent: float
 
 
 _CHARGED_AT = "battery_charged_at"
@@ -416,13 +425,21 @@ class Device:
         if connection is None:
             return
         delivered: list[str] = []
-        refused = False
+        refused = overdue = False
         while self._in_flight:
             head = self._in_flight[0]
             try:
                 accepted = connection.wait_for(head.mid, timeout=wait_s)
             except MqttError:
-                break  # not acknowledged yet, or the connection is gone
+                # not acknowledged yet, or the connection is gone; long overdue on a live
+                # connection: give it up, and the next pump reconnects and sends again
+                if time.monotonic() - head.sent > self.config.ack_timeout_s:
+                    self.last_error = (
+                        f"no PUBACK for message {head.msg_id} within "
+                        f"{self.config.ack_timeout_s:g} s"
+                    )
+                    overdue = True
+                break
             wait_s = 0.0
             self._in_flight.popleft()
             self._in_flight_readings -= head.readings
@@ -435,6 +452,20 @@ class Device:
         self._pending -= self._buffer.delivered(delivered)
         if refused:  # not authorised any more (revoked?): stop, try again later
             self._let_go(abruptly=True)
+        elif overdue:
+            self._drop_overdue()
+
+    def _drop_overdue(self) -> None:
+        """Drop a connection whose oldest message is long overdue (no _let_go: that would
+        collect acknowledgements again, and find the same one overdue)."""
+        connection = self._connection
+        if connection is None:
+            return
+        connection.drop()
+        self._connection = None
+        self._in_flight.clear()  # their readings stay buffered and go again, same msg_id
+        self._in_flight_readings = 0
+        self._sent_through = 0
 
     def _publish_more(
         self, now: datetime, wall_now: datetime | None, simulated_received_at: datetime | None
@@ -467,7 +498,7 @@ class Device:
                         self._readings_topic, payload, user_properties=stamp
                     )
                     readings = 0 if copy else len(batch.readings)
-                    self._in_flight.append(_InFlight(mid, batch.msg_id, readings))
+                    self._in_flight.append(_InFlight(mid, batch.msg_id, readings, time.monotonic()))
                     self._in_flight_readings += readings
             except MqttError as exc:
                 self.last_error = str(exc)
