@@ -272,6 +272,26 @@ def test_retention_by_a_fixed_clock_deletes_exactly_what_is_past_and_keeps_rollu
         assert again.total == 0
 
 
+def test_retention_and_erasure_reach_into_compressed_chunks(store_url: str) -> None:
+    """Production compresses chunks created 30 days ago: retention and erasure delete from
+    them too (TimescaleDB 2.28 decompresses the segments touched)."""
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        if _one(conn, "SELECT ehl_store_form()") != "timescale":
+            pytest.skip("chunks are TimescaleDB's")
+        pilot = fill(conn)
+        for (chunk,) in conn.execute("SELECT show_chunks('readings')").fetchall():
+            conn.execute("SELECT compress_chunk(%s)", (chunk,))
+        conn.execute("CALL refresh_continuous_aggregate('readings_hourly', NULL, NULL)")
+        now = rome(DAY0 + timedelta(days=DAYS), 12)
+        report = run_retention(conn, now=now, days=10, run_by="test")
+        cutoff = rome(DAY0 + timedelta(days=DAYS - 10), 0)
+        assert report.deleted["readings"] == sum(r.measured_at < cutoff for r in pilot["rows"])
+        erase_patient(conn, pilot["patients"]["A"], erased_by="test")
+        assert _one(conn, "SELECT count(*) FROM readings WHERE patient_id = %s",
+                    (pilot["patients"]["A"],)) == 0  # fmt: skip
+        assert_device_rollups_follow_the_readings(conn)
+
+
 def test_retention_refuses_a_connection_inside_a_transaction(store_url: str) -> None:
     with psycopg.connect(store_url) as conn, pytest.raises(InvalidInputError, match="autocommit"):
         run_retention(conn, now=datetime.now(UTC), days=3, run_by="test")

@@ -112,6 +112,9 @@ def erase_patient(
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise InvalidInputError("an erasure is a transaction of its own: the connection is in one")
     with conn.transaction():
+        # a patient's readings in compressed chunks may exceed TimescaleDB's default limit of
+        # rows decompressed by one transaction (100,000)
+        conn.execute("SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0")
         found = conn.execute(
             "SELECT organisation_id FROM patients WHERE id = %s FOR UPDATE", (patient_id,)
         ).fetchone()

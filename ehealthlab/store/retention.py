@@ -41,6 +41,9 @@ DEVICE_BATCH = 50
 #: rows of a log table one transaction deletes
 ROW_BATCH = 5_000
 
+#: TimescaleDB refuses a DML transaction that decompresses more than 100,000 rows by default;
+#: a batch of devices' past readings in compressed chunks may (a no-op on the plain form)
+_UNLIMITED_DECOMPRESSION = "SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0"
 #: log tables keyed by an increasing bigint id, deleted by their receive time
 _BY_RECEIVE_TIME = (
     "rejected_readings",
@@ -205,6 +208,7 @@ def _delete_readings(
             # recomputation is a second one (a statement's own deletion is invisible to the
             # functions it calls)
             conn.execute("SELECT ehl_hours_touched_create()")
+            conn.execute(_UNLIMITED_DECOMPRESSION)
             row = conn.execute(
                 "WITH gone AS (DELETE FROM readings WHERE device_id = ANY(%s)"
                 " AND measured_at < %s RETURNING device_id, metric, at),"
