@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     #: how long a portal login lasts before the API token must be given again
     portal_session_hours: float = Field(default=8.0, gt=0, le=24 * 7)
 
+    @property
+    def exports_dir(self) -> Path:
+        """Where FHIR bulk exports write their files: data copied out of the database, so a
+        purged stack deletes them with it."""
+        return self.state_dir / "exports"
+
     def uses_external_database(self) -> bool:
         """True when the database is given from outside, so the stack starts none."""
         return self.database_url is not None

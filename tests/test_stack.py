@@ -282,7 +282,11 @@ def test_external_services_start_nothing(tmp_path: Path) -> None:
     assert env["EHEALTHLAB_MQTT_HOST"] == "broker.example"
     assert "EHEALTHLAB_MQTT_PASSWORD" not in env
     assert len(env["EHEALTHLAB_PATIENT_KEY"]) >= 32
+    export = tmp_path / "state" / "exports" / "job-1" / "Observation.ndjson"
+    export.parent.mkdir(parents=True)
+    export.write_text("{}\n")  # what a bulk export leaves: the database's data, copied
     local.down(purge=True)
+    assert not (tmp_path / "state").exists()
 
 
 def test_env_without_a_stack_says_what_to_start(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -354,6 +355,7 @@ class LocalStack:
         if logs.is_dir() and not any(logs.iterdir()):
             logs.rmdir()
         (self.state_dir / "ingest.ready").unlink(missing_ok=True)
+        shutil.rmtree(self.settings.exports_dir, ignore_errors=True)  # the database's data
 
     def down(self, *, purge: bool = False) -> list[ServiceStatus]:
         """Stop this stack's background services and servers (harmless when stopped); `purge`

@@ -86,7 +86,7 @@ class ExportConfig:
 
 def exports_directory(settings: Settings) -> Path:
     """Where export files live: under the state directory, one folder per job."""
-    return settings.state_dir / "exports"
+    return settings.exports_dir
 
 
 def job_directory(settings: Settings, job_id: UUID) -> Path:
