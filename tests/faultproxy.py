@@ -141,6 +141,10 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
         await self._reset_all()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self.counters.lock:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 import psycopg
 from conftest import create_database, with_database
 from test_ingest import Pilot, message
@@ -222,6 +223,30 @@ def wait_until_subscribed(pilot: Pilot, ingest: IngestCommand, partitions: int =
 
             assert eventually(landed, timeout=180, step=0), ingest.tail()
     return [d for d, _ in probes]
+
+
+READINGS_T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=60)
+
+
+def single_reading(seq: int) -> bytes:
+    """A message of one reading: the most messages for the readings, the worst case for
+    anything that holds messages."""
+    reading = {"seq": seq, "metric": "heart_rate", "value": 60 + seq % 40, "unit": "/min",
+               "at": (READINGS_T0 + timedelta(seconds=seq)).isoformat()}  # fmt: skip
+    sent_at = datetime.now(UTC).isoformat()
+    return orjson.dumps({"schema": "ehl.readings/1", "msg_id": f"m{seq}", "sent_at": sent_at,
+                         "readings": [reading]})  # fmt: skip
+
+
+def blast(pilot: Pilot, device_id: str, password: str, seqs: range) -> None:
+    """Publish one message per seq at QoS 1, 500 in flight at a time, each acknowledged."""
+    with pilot.device(device_id, password) as device:
+        topic = readings_topic(device_id)
+        for start in range(seqs.start, seqs.stop, 500):
+            mids = [device.publish_nowait(topic, single_reading(s))
+                    for s in range(start, min(start + 500, seqs.stop))]  # fmt: skip
+            for mid in mids:
+                assert device.wait_for(mid, timeout=60)
 
 
 # -- counting -------------------------------------------------------------------------------------
