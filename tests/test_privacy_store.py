@@ -267,6 +267,18 @@ def test_retention_by_a_fixed_clock_deletes_exactly_what_is_past_and_keeps_rollu
         assert _one(conn, "SELECT sum(messages) FROM messages_hourly") == messages_hourly
         run = conn.execute("SELECT run_now, days, cutoff, deleted FROM retention_runs").fetchall()
         assert run == [(now, 10, cutoff, report.deleted)]
+        # a rebuild keeps the history before the cutoff (migration 0031): only the hour of
+        # the reading whose clock ran ahead, deleted by its measurement, counts one less
+        ahead = pilot["rows"][-1]
+        with conn.transaction(force_rollback=True):
+            conn.execute("SELECT ehl_dashboard_rollups_rebuild()")
+            rebuilt = anonymous_rollups(conn)
+            assert_device_rollups_follow_the_readings(conn)
+        hour = ahead.at.replace(minute=0)  # the only reading of its hour
+        for rollup in ("fleet", "municipality"):
+            expected = {k: v for k, v in anonymous[rollup].items() if k[0] != hour}
+            assert len(expected) == len(anonymous[rollup]) - 1
+            assert rebuilt[rollup] == expected
         # again by the same clock: nothing is left to delete
         again = run_retention(conn, now=now, days=10, run_by="test")
         assert again.total == 0
