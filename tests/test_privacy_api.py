@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,8 @@ from psycopg import sql
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.fhir.bulk.worker import exports_directory
 from ehealthlab.gateway.admin import bootstrap_operator
+from ehealthlab.ingest.worker import IngestWorker
+from ehealthlab.mqtt import BrokerAddress, MqttConnection
 from ehealthlab.settings import Settings
 from ehealthlab.store.erasure import erase_patient
 from ehealthlab.store.readings import ReadingRow, ReadingWriter
@@ -291,3 +294,73 @@ def test_the_operator_erases_through_the_api_and_a_provider_may_not(client, pilo
     unknown = client.post(f"/api/v1/patients/{uuid.uuid4()}/erasure", json={},
                           headers=bearer(pilot["operator"]))  # fmt: skip
     assert unknown.status_code == 404
+
+
+def test_an_ingest_run_logs_and_publishes_no_identifier(
+    client, pilot, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device's readings go through the broker and an ingest worker, one high enough to
+    raise an alert: the topics carry the device id alone, and no log line of the run holds
+    the patient's codice fiscale (ingest never receives it)."""
+    caplog.set_level(logging.DEBUG)
+    fiscal_code = "GLLNNA85M41L219K"
+    provider, startup = bearer(pilot["provider"]), bearer(pilot["startup"])
+    cuff = {"type": "blood_pressure_monitor", "model": "BP-1", "serial": "s9"}
+    device = client.post("/api/v1/devices", headers=startup, json=cuff)
+    assert device.status_code == 201, device.text
+    device_id, mqtt = device.json()["device_id"], device.json()["mqtt"]
+    registered = {"identifier": fiscal_code, "label": "p-ingest"}
+    patient = client.post("/api/v1/patients", headers=provider, json=registered).json()["id"]
+    enrolled = client.post("/api/v1/enrolments", headers=provider, json={
+        "patient_id": patient, "device_id": device_id, "municipality": "001272",
+        "start": "2026-01-01", "end": None, "care_plan": {"bp_systolic": 1}})  # fmt: skip
+    assert enrolled.status_code == 201, enrolled.text
+    worker = IngestWorker(settings, "privacy-ingest")
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    topics = [readings_topic(device_id)]
+    try:
+        assert worker.subscribed.wait(30), "the worker did not subscribe"
+        broker = BrokerAddress(mqtt["host"], mqtt["port"], mqtt["username"], mqtt["password"])
+        at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+        payload = json.dumps({
+            "schema": "ehl.readings/1", "msg_id": str(uuid.uuid4()),
+            "sent_at": datetime.now(UTC).isoformat(),
+            "readings": [
+                {"seq": 1, "metric": "bp_systolic", "value": 195, "unit": "mm[Hg]",
+                 "at": at.isoformat()},
+                {"seq": 2, "metric": "bp_diastolic", "value": 90, "unit": "mm[Hg]",
+                 "at": at.isoformat()},
+            ],
+        }).encode()  # fmt: skip
+        connection = MqttConnection(broker, mqtt["client_id"]).connect()
+        try:
+            connection.publish(topics[0], payload)
+        finally:
+            connection.close()
+        url = settings.require_database_url()
+        deadline = time.monotonic() + DEADLINE_S  # bounds a failure only
+        while True:
+            with psycopg.connect(url, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT (SELECT count(*) FROM readings WHERE patient_id = %s),"
+                    " (SELECT count(*) FROM alerts WHERE patient_id = %s)",
+                    (patient, patient),
+                ).fetchone()
+            if row == (2, 1):
+                break
+            assert time.monotonic() < deadline, row
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert all(t.split("/")[:3] == ["ehl", "v1", "devices"] and device_id in t for t in topics)
+    assert {mqtt["topics"][k] for k in mqtt["topics"]} <= {
+        f"ehl/v1/devices/{device_id}/{leaf}" for leaf in ("readings", "status", "feedback")
+    }
+    logged = caplog.text.lower()
+    assert any(r.name.startswith("ehealthlab.ingest") for r in caplog.records)  # it logged
+    for secret in (fiscal_code, fiscal_code.lower(), API_PATIENT_KEY):
+        assert secret.lower() not in logged
+    assert fiscal_code.lower() not in _all_text(settings.require_database_url()).lower()
