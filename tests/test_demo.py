@@ -103,6 +103,14 @@ def test_the_demo_runs_the_pilot_and_leaves_it_running(tmp_path):
         status = ehealthlab(env, "stack", "status", timeout=60)
         assert re.search(r"^api +running +127\.0\.0\.1:\d+ +\d+ ", status.stdout, re.M)
         assert re.search(r"^ingest +running +- +\d+ ", status.stdout, re.M)
+        # a second demo on this stack would add a second cast beside the first: refused
+        again = ehealthlab(env, "demo", "--patients", "24", timeout=300)
+        assert again.returncode == 2
+        assert (
+            again.stderr.strip()
+            .splitlines()[-1]
+            .startswith("ehealthlab: this stack already holds a pilot (")
+        ), again.stderr
 
         down = ehealthlab(env, "stack", "down", timeout=120)
         assert down.returncode == 0, down.stderr

@@ -38,7 +38,7 @@ from ehealthlab.gateway.admin import bootstrap_operator
 from ehealthlab.settings import Settings
 from ehealthlab.simulators.onboarding import PROVIDER_NAME
 from ehealthlab.stack.local import LocalStack, format_status, settings_with_stack
-from ehealthlab.store.db import connect
+from ehealthlab.store.db import Connection, connect
 from ehealthlab.store.migrate import migrate
 from ehealthlab.store.reference import load_municipalities
 
@@ -102,6 +102,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     with console.status("building the store"), connect(settings, autocommit=True) as conn:
         report = migrate(conn, settings.store_form)
         municipalities = load_municipalities(conn)
+        _require_an_empty_pilot(conn)
     say(f"store: {report.form} form, {municipalities} municipalities of the reference data")
     with console.status("starting the API and the ingest worker in the background"):
         statuses = stack.start_services()
@@ -143,6 +144,19 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         seconds=time.monotonic() - began,
     )  # fmt: skip
     return 0
+
+
+def _require_an_empty_pilot(conn: Connection) -> None:
+    """The demo onboards its own cast: on a stack that holds organisations already (an
+    earlier demo, or someone's pilot) it would add a second cast beside them."""
+    row = conn.execute("SELECT count(*) FROM organisations WHERE kind <> 'operator'").fetchone()
+    held = row[0] if row is not None else 0
+    if held:
+        raise ConfigurationError(
+            f"this stack already holds a pilot ({held} organisations): the demo needs an empty "
+            "one; `ehealthlab stack down --purge` deletes it, or give another "
+            "EHEALTHLAB_STATE_DIR"
+        )
 
 
 def _chapter(console: Console, title: str) -> None:
