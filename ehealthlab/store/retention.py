@@ -200,7 +200,14 @@ def _delete_readings(
     """Delete the readings measured before the cutoff, a batch of devices at a time, with the
     hourly rollup's touched hours recomputed in the same transaction. Returns the latest `at`
     deleted (TimescaleDB refreshes its continuous aggregate up to there)."""
-    devices = [row[0] for row in conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
+    # every device that may have readings: the registered ones, and any with a newest reading
+    devices = [
+        row[0]
+        for row in conn.execute(
+            "SELECT device_id FROM devices UNION SELECT device_id FROM device_last_readings"
+            " ORDER BY 1"
+        )
+    ]
     latest: datetime | None = None
     for batch in _chunks(devices, device_batch):
         with conn.transaction():
