@@ -62,7 +62,7 @@ def account(
         )
     }
     # identical bytes without a msg_id are one message delivered again (ingest keeps it once
-    # and counts the delivery): key of device_messages.content_digest, see migration 0033
+    # and counts the delivery): key of device_messages.content_digest, see migration 0032
     again = {
         bytes(digest): deliveries - 1
         for digest, deliveries in pilot.query(
