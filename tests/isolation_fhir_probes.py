@@ -291,7 +291,8 @@ def portal_enrol(m: Matrix, route: str) -> None:
 
 def world_unchanged(m: Matrix) -> None:
     """After every refused change: each device still connects with its first password and is
-    not revoked, each alert is open, each enrolment has no end."""
+    not revoked, each patient is there (not erased), each alert is open, each enrolment has
+    no end."""
     for org in m.world.orgs.values():
         for device_id in org.devices.values():
             assert (
@@ -303,6 +304,7 @@ def world_unchanged(m: Matrix) -> None:
             address = BrokerAddress(m.broker[0], m.broker[1], device_id, password)
             MqttConnection(address, device_id).connect().close()
         if org.kind == "provider":
+            assert m.ask(org.name, "GET", f"/api/v1/patients/{org.patient}").status_code == 200
             alerts = m.ask(org.name, "GET", "/api/v1/alerts?status=open").json()
             assert org.alert in {a["id"] for a in alerts}
             enrolment = m.ask(org.name, "GET", f"/api/v1/enrolments/{org.enrolment}").json()

@@ -93,6 +93,13 @@ ROUTES: dict[str, Probe] = {
     "GET /api/v1/patients/{patient_id}": by_id(
         "GET", "/api/v1/patients/{}", provider_field("patient")
     ),
+    "POST /api/v1/patients/{patient_id}/erasure": by_id(
+        "POST",
+        "/api/v1/patients/{}/erasure",
+        provider_field("patient"),
+        control=False,
+        reason="isolation probe",
+    ),
     "POST /api/v1/enrolments": both(
         with_foreign("POST", "/api/v1/enrolments", enrolment_body),
         with_foreign("POST", "/api/v1/enrolments", foreign_patient_enrolment),
