@@ -6,6 +6,7 @@ other test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -211,9 +213,15 @@ def test_a_worker_killed_mid_stream_loses_nothing_once_restarted(pilot):
 
 def retire(pilot: Pilot, name: str) -> None:
     """End the broker session of `ehealthlab ingest --name NAME` (one worker)."""
+    retire_all(pilot, name, 1)
+
+
+def retire_all(pilot: Pilot, name: str, workers: int) -> None:
+    """End the broker sessions of `ehealthlab ingest --name NAME --workers N`."""
     settings = pilot.settings
     result = subprocess.run(
-        [sys.executable, "-m", "ehealthlab.cli", "ingest", "--name", name, "--retire"],
+        [sys.executable, "-m", "ehealthlab.cli", "ingest", "--name", name, "--workers",
+         str(workers), "--retire"],
         env=ingest_env(settings), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -340,3 +348,60 @@ def test_partitioned_workers_lose_nothing_across_a_broker_restart(pilot, own_bro
     finally:
         for w in workers:
             w.close()
+
+
+def worker_pids(parent: subprocess.Popen) -> set[int]:
+    """The live worker processes `ehealthlab ingest --workers N` spawned (spawn's resource
+    tracker aside: it runs no `ehealthlab` code of its own)."""
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    pids = {int(p) for p in children.read_text().split()} if children.exists() else set()
+    workers = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.add(pid)
+    return workers
+
+
+def test_a_worker_that_dies_is_started_again_and_its_partition_stored(pilot):
+    """`ingest --workers 2`: a worker SIGKILLed is replaced under its name, so its
+    partition does not wait in the broker for a worker nobody restarts."""
+    devices = [pilot.register("multiparameter_monitor") for _ in range(8)]
+    assert {partition_of(readings_topic(d), 2) for d, _ in devices} == {0, 1}
+    env = ingest_env(pilot.settings)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "ehealthlab.cli", "ingest", "--workers", "2", "--name",
+         "ingest-supervised"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    first_of = {partition_of(readings_topic(d), 2): (d, p) for d, p in reversed(devices)}
+    try:
+        # both workers subscribed: a probe of each partition lands (before any session
+        # exists, a message is for nobody, so the probes go again until they do)
+        deadline = time.monotonic() + 180  # bounds a failure only: a loaded machine
+        while count(pilot) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            for device_id, password in first_of.values():
+                publish_all(pilot, device_id, password, stream(device_id, 1, start_seq=0))
+            wait_until(lambda: count(pilot) >= 2, timeout=1.0)
+        assert count(pilot) == 2 and len(worker_pids(parent)) == 2
+        victim = min(worker_pids(parent))
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(
+            lambda: len(worker_pids(parent)) == 2 and victim not in worker_pids(parent),
+            timeout=120,
+        )
+        # every device's readings, both partitions: a message published before the new
+        # worker's session is back would wait for it in the broker (the session is durable)
+        for device_id, password in devices:
+            publish_all(pilot, device_id, password, stream(device_id, 50))
+        assert wait_until(lambda: count(pilot) == 402, timeout=120), count(pilot)
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        try:
+            _, err = parent.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            parent.kill()
+            _, err = parent.communicate()
+        retire_all(pilot, "ingest-supervised", 2)
+    assert parent.returncode == 0, err
+    assert b"worker exited" in err and b"starting it again" in err

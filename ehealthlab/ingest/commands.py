@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -157,20 +158,64 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers == 1:
         return run_worker(settings, names[0], configs[0], ports[0])
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=run_worker, args=(settings, name, config, port), name=name)
-        for name, config, port in zip(names, configs, ports, strict=True)
-    ]
-    for process in processes:
+    return supervise(context, settings, names, configs, ports)
+
+
+#: how long `supervise` waits before starting a dead worker again, doubling to the maximum
+RESTART_INITIAL_S = 1.0
+RESTART_MAX_S = 30.0
+
+
+def supervise(
+    context: Any,
+    settings: Settings,
+    names: list[str],
+    configs: list[IngestConfig],
+    ports: list[int | None],
+) -> int:
+    """Run one process per worker until SIGTERM or SIGINT, starting again under the same name
+    any worker that dies meanwhile: its partition would otherwise wait in the broker for a
+    worker nobody restarts (the parent still running, its supervisor sees nothing wrong)."""
+    stopping = threading.Event()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+
+    def start(i: int) -> Any:
+        process = context.Process(
+            target=run_worker, args=(settings, names[i], configs[i], ports[i]), name=names[i]
+        )
         process.start()
+        return process
+
+    processes = [start(i) for i in range(len(names))]
+    delays = [RESTART_INITIAL_S] * len(names)
+    due: list[float | None] = [None] * len(names)
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 process.terminate()
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    while not stopping.is_set():
+        for i, process in enumerate(processes):
+            if process.is_alive() or stopping.is_set():
+                continue
+            now = time.monotonic()
+            if due[i] is None:
+                due[i] = now + delays[i]
+                logging.warning(
+                    "%s: worker exited (status %s); starting it again in %.0f s",
+                    names[i], process.exitcode, delays[i],
+                )  # fmt: skip
+            elif now >= (due[i] or now):
+                processes[i] = start(i)
+                due[i] = None
+                delays[i] = min(delays[i] * 2, RESTART_MAX_S)
+        stopping.wait(0.2)
     for process in processes:
         process.join()
     return max((p.exitcode or 0) for p in processes)
