@@ -85,7 +85,8 @@ class IngestCommand:
     """`ehealthlab ingest --workers N` (its default subscription mode), in a session of its
     own so the test can kill one worker or the whole group."""
 
-    def __init__(self, pilot: Pilot, workers: int = 2, database_url: str | None = None) -> None:
+    def __init__(self, pilot: Pilot, workers: int = 2, database_url: str | None = None,
+                 extra: tuple[str, ...] = ()) -> None:  # fmt: skip
         settings = pilot.settings
         self.env = {
             **os.environ,
@@ -97,13 +98,15 @@ class IngestCommand:
             "EHEALTHLAB_STATE_DIR": "/nonexistent-ehealthlab-state",
         }
         self.workers = workers
+        self.extra = extra
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> None:
+        argv = [sys.executable, "-m", "ehealthlab.cli", "ingest", "--workers", str(self.workers)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ehealthlab.cli", "ingest", "--workers", str(self.workers)],
+            [*argv, *self.extra],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=self.log,

@@ -80,6 +80,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="longest wait to fill a batch (default 20)",
     )
     parser.add_argument(
+        "--batch-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a batch the database has not answered in S seconds is retried on a new "
+        "connection (default 30)",
+    )
+    parser.add_argument(
         "--subscription",
         choices=("partitioned", "shared"),
         default="partitioned",
@@ -106,6 +114,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    if not 1 <= args.batch_timeout <= 3600:
+        raise ConfigurationError("--batch-timeout must be between 1 and 3600 seconds")
     if args.workers < 1 or args.workers > 64:
         raise ConfigurationError("--workers must be between 1 and 64")
     if args.subscription == "partitioned" and args.partitions is None:
@@ -140,6 +150,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     configs = [
         IngestConfig(
             batch_max_wait_s=args.batch_wait_ms / 1000,
+            batch_timeout_s=args.batch_timeout,
             rules=rules,
             subscription=args.subscription,
             partition=args.first + i - 1,

@@ -11,8 +11,11 @@ database is away; the worker retries with backoff and resumes by itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -62,6 +65,11 @@ class IngestConfig:
     retry_max_s: float = 5.0
     rules: AlertRules = DEFAULT_RULES
     drain_timeout_s: float = 30.0
+    #: a batch the database has not answered in this long is given up: the connection is
+    #: cut, and the batch retried on a new one (a link that swallows packets, or a server
+    #: that stopped answering, would otherwise hold the worker for ever: nothing bounds a
+    #: statement once sent)
+    batch_timeout_s: float = 30.0
     #: "partitioned" (`ehealthlab ingest`'s default): every worker holds a durable ordinary
     #: subscription and keeps the devices of its partition (a hash of device_id mod
     #: `partitions`); a broker restart loses nothing, since Mosquitto 2.0 persists ordinary
@@ -291,6 +299,24 @@ class IngestWorker:
                 settled.extend(self._write_batch([delivery], refused=reason))
         return settled
 
+    def _cut(self, conn: Connection) -> None:
+        """The watchdog's move when a batch is overdue: shut the connection's socket down, so
+        the call waiting on it fails at once and the batch is retried on a new connection."""
+        log.warning(
+            "%s: the database has not answered a batch in %.0f s; cutting the connection "
+            "and trying again",
+            self.name,
+            self.config.batch_timeout_s,
+        )
+        with self.stats.lock:
+            self.stats.db_available = False
+        with contextlib.suppress(OSError, psycopg.Error):
+            cut = socket.socket(fileno=os.dup(conn.pgconn.socket))
+            try:
+                cut.shutdown(socket.SHUT_RDWR)
+            finally:
+                cut.close()
+
     def _reset_database(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -330,12 +356,20 @@ class IngestWorker:
         self, batch: Sequence[_Delivery], refused: str | None = None
     ) -> list[tuple[JudgedMessage, Settled]]:
         conn, writer = self._ensure_database()
-        if refused is None:
-            judged = [judge(d.message, self._device) for d in batch]
-        else:
-            judged = [refuse(d.message, f"the store could not keep it: {refused}") for d in batch]
         started = time.monotonic()
-        stored = store_judged(conn, writer, judged, self.config.rules)
+        watchdog = threading.Timer(self.config.batch_timeout_s, self._cut, args=(conn,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            if refused is None:
+                judged = [judge(d.message, self._device) for d in batch]
+            else:
+                judged = [
+                    refuse(d.message, f"the store could not keep it: {refused}") for d in batch
+                ]
+            stored = store_judged(conn, writer, judged, self.config.rules)
+        finally:
+            watchdog.cancel()
         elapsed = time.monotonic() - started
         oldest = min(d.message.received_at for d in batch)
         lag = (datetime.now(UTC) - oldest).total_seconds()
