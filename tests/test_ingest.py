@@ -126,15 +126,21 @@ class Pilot:
                 dynsec.delete_device_client(device_id)
 
 
-@pytest.fixture
-def pilot(plain_admin_url, migrated_template, mosquitto_broker) -> Iterator[Pilot]:
-    name = create_database(plain_admin_url, template=migrated_template)
-    p = Pilot(with_database(plain_admin_url, name), mosquitto_broker)
+def pilot_on(admin_url: str, template: str, broker) -> Iterator[Pilot]:
+    """A pilot in a copy of the migrated template, on `broker`; removed afterwards (the
+    modules of ingest's tests make their `pilot` fixtures from it)."""
+    name = create_database(admin_url, template=template)
+    p = Pilot(with_database(admin_url, name), broker)
     try:
         yield p
     finally:
         p.cleanup()
-        drop_database(plain_admin_url, name)
+        drop_database(admin_url, name)
+
+
+@pytest.fixture
+def pilot(plain_admin_url, migrated_template, mosquitto_broker) -> Iterator[Pilot]:
+    yield from pilot_on(plain_admin_url, migrated_template, mosquitto_broker)
 
 
 class RunningWorker:

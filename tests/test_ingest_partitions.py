@@ -11,8 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import create_database, drop_database, with_database
-from test_ingest import T0, Pilot, RunningWorker, bp, message, publish_all, stream
+from test_ingest import T0, Pilot, RunningWorker, bp, message, pilot_on, publish_all, stream
 
 from ehealthlab import cli
 from ehealthlab.contract.topics import (
@@ -30,13 +29,7 @@ PARTITIONS = 3
 
 @pytest.fixture
 def pilot(plain_admin_url, migrated_template, mosquitto_broker) -> Iterator[Pilot]:
-    name = create_database(plain_admin_url, template=migrated_template)
-    p = Pilot(with_database(plain_admin_url, name), mosquitto_broker)
-    try:
-        yield p
-    finally:
-        p.cleanup()
-        drop_database(plain_admin_url, name)
+    yield from pilot_on(plain_admin_url, migrated_template, mosquitto_broker)
 
 
 def drain(inbox: queue.Queue[ReceivedMessage], settle_s: float = 1.0) -> list[ReceivedMessage]:

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from conftest import create_database, drop_database, with_database
-from test_ingest import T0, Pilot, RunningWorker, bp, message
+from test_ingest import T0, Pilot, RunningWorker, bp, message, pilot_on
 
 from ehealthlab.contract.topics import PLATFORM_PROBE_PREFIX, readings_topic
 from ehealthlab.errors import MissingDependencyError
@@ -73,16 +72,6 @@ def unstamped_broker(tmp_path_factory) -> Iterator[MosquittoBroker]:
     start_on_free_port(broker)
     yield broker
     broker.remove()
-
-
-def pilot_on(admin_url: str, template: str, broker: MosquittoBroker) -> Iterator[Pilot]:
-    name = create_database(admin_url, template=template)
-    p = Pilot(with_database(admin_url, name), broker)
-    try:
-        yield p
-    finally:
-        p.cleanup()
-        drop_database(admin_url, name)
 
 
 @pytest.fixture
