@@ -104,7 +104,15 @@ def test_partitioned_workers_store_everything_and_receive_nothing_foreign(pilot:
     name = f"ingest-{uuid.uuid4().hex[:6]}"
     running = [RunningWorker(pilot.settings, f"{name}-{p + 1}", c) for p, c in enumerate(configs)]
     try:
-        devices = [pilot.register("multiparameter_monitor") for _ in range(6)]
+        # device ids are random: register until each partition has three devices (six
+        # random ids all fall in one partition 3 % of the time)
+        devices: list[tuple[str, str]] = []
+        while any(sum(partition_of(readings_topic(d), 2) == p for d, _ in devices) < 3
+                  for p in (0, 1)):  # fmt: skip
+            device = pilot.register("multiparameter_monitor")
+            if sum(partition_of(readings_topic(d), 2) == partition_of(
+                    readings_topic(device[0]), 2) for d, _ in devices) < 3:  # fmt: skip
+                devices.append(device)
         for device_id, password in devices:
             publish_all(pilot, device_id, password, stream(device_id, 500))
         assert pilot.wait_for("SELECT count(*) FROM readings", [(3000,)], timeout=60) == [(3000,)]
