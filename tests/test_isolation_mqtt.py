@@ -48,6 +48,15 @@ class Inbox:
         first = self.messages.get(timeout=WAIT_S)
         return (first.topic, first.payload) == (topic, payload)
 
+    def before(self, topic: str, payload: bytes) -> list[ReceivedMessage]:
+        """Everything received before (`topic`, `payload`) arrives."""
+        seen: list[ReceivedMessage] = []
+        while (message := self.messages.get(timeout=WAIT_S)).payload != payload or (
+            message.topic != topic
+        ):
+            seen.append(message)
+        return seen
+
 
 @pytest.fixture(scope="module")
 def admin(mosquitto_broker) -> BrokerAddress:
@@ -100,7 +109,12 @@ def test_every_device_is_refused_every_other_devices_topics(admin, devices, reco
         marker = f"marker-{uuid.uuid4().hex}".encode()
         first_device = next(iter(devices))
         platform.connection.publish(feedback_topic(first_device), marker)
-        assert platform.first_is(feedback_topic(first_device), marker)
+        # (in a whole test session the broker also holds other modules' devices' retained
+        # statuses, which a subscription to every device topic receives first: not ours)
+        ours = {topic_of(d) for d in devices for topic_of in TOPICS.values()}
+        leaked = [m for m in platform.before(feedback_topic(first_device), marker)
+                  if m.topic in ours]  # fmt: skip
+        assert leaked == []
         # the platform answers every device; each receives its own only
         own = {}
         for device_id in devices:
