@@ -245,7 +245,7 @@ def test_a_database_outage_loses_nothing_and_memory_stays_bounded(pilot, own_pos
         while (
             time.monotonic() - started < 3 or rest.is_alive() or running.worker.stats.db_available
         ) and time.monotonic() - started < 60:  # bounds a failure only
-            held.append(running.worker._inbox.qsize())
+            held.append(running.worker.held_messages)
             time.sleep(0.1)
         assert not running.worker.stats.db_available
         rest.join()
@@ -258,7 +258,7 @@ def test_a_database_outage_loses_nothing_and_memory_stays_bounded(pilot, own_pos
             own_postgres.start()
         running.close()
     # 400 messages were published, 300 of them during the outage; the worker held at most
-    # twice its receive maximum (its inbox's hard bound) and the broker kept the rest
+    # twice its receive maximum (its hard bound) and the broker kept the rest
     assert max(held) <= 2 * config.receive_maximum
     assert pilot.query("SELECT count(*) FROM device_messages") == [(400,)]
 

@@ -1,7 +1,8 @@
 """The ingest worker: broker → validation → store → acknowledgement → feedback.
 
-Messages come from an MQTT 5 shared subscription with a persistent session and manual
-acknowledgement. A batch is validated, written in one transaction (readings, rejections,
+Messages come from an MQTT 5 subscription (partitioned or shared) with a persistent session
+and manual acknowledgement, read by the worker's own thread (`MqttConsumer`: no network
+thread, no hand-over queue). A batch is validated, written in one transaction (readings, rejections,
 duplicates, message log, device last-seen) and only then acknowledged, so a worker killed at
 any point loses nothing: the broker redelivers what was not acknowledged and the store's
 idempotency key collapses what had been committed. The broker never has more than
@@ -14,12 +15,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -44,7 +44,7 @@ from ehealthlab.ingest.pipeline import (
     refuse,
 )
 from ehealthlab.ingest.store_batch import store_judged
-from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
+from ehealthlab.mqtt import BrokerAddress, MqttConsumer, ReceivedMessage
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection, connect
 from ehealthlab.store.readings import ReadingWriter
@@ -131,14 +131,10 @@ class IngestWorker:
         self.name = name or f"ingest-{uuid.uuid4().hex[:8]}"
         self.config = config or IngestConfig()
         self.stats = WorkerStats()
-        # The broker's receive maximum is the bound that matters; Mosquitto 2.0.11 overshoots
-        # it (its inflight accounting was fixed in 2.0.13), so the inbox has a hard bound too:
-        # past it, the network thread waits, and TCP tells the broker to hold on.
-        self._inbox: queue.Queue[_Delivery] = queue.Queue(maxsize=2 * self.config.receive_maximum)
         self._generation = 0
         self._warned_unstamped = False
         self._warned_foreign = False
-        self._mqtt: MqttConnection | None = None
+        self._mqtt: MqttConsumer | None = None
         self._db: Connection | None = None
         self._writer: ReadingWriter | None = None
         self._devices: dict[str, KnownDevice] = {}
@@ -218,10 +214,17 @@ class IngestWorker:
         connection.close(end_session=stored_all)
         self._mqtt = None
 
+    @property
+    def held_messages(self) -> int:
+        """Messages read from the broker and not yet taken into a batch (any thread may ask):
+        at most twice the receive maximum, which Mosquitto 2.0.11 overshoots (its inflight
+        accounting was fixed in 2.0.13); past it nothing is read and TCP holds the broker."""
+        connection = self._mqtt
+        return connection.held if connection is not None else 0
+
     def _collect(self, stop: threading.Event, wait_s: float = 0.2) -> list[_Delivery]:
-        try:
-            first = self._inbox.get(timeout=wait_s)
-        except queue.Empty:
+        first = self._next(wait_s)
+        if first is None:
             return []
         batch = [first]
         readings = first.message.payload.count(b'"seq"')
@@ -233,13 +236,51 @@ class IngestWorker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            try:
-                delivery = self._inbox.get(timeout=remaining)
-            except queue.Empty:
+            delivery = self._next(remaining)
+            if delivery is None:
                 break
             batch.append(delivery)
             readings += delivery.message.payload.count(b'"seq"')
         return batch
+
+    def _next(self, wait_s: float) -> _Delivery | None:
+        """The next message of this worker's partition, waiting up to `wait_s`."""
+        connection = self._mqtt
+        if connection is None:
+            time.sleep(wait_s)
+            return None
+        partition, partitions = self.config.partition, self.config.partitions
+        partitioned = self.config.subscription == "partitioned" and partitions > 1
+        deadline = time.monotonic() + wait_s
+        while True:
+            message = connection.receive(max(0.0, deadline - time.monotonic()))
+            if message is None:
+                return None
+            if partitioned and partition_of(message.topic, partitions) != partition:
+                connection.ack(message)  # another worker's device: it has its own copy
+                self._count_foreign()
+                continue
+            if not message.broker_stamped and not self._warned_unstamped:
+                self._warned_unstamped = True
+                if self.settings.broker_receive_stamp:  # checked at start: lost since
+                    log.warning(
+                        "%s: a message came without the broker's receive stamp (plugin "
+                        "ehl_receive_stamp no longer loaded?): it gets this worker's read "
+                        "time, which includes time spent in the broker",
+                        self.name,
+                    )
+            return _Delivery(self._generation, message)
+
+    def _idle(self, seconds: float) -> None:
+        """Wait, keeping the broker connection alive (and reading what it sends, up to the
+        bound) while the database is away."""
+        connection = self._mqtt
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if connection is None or not connection.is_connected:
+                time.sleep(remaining)
+                return
+            connection.pump(remaining)
 
     def _store(self, batch: list[_Delivery], stop: threading.Event) -> bool:
         """Write a batch, retrying while the database is away; then ack and answer. False
@@ -268,7 +309,7 @@ class IngestWorker:
                 log.warning("%s: stopping with %d messages unstored; the broker keeps them",
                             self.name, len(batch))  # fmt: skip
                 return False
-            time.sleep(delay)
+            self._idle(delay)
             delay = min(delay * 2, self.config.retry_max_s)
         if not self.stats.db_available:
             log.warning("%s: database is back; resuming", self.name)
@@ -398,19 +439,15 @@ class IngestWorker:
         delay = self.config.retry_initial_s
         while not stop.is_set():
             self._generation += 1
-            generation = self._generation
-            holder: list[MqttConnection] = []
-            connection = MqttConnection(
+            connection = MqttConsumer(
                 BrokerAddress.from_settings(self.settings),
                 self.config.client_id(self.name),
                 clean_start=False,
                 session_expiry_s=self.config.session_expiry_s,
-                manual_ack=True,
                 receive_maximum=self.config.receive_maximum,
+                max_held=2 * self.config.receive_maximum,
                 trust_receive_stamp=self.settings.broker_receive_stamp,
-                on_message=self._deliverer(generation, holder),
             )
-            holder.append(connection)
             try:
                 connection.connect()
                 # Always (re)subscribe: a kept session may lack the subscription (a first
@@ -428,30 +465,6 @@ class IngestWorker:
             self._mqtt = connection
             self.subscribed.set()
             return
-
-    def _deliverer(
-        self, generation: int, holder: list[MqttConnection]
-    ) -> Callable[[ReceivedMessage], None]:
-        partition, partitions = self.config.partition, self.config.partitions
-        partitioned = self.config.subscription == "partitioned" and partitions > 1
-
-        def deliver(message: ReceivedMessage) -> None:
-            if partitioned and partition_of(message.topic, partitions) != partition:
-                holder[0].ack(message)  # another worker's device: it has its own copy
-                self._count_foreign()
-                return
-            if not message.broker_stamped and not self._warned_unstamped:
-                self._warned_unstamped = True
-                if self.settings.broker_receive_stamp:  # checked at start: lost since
-                    log.warning(
-                        "%s: a message came without the broker's receive stamp (plugin "
-                        "ehl_receive_stamp no longer loaded?): it gets this worker's read "
-                        "time, which includes time spent in the broker",
-                        self.name,
-                    )
-            self._inbox.put(_Delivery(generation, message))
-
-        return deliver
 
     def _count_foreign(self) -> None:
         with self.stats.lock:
@@ -484,10 +497,10 @@ class IngestWorker:
                         feedback_topic(judged.device_id),
                         orjson.dumps(verdict.feedback.model_dump(mode="json")),
                         qos=1,
-                        track=False,
                     )
                 except EhealthlabError as exc:  # feedback is advice; the data are safe
                     log.warning("%s: feedback to %s not sent: %s", self.name, judged.device_id, exc)
+        connection.flush()  # the batch's acknowledgements and feedback, in one write
 
     def _close(self) -> None:
         if self._mqtt is not None:

@@ -1,124 +1,37 @@
-"""The one module that imports paho-mqtt: an MQTT 5 connection with blocking, checked calls.
-
-Everything else (gateway, ingest, simulators, conformance) speaks to the broker through
-`MqttConnection`, gets messages as frozen `ReceivedMessage` values, and sees broker refusals
-as the platform's own errors, never paho's return codes.
+"""An MQTT 5 connection with blocking, checked calls, its network loop on a thread of its own:
+what the gateway, the simulators, the conformance check and the tests use. (Ingest's hot path
+uses `MqttConsumer`, which drives paho from the worker's own thread.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from paho.mqtt import client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ehealthlab.errors import (
-    AuthenticationError,
-    EhealthlabError,
-    PermissionDeniedError,
-    ServiceUnavailableError,
+from ehealthlab.errors import AuthenticationError, PermissionDeniedError
+from ehealthlab.mqtt.common import (
+    DEFAULT_TIMEOUT_S,
+    BrokerAddress,
+    MessageHandler,
+    MqttError,
+    ReceivedMessage,
+    Will,
+    connect_properties,
+    new_client,
+    received_message,
+    unreachable,
 )
-from ehealthlab.settings import Settings
 
-DEFAULT_TIMEOUT_S = 10.0
 _MAX_MESSAGE_IDS = 65_535
-# the user property our broker plugin (ehealthlab/stack/plugins/ehl_receive_stamp.c) appends:
-# the broker's receive time in milliseconds since the epoch; the last one of a message counts
-RECEIVE_STAMP_PROPERTY = "ehl-received-at"
-# what a simulated device (our simulators) says the receive time is in simulated time; only
-# honoured for devices registered as simulated (a publisher's word, not the broker's)
-SIMULATED_RECEIVE_PROPERTY = "ehl-simulated-received-at"
-
-
-class MqttError(EhealthlabError):
-    """The broker did not do what was asked (timeout, lost connection, refusal)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> BrokerAddress:
-        """The platform's own client (the gateway's administrative credentials)."""
-        host, port = settings.require_mqtt()
-        password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-        return cls(host, port, settings.mqtt_username, password, settings.mqtt_tls)
-
-    def as_user(self, username: str, password: str) -> BrokerAddress:
-        return BrokerAddress(self.host, self.port, username, password, self.tls)
-
-
-@dataclass(frozen=True, slots=True)
-class ReceivedMessage:
-    """A message as it arrived, before anything else touches it.
-
-    `received_at` is when the broker received it when the broker stamps messages (our plugin),
-    else when this client read it; `broker_stamped` says which. They differ by the time the
-    message waited in the broker (a subscriber down, slow or restarting).
-    """
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    mid: int
-    received_at: datetime
-    broker_stamped: bool = False
-    #: the publisher's claim of a simulated receive time (see SIMULATED_RECEIVE_PROPERTY)
-    simulated_received_at: datetime | None = None
-
-
-def _milliseconds(value: str) -> datetime | None:
-    try:
-        return datetime.fromtimestamp(int(value) / 1000, UTC)
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
-def broker_receive_time(user_properties: list[tuple[str, str]] | None) -> datetime | None:
-    """The broker's receive stamp among a message's user properties (the last one), if any.
-
-    The broker appends its stamp after whatever the publisher sent, so a publisher cannot
-    forge it: an earlier property of the same name is the publisher's and is ignored.
-    """
-    for name, value in reversed(user_properties or ()):
-        if name == RECEIVE_STAMP_PROPERTY:
-            return _milliseconds(value)
-    return None
-
-
-def simulated_receive_time(user_properties: list[tuple[str, str]] | None) -> datetime | None:
-    """A simulated device's claimed receive time (milliseconds since the epoch), if any."""
-    for name, value in user_properties or ():
-        if name == SIMULATED_RECEIVE_PROPERTY:
-            return _milliseconds(value)
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-MessageHandler = Callable[[ReceivedMessage], None]
 
 
 class MqttConnection:
@@ -163,19 +76,7 @@ class MqttConnection:
         self._untracked: set[int] = set()
         self.session_present = False
 
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            manual_ack=manual_ack,
-            reconnect_on_failure=False,
-        )
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
-        if will is not None:
-            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client = new_client(broker, client_id, manual_ack=manual_ack, will=will)
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(max_queued)
         client.on_connect = self._handle_connect
@@ -189,12 +90,7 @@ class MqttConnection:
     # -- life cycle ----------------------------------------------------------------------
 
     def connect(self, timeout: float = DEFAULT_TIMEOUT_S) -> MqttConnection:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self._session_expiry_s
-        if self._receive_maximum is not None:
-            # the broker sends at most this many unacknowledged QoS 1 messages: with
-            # acknowledgement after commit, it bounds what a slow consumer holds in memory
-            properties.ReceiveMaximum = self._receive_maximum
+        properties = connect_properties(self._session_expiry_s, self._receive_maximum)
         try:
             self._client.connect(
                 self.broker.host,
@@ -204,11 +100,7 @@ class MqttConnection:
                 properties=properties,
             )
         except OSError as exc:
-            raise ServiceUnavailableError(
-                f"cannot reach the MQTT broker at {self.broker.host}:{self.broker.port} "
-                f"({exc.strerror or exc}); start it with `ehealthlab stack up` or fix "
-                "EHEALTHLAB_MQTT_HOST/EHEALTHLAB_MQTT_PORT"
-            ) from None
+            raise unreachable(self.broker, exc) from None
         self._client.loop_start()
         self._connack_received.wait(timeout)
         if not self._connected.is_set():
@@ -419,20 +311,7 @@ class MqttConnection:
     def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         if self._on_message is None:
             return
-        user_properties = getattr(msg.properties, "UserProperty", None)
-        stamped = broker_receive_time(user_properties) if self._trust_receive_stamp else None
-        self._on_message(
-            ReceivedMessage(
-                topic=msg.topic,
-                payload=bytes(msg.payload),
-                qos=msg.qos,
-                retain=bool(msg.retain),
-                mid=msg.mid,
-                received_at=stamped or datetime.now(UTC),
-                broker_stamped=stamped is not None,
-                simulated_received_at=simulated_receive_time(user_properties),
-            )
-        )
+        self._on_message(received_message(msg, self._trust_receive_stamp))
 
     # -- bookkeeping ---------------------------------------------------------------------
 

@@ -1,0 +1,31 @@
+"""The platform's MQTT clients; the only package that imports paho-mqtt."""
+
+from ehealthlab.mqtt.common import (
+    DEFAULT_TIMEOUT_S,
+    RECEIVE_STAMP_PROPERTY,
+    SIMULATED_RECEIVE_PROPERTY,
+    BrokerAddress,
+    MessageHandler,
+    MqttError,
+    ReceivedMessage,
+    Will,
+    broker_receive_time,
+    simulated_receive_time,
+)
+from ehealthlab.mqtt.connection import MqttConnection
+from ehealthlab.mqtt.consumer import MqttConsumer
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "RECEIVE_STAMP_PROPERTY",
+    "SIMULATED_RECEIVE_PROPERTY",
+    "BrokerAddress",
+    "MessageHandler",
+    "MqttConnection",
+    "MqttConsumer",
+    "MqttError",
+    "ReceivedMessage",
+    "Will",
+    "broker_receive_time",
+    "simulated_receive_time",
+]

@@ -1,0 +1,173 @@
+"""What the platform's MQTT clients share: addresses, received messages, receive stamps,
+errors, and how a paho client and its CONNECT are made.
+
+paho-mqtt is imported in this package only (`ehealthlab.mqtt`): everything else speaks to the
+broker through `MqttConnection` or `MqttConsumer`, gets messages as frozen `ReceivedMessage`
+values, and sees broker refusals as the platform's own errors, never paho's return codes.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from paho.mqtt import client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
+from ehealthlab.settings import Settings
+
+DEFAULT_TIMEOUT_S = 10.0
+# the user property our broker plugin (ehealthlab/stack/plugins/ehl_receive_stamp.c) appends:
+# the broker's receive time in milliseconds since the epoch; the last one of a message counts
+RECEIVE_STAMP_PROPERTY = "ehl-received-at"
+# what a simulated device (our simulators) says the receive time is in simulated time; only
+# honoured for devices registered as simulated (a publisher's word, not the broker's)
+SIMULATED_RECEIVE_PROPERTY = "ehl-simulated-received-at"
+
+
+class MqttError(EhealthlabError):
+    """The broker did not do what was asked (timeout, lost connection, refusal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerAddress:
+        """The platform's own client (the gateway's administrative credentials)."""
+        host, port = settings.require_mqtt()
+        password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+        return cls(host, port, settings.mqtt_username, password, settings.mqtt_tls)
+
+    def as_user(self, username: str, password: str) -> BrokerAddress:
+        return BrokerAddress(self.host, self.port, username, password, self.tls)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    """A message as it arrived, before anything else touches it.
+
+    `received_at` is when the broker received it when the broker stamps messages (our plugin),
+    else when this client read it; `broker_stamped` says which. They differ by the time the
+    message waited in the broker (a subscriber down, slow or restarting).
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    received_at: datetime
+    broker_stamped: bool = False
+    #: the publisher's claim of a simulated receive time (see SIMULATED_RECEIVE_PROPERTY)
+    simulated_received_at: datetime | None = None
+
+
+def _milliseconds(value: str) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def broker_receive_time(user_properties: list[tuple[str, str]] | None) -> datetime | None:
+    """The broker's receive stamp among a message's user properties (the last one), if any.
+
+    The broker appends its stamp after whatever the publisher sent, so a publisher cannot
+    forge it: an earlier property of the same name is the publisher's and is ignored.
+    """
+    for name, value in reversed(user_properties or ()):
+        if name == RECEIVE_STAMP_PROPERTY:
+            return _milliseconds(value)
+    return None
+
+
+def simulated_receive_time(user_properties: list[tuple[str, str]] | None) -> datetime | None:
+    """A simulated device's claimed receive time (milliseconds since the epoch), if any."""
+    for name, value in user_properties or ():
+        if name == SIMULATED_RECEIVE_PROPERTY:
+            return _milliseconds(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+MessageHandler = Callable[[ReceivedMessage], None]
+
+
+def new_client(
+    broker: BrokerAddress,
+    client_id: str,
+    *,
+    manual_ack: bool,
+    will: Will | None = None,
+    client_class: type[paho.Client] = paho.Client,
+) -> paho.Client:
+    """A paho MQTT 5 client for `broker`, not yet connected, that never reconnects by itself
+    (the owner decides when, and resubscribes)."""
+    client = client_class(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+        manual_ack=manual_ack,
+        reconnect_on_failure=False,
+    )
+    if broker.username is not None:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls:
+        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+    return client
+
+
+def connect_properties(session_expiry_s: int, receive_maximum: int | None) -> Properties:
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = session_expiry_s
+    if receive_maximum is not None:
+        # the broker sends at most this many unacknowledged QoS 1 messages: with
+        # acknowledgement after commit, it bounds what a slow consumer holds in memory
+        properties.ReceiveMaximum = receive_maximum
+    return properties
+
+
+def unreachable(broker: BrokerAddress, exc: OSError) -> ServiceUnavailableError:
+    """The error for a broker that cannot be reached, saying what to do about it."""
+    return ServiceUnavailableError(
+        f"cannot reach the MQTT broker at {broker.host}:{broker.port} "
+        f"({exc.strerror or exc}); start it with `ehealthlab stack up` or fix "
+        "EHEALTHLAB_MQTT_HOST/EHEALTHLAB_MQTT_PORT"
+    )
+
+
+def received_message(msg: paho.MQTTMessage, trust_receive_stamp: bool) -> ReceivedMessage:
+    """paho's message as the platform's value, with its receive time: the broker's stamp when
+    it is trusted and present, else now."""
+    user_properties = getattr(msg.properties, "UserProperty", None)
+    stamped = broker_receive_time(user_properties) if trust_receive_stamp else None
+    return ReceivedMessage(
+        topic=msg.topic,
+        payload=bytes(msg.payload),
+        qos=msg.qos,
+        retain=bool(msg.retain),
+        mid=msg.mid,
+        received_at=stamped or datetime.now(UTC),
+        broker_stamped=stamped is not None,
+        simulated_received_at=simulated_receive_time(user_properties),
+    )
