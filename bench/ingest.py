@@ -117,7 +117,7 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 class Scenario:
     key: str
     title: str
-    consumer: str  # "ingest", "bare" or "naive"
+    consumer: str  # "ingest", "bare", "paho" or "naive"
     per_message: int
     rate: float  # messages/s offered
     check: str = ""  # "sustained", "capacity" or "latency": how the goal is judged
@@ -163,6 +163,7 @@ class Options:
     profile_dir: Path | None
     quick: bool = False
     no_load: bool = False
+    only: frozenset[str] = frozenset()
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
@@ -185,6 +186,11 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "--no-load", action="store_true",
         help="skip the user's load (mosquitto_pub -l, bench/ingest_load.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--only", default="", metavar="NAMES",
+        help="run only these scenarios (comma-separated: single, single-max, batch, batch-max,"
+        " latency, bare, paho, naive), to compare two builds on one figure",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     duration = args.duration or (5.0 if args.quick else 20.0)
     return Options(
@@ -202,6 +208,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         profile_dir=args.profile,
         quick=args.quick,
         no_load=args.no_load,
+        only=frozenset(name for name in args.only.split(",") if name),
     )
 
 
@@ -221,6 +228,7 @@ def scenarios(options: Options) -> list[Scenario]:
         Scenario("latency", "ingest 1 rd/msg, latency", "ingest", 1, options.latency_rate,
                  "latency", 50),
         Scenario("bare", "bare MQTT 1 msg, above", "bare", 1, options.single_max_rate),
+        Scenario("paho", "paho receive+ack only, above", "paho", 1, options.single_max_rate),
         Scenario("naive", "naive bridge 1 rd/msg", "naive", 1, options.single_max_rate),
     ]  # fmt: skip
 
@@ -743,6 +751,8 @@ class Run:
     def run(self, scenario: Scenario) -> Outcome:
         if scenario.consumer == "bare":
             return ingest_load.run_bare(self, Outcome(scenario))
+        if scenario.consumer == "paho":
+            return ingest_load.run_bare(self, Outcome(scenario), client="paho")
         database = f"bench_{scenario.key}"
         url = self.stack.fresh_database(database)
         try:
@@ -1191,6 +1201,14 @@ def ratio_lines(outcomes: list[Outcome]) -> list[str]:
         ratio = single.committed_msgs_s / max(bare.committed_msgs_s, 1e-9)
         lines.append(f"ingest / bare MQTT, same publishers and broker (1 rd/msg): {ratio:.2f}x"
                      f"   (goal >= 0.7: {'met' if ratio >= 0.7 else 'NOT met'})")  # fmt: skip
+    paho = next((o for o in outcomes if o.scenario.consumer == "paho"), None)
+    if bare is not None and paho is not None:
+        ratio = paho.committed_msgs_s / max(bare.committed_msgs_s, 1e-9)
+        lines.append(f"paho receive+ack only / bare MQTT: {ratio:.2f}x   (the ceiling of an"
+                     " ingest on the MQTT client, whatever it does with the messages)")  # fmt: skip
+    if paho is not None and single is not None:
+        ratio = single.committed_msgs_s / max(paho.committed_msgs_s, 1e-9)
+        lines.append(f"ingest / paho receive+ack only: {ratio:.2f}x")
     if naive is not None and single is not None:
         ratio = single.committed_readings_s / max(naive.committed_readings_s, 1e-9)
         lines.append(f"ingest / naive bridge, same offered load (1 rd/msg): {ratio:.1f}x"
@@ -1250,6 +1268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"scenario ({options.warmup:.0f} s warm-up), {options.publishers} publisher "
               f"processes, window {options.window}/device", flush=True)  # fmt: skip
         for scenario in scenarios(options):
+            if options.only and scenario.key not in options.only:
+                continue
             print(f"- {scenario.title} at {scenario.rate:,.0f} msg/s offered ...", flush=True)
             outcome = run.run(scenario)
             outcomes.append(outcome)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -65,18 +66,27 @@ class LoadOutcome:
 # -- bare MQTT with the bench's paced publishers ---------------------------------------------
 
 
-def bare_subscribers(run: Run, out: Path, count_only: bool = False) -> list[subprocess.Popen[Any]]:
-    """Two `mosquitto_sub` as ingest's two workers (partitioned client ids, QoS 1, durable
+def bare_subscribers(
+    run: Run, out: Path, count_only: bool = False, client: str = "mosquitto_sub"
+) -> list[subprocess.Popen[Any]]:
+    """Two subscribers as ingest's two workers (partitioned client ids, QoS 1, durable
     sessions are not needed: they subscribe before anything is published), each printing the
-    delivery time of every message, one line each."""
+    delivery time of every message, one line each: `mosquitto_sub` (bare MQTT), or with
+    `client="paho"` bench/ingest_paho.py (the platform's own MQTT client, nothing else)."""
     admin = run.stack.admin
     processes = []
     for k in range(1, PARTITIONS + 1):
-        argv = [
-            _program("mosquitto_sub"), "-h", admin.host, "-p", str(admin.port), "-V", "5",
-            "-q", "1", "-i", f"bench-bare-{k}.p{k}of{PARTITIONS}", "-u", admin.username or "",
-            "-P", admin.password or "", "-t", READINGS_WILDCARD, "-F", "%U",
-        ]  # fmt: skip
+        client_id = f"bench-{client}-{k}.p{k}of{PARTITIONS}"
+        if client == "paho":
+            script = str(Path(__file__).with_name("ingest_paho.py"))
+            argv = [sys.executable, script, admin.host, str(admin.port),
+                    admin.username or "", admin.password or "", client_id]  # fmt: skip
+        else:
+            argv = [
+                _program("mosquitto_sub"), "-h", admin.host, "-p", str(admin.port), "-V", "5",
+                "-q", "1", "-i", client_id, "-u", admin.username or "",
+                "-P", admin.password or "", "-t", READINGS_WILDCARD, "-F", "%U",
+            ]  # fmt: skip
         stream = (out / f"bare-{k}.txt").open("wb")
         processes.append(subprocess.Popen(argv, stdout=stream, stderr=subprocess.DEVNULL))
         stream.close()
@@ -105,13 +115,13 @@ def delivery_times(out: Path) -> list[float]:
     return times
 
 
-def run_bare(run: Run, outcome: Outcome) -> Outcome:
-    """The paced publishers of the outcome's scenario into bare subscribers: delivered
-    messages/s in the measurement window."""
+def run_bare(run: Run, outcome: Outcome, client: str = "mosquitto_sub") -> Outcome:
+    """The paced publishers of the outcome's scenario into bare subscribers (`client`):
+    delivered messages/s in the measurement window."""
     scenario = outcome.scenario
     out = Path(tempfile.mkdtemp(prefix="ehl-bench-bare-"))
     try:
-        subscribers = bare_subscribers(run, out)
+        subscribers = bare_subscribers(run, out, client=client)
         try:
             processes, results, (_, t_measure, t_end) = run.publishers(scenario)
             time.sleep(max(0.0, t_end - time.time()))
