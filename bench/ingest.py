@@ -164,6 +164,7 @@ class Options:
     quick: bool = False
     no_load: bool = False
     only: frozenset[str] = frozenset()
+    workers: int = 2
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
@@ -191,6 +192,10 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         help="run only these scenarios (comma-separated: single, single-max, batch, batch-max,"
         " latency, bare, paho, naive), to compare two builds on one figure",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=2,
+        help="ingest workers (ehealthlab ingest --workers N; 2 as deployed)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     duration = args.duration or (5.0 if args.quick else 20.0)
     return Options(
@@ -209,6 +214,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         quick=args.quick,
         no_load=args.no_load,
         only=frozenset(name for name in args.only.split(",") if name),
+        workers=max(1, args.workers),
     )
 
 
@@ -793,7 +799,8 @@ class Run:
         fresh name, so no scenario inherits another's sessions; with its client ids."""
         prefix = f"bench-{self.next_worker}"
         self.next_worker += 1
-        names = [f"{prefix}-{k}.p{k}of2" for k in (1, 2)]
+        n = self.options.workers
+        names = [f"{prefix}-{k}.p{k}of{n}" for k in range(1, n + 1)]
         stack = self.stack
         env = {
             **os.environ,
@@ -807,7 +814,8 @@ class Run:
         log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in run_ingest
         offset = log_size(stack.broker.log_file)
         process = subprocess.Popen(
-            [sys.executable, "-m", "ehealthlab.cli", "ingest", "--workers", "2", "--name", prefix],
+            [sys.executable, "-m", "ehealthlab.cli", "ingest", "--workers", str(n), "--name",
+             prefix],
             env=env, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
         self.children.append(process)

@@ -198,8 +198,8 @@ def load_into_bare(run: Run, per_message: int, messages: int) -> LoadOutcome:
 
 
 def load_into_ingest(run: Run, per_message: int, messages: int) -> LoadOutcome:
-    outcome = LoadOutcome(f"ingest --workers 2, {per_message} rd/msg", "ingest", per_message,
-                          messages * LOAD_DEVICES)  # fmt: skip
+    title = f"ingest --workers {run.options.workers}, {per_message} rd/msg"
+    outcome = LoadOutcome(title, "ingest", per_message, messages * LOAD_DEVICES)
     database = f"bench_load_{per_message}"
     url = run.stack.fresh_database(database)
     out = Path(tempfile.mkdtemp(prefix="ehl-bench-load-"))
