@@ -35,6 +35,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from ehealthlab.cli import build_parser
+from ehealthlab.contract import MAX_PACKET_BYTES
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.settings import Settings
@@ -423,6 +424,7 @@ def test_mosquitto_enables_dynamic_security_the_stamp_plugin_and_tls_for_devices
     assert settings["persistence"] == "true"
     assert settings["persistence_location"] == "/mosquitto/data/"
     assert int(settings["max_queued_messages"]) >= 1_000_000
+    assert int(settings["max_packet_size"]) == MAX_PACKET_BYTES  # as the local stack's
     found = listeners(pairs)
     assert set(found) == {1883, 8883}
     assert found[1883] == {}, "the internal listener is the compose network's only"

@@ -18,6 +18,7 @@ from ehealthlab.contract.catalogue import (
     metric,
 )
 from ehealthlab.contract.messages import (
+    MAX_PACKET_BYTES,
     MAX_PAYLOAD_BYTES,
     MAX_READINGS,
     READINGS_SCHEMA,
@@ -59,6 +60,7 @@ __all__ = [
     "DEVICE_TYPES",
     "FUTURE_TOLERANCE",
     "INGEST_SHARED_SUBSCRIPTION",
+    "MAX_PACKET_BYTES",
     "MAX_PAYLOAD_BYTES",
     "MAX_READINGS",
     "METRICS",

@@ -38,6 +38,11 @@ from ehealthlab.contract.timestamps import (
 READINGS_SCHEMA = "ehl.readings/1"
 #: largest readings message, in bytes of UTF-8 JSON
 MAX_PAYLOAD_BYTES = 64 * 1024
+#: largest MQTT packet the broker takes (its `max_packet_size`): a bound on what one device
+#: can make the broker and ingest hold, 16 times the contract's limit so that an oversized
+#: message up to it is still kept with its reason; past it the broker disconnects the device
+#: with MQTT reason 0x95, "Packet too large"
+MAX_PACKET_BYTES = 1024 * 1024
 MAX_READINGS = 500
 MAX_MSG_ID_LENGTH = 64
 #: `seq` is stored in a PostgreSQL bigint

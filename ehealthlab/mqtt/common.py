@@ -34,6 +34,31 @@ class MqttError(EhealthlabError):
     """The broker did not do what was asked (timeout, lost connection, refusal)."""
 
 
+class PacketTooLargeError(MqttError):
+    """A publication bigger than the broker's Maximum Packet Size (sent in its CONNACK).
+
+    Refused before sending: the broker would close the connection without a reason, and the
+    client's resend of it after reconnecting would close it again, forever.
+    """
+
+
+def _variable_byte_integer_size(value: int) -> int:
+    size = 1
+    while value >= 128:
+        value //= 128
+        size += 1
+    return size
+
+
+def publish_packet_size(
+    topic: str, payload: bytes, qos: int, properties: Properties | None = None
+) -> int:
+    """The bytes of an MQTT 5 PUBLISH packet: what a broker's Maximum Packet Size counts."""
+    properties_size = len(properties.pack()) if properties is not None else 1  # type: ignore[no-untyped-call]
+    remaining = 2 + len(topic.encode()) + (2 if qos > 0 else 0) + properties_size + len(payload)
+    return 1 + _variable_byte_integer_size(remaining) + remaining
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
     host: str

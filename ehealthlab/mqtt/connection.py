@@ -23,10 +23,12 @@ from ehealthlab.mqtt.common import (
     BrokerAddress,
     MessageHandler,
     MqttError,
+    PacketTooLargeError,
     ReceivedMessage,
     Will,
     connect_properties,
     new_client,
+    publish_packet_size,
     received_message,
     unreachable,
 )
@@ -70,6 +72,8 @@ class MqttConnection:
         self._connected = threading.Event()
         self._connack_received = threading.Event()
         self._connack: ReasonCode | None = None
+        #: the broker's Maximum Packet Size from its CONNACK (MQTT 5), None when it has none
+        self.max_packet_size: int | None = None
         self._lock = threading.Lock()
         self._acks: dict[int, threading.Event] = {}
         self._ack_reasons: OrderedDict[int, ReasonCode | list[ReasonCode]] = OrderedDict()
@@ -225,6 +229,12 @@ class MqttConnection:
         if user_properties:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.UserProperty = list(user_properties)
+        size = publish_packet_size(topic, payload, qos, properties)
+        if self.max_packet_size is not None and size > self.max_packet_size:
+            raise PacketTooLargeError(
+                f"publish to {topic!r}: the packet would be {size} bytes; the broker takes at"
+                f" most {self.max_packet_size} (its Maximum Packet Size)"
+            )
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         self._check(info.rc, f"publish to {topic!r}")
         if qos > 0 and not track:
@@ -257,6 +267,7 @@ class MqttConnection:
         self._connack = reason
         if not reason.is_failure:
             self.session_present = flags.session_present
+            self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
             self._connected.set()
         self._connack_received.set()
 

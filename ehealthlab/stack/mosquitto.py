@@ -17,6 +17,7 @@ import socket
 import time
 from pathlib import Path
 
+from ehealthlab.contract.messages import MAX_PACKET_BYTES
 from ehealthlab.errors import StackError
 from ehealthlab.stack.plugin import INGEST_PARTITIONS, RECEIVE_STAMP, build_plugin
 from ehealthlab.stack.ports import LOOPBACK, PortTakenError, free_port
@@ -153,6 +154,10 @@ class MosquittoBroker:
             # ingest acknowledges only after commit: while the database is away the broker
             # holds each ingest session's backlog (its default drops QoS 1 past 1,000)
             "max_queued_messages 1000000",
+            # a bound on what one packet may make the broker and ingest hold (MQTT allows
+            # 256 MB); far above the contract's 64 KiB, so that an oversized message still
+            # reaches ingest and is kept with its reason, up to this (docs/device-contract.md)
+            f"max_packet_size {MAX_PACKET_BYTES}",
             # small messages, answered at once: do not wait to fill TCP segments
             "set_tcp_nodelay true",
             f"log_dest file {self.log_file}",
