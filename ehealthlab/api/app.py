@@ -29,7 +29,13 @@ from ehealthlab.evaluation import routes as evaluation_routes
 from ehealthlab.fhir.bulk import routes as bulk_routes
 from ehealthlab.fhir.rest import router as fhir_rest
 from ehealthlab.fhir.transaction import routes as transaction_routes
-from ehealthlab.gateway import erasure_routes, routes
+from ehealthlab.gateway import (
+    alert_routes,
+    device_routes,
+    erasure_routes,
+    organisation_routes,
+    patient_routes,
+)
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.presence import Presence
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
@@ -86,7 +92,12 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.context = None
     problems.install(app)
-    app.include_router(routes.router)
+    # /api/v1, in the order of the OpenAPI document: who takes part, devices, patients and
+    # their enrolments, alerts
+    app.include_router(organisation_routes.router)
+    app.include_router(device_routes.router)
+    app.include_router(patient_routes.router)
+    app.include_router(alert_routes.router)
     app.include_router(erasure_routes.router)  # the operator erases a patient (GDPR art. 17)
     app.include_router(evaluation_routes.router)  # mini-pilots (and the evaluation)
     fhir_rest.install(app)  # /fhir, with OperationOutcomes for its errors

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ehealthlab.api.auth import ContextDep, OperatorDep
 from ehealthlab.api.problems import responses
 from ehealthlab.fhir.bulk.worker import exports_directory
-from ehealthlab.gateway.routes import PatientIdDep
+from ehealthlab.gateway.routes_common import PatientIdDep
 from ehealthlab.store.erasure import erase_patient
 
 router = APIRouter(prefix="/api/v1")

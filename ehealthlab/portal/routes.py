@@ -50,8 +50,14 @@ from ehealthlab.evaluation import routes as evaluation
 from ehealthlab.evaluation.dataset import POPULATIONS
 from ehealthlab.evaluation.fetch import fetch_dataset
 from ehealthlab.evaluation.service import check_request
-from ehealthlab.gateway import registry, tokens
-from ehealthlab.gateway import routes as gateway
+from ehealthlab.gateway import (
+    alert_routes,
+    device_routes,
+    organisation_routes,
+    patient_routes,
+    registry,
+    tokens,
+)
 from ehealthlab.gateway.registry import OrganisationKind
 from ehealthlab.portal import forms, render
 from ehealthlab.portal.ended_sessions import end_session, is_ended
@@ -339,7 +345,7 @@ def _devices_page(
     user: PortalUser, context: ApiContext, *, error: EhealthlabError | None = None,
     form: forms.Form | None = None, notice: str | None = None,
 ) -> Response:  # fmt: skip
-    devices = gateway.list_devices(user.principal, context)
+    devices = device_routes.list_devices(user.principal, context)
     with context.transaction() as conn:
         ids = [d.device_id for d in devices]
         latest = latest_readings(conn, ids, LAST_READINGS)
@@ -365,7 +371,7 @@ def devices(
 def register_device(user: StartupUser, form: FormDep, context: ContextDep) -> Response:
     try:
         body = forms.device_create(form)
-        credentials = gateway.register_device(user.principal, body, context)
+        credentials = device_routes.register_device(user.principal, body, context)
     except (InvalidInputError, NotFoundError) as exc:
         return _devices_page(user, context, error=exc, form=form)
     return render.page("credentials.j2", 201, user=user, credentials=credentials, rotated=False)
@@ -387,12 +393,12 @@ def device(
 ) -> Response:
     caller = user.principal
     minutes = window if window in CONFORMANCE_WINDOWS else 60
-    shown = gateway.get_device(caller, device_id, context)
-    conformance = gateway.device_conformance(
+    shown = device_routes.get_device(caller, device_id, context)
+    conformance = device_routes.device_conformance(
         caller=caller, device_id=device_id, context=context, minutes=minutes, from_=None, to=None
     )
-    rejects = gateway.device_rejects(caller, device_id, context, limit=50)
-    messages = gateway.device_messages(caller, device_id, context, limit=10)
+    rejects = device_routes.device_rejects(caller, device_id, context, limit=50)
+    messages = device_routes.device_messages(caller, device_id, context, limit=10)
     with context.transaction() as conn:
         readings = latest_readings(conn, [device_id], 20).get(device_id, [])
     return render.page(
@@ -409,7 +415,7 @@ def rotate(
     context: ContextDep,
     device_id: Annotated[str, Depends(_device_id)],
 ) -> Response:
-    credentials = gateway.rotate_credentials(user.principal, device_id, context)
+    credentials = device_routes.rotate_credentials(user.principal, device_id, context)
     return render.page("credentials.j2", user=user, credentials=credentials, rotated=True)
 
 
@@ -420,7 +426,7 @@ def revoke(
     context: ContextDep,
     device_id: Annotated[str, Depends(_device_id)],
 ) -> Response:
-    gateway.revoke_device(user.principal, device_id, context)
+    device_routes.revoke_device(user.principal, device_id, context)
     return _see(f"/portal/devices/{device_id}?done=revoked")
 
 
@@ -438,8 +444,8 @@ def _patients_page(
     user: PortalUser, context: ApiContext, *, error: EhealthlabError | None = None,
     form: forms.Form | None = None, notice: str | None = None,
 ) -> Response:  # fmt: skip
-    patients = gateway.list_patients(user.principal, context)
-    alerts = gateway.list_alerts(user.principal, context, status="open", limit=200)
+    patients = patient_routes.list_patients(user.principal, context)
+    alerts = alert_routes.list_alerts(user.principal, context, status="open", limit=200)
     municipalities, _ = _municipalities()
     return render.page(
         "patients.j2", status_of(error) if error else 200, user=user, patients=patients,
@@ -459,7 +465,7 @@ def patients(
 @router.post("/patients")
 def register_patient(user: ProviderUser, form: FormDep, context: ContextDep) -> Response:
     try:
-        gateway.register_patient(user.principal, forms.patient_create(form), context)
+        patient_routes.register_patient(user.principal, forms.patient_create(form), context)
     except InvalidInputError as exc:
         return _patients_page(user, context, error=exc, form=form)
     return _see("/portal/patients?done=patient")
@@ -469,7 +475,7 @@ def register_patient(user: ProviderUser, form: FormDep, context: ContextDep) -> 
 def enrol(user: ProviderUser, form: FormDep, context: ContextDep) -> Response:
     try:
         body = forms.enrolment_create(form, _municipalities()[1])
-        gateway.enrol(user.principal, body, context)
+        patient_routes.enrol(user.principal, body, context)
     except (InvalidInputError, NotFoundError) as exc:
         return _patients_page(user, context, error=exc, form=form)
     return _see("/portal/patients?done=enrolled")
@@ -489,7 +495,7 @@ def acknowledge(
     context: ContextDep,
     alert_id: Annotated[UUID, Depends(_alert_id)],
 ) -> Response:
-    gateway.acknowledge_alert(user.principal, alert_id, context)
+    alert_routes.acknowledge_alert(user.principal, alert_id, context)
     return _see("/portal/patients?done=acknowledged")
 
 
@@ -500,7 +506,7 @@ def _organisations_page(
     user: PortalUser, context: ApiContext, *, error: EhealthlabError | None = None,
     form: forms.Form | None = None,
 ) -> Response:  # fmt: skip
-    organisations = gateway.list_organisations(user.principal, context)
+    organisations = organisation_routes.list_organisations(user.principal, context)
     return render.page(
         "organisations.j2", status_of(error) if error else 200, user=user,
         organisations=organisations, form=form, error=error,
@@ -515,7 +521,7 @@ def organisations(user: OperatorUser, context: ContextDep) -> Response:
 @router.post("/organisations")
 def admit(user: OperatorUser, form: FormDep, context: ContextDep) -> Response:
     try:
-        created = gateway.create_organisation(
+        created = organisation_routes.create_organisation(
             user.principal, forms.organisation_create(form), context
         )
     except InvalidInputError as exc:
@@ -527,7 +533,7 @@ def _mini_pilots_page(
     user: PortalUser, context: ApiContext, *, error: EhealthlabError | None = None,
     form: forms.Form | None = None, notice: str | None = None,
 ) -> Response:  # fmt: skip
-    organisations = gateway.list_organisations(user.principal, context)
+    organisations = organisation_routes.list_organisations(user.principal, context)
     pilots = evaluation.list_mini_pilots(user.principal, context)
     municipalities, _ = _municipalities()
     return render.page(
