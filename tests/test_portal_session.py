@@ -1,5 +1,5 @@
 """The portal's pure parts: signed session cookies, CSRF tokens, and forms made into the API's
-own request bodies."""
+own request bodies; and the order the portal's pages are mounted in."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastapi.routing import iter_route_contexts
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ehealthlab.api.app import create_app
 from ehealthlab.errors import InvalidFieldError, InvalidInputError
 from ehealthlab.portal import forms
 from ehealthlab.portal.session import (
@@ -19,6 +21,7 @@ from ehealthlab.portal.session import (
     open_session,
     session_key,
 )
+from ehealthlab.settings import Settings
 
 KEY = session_key(b"a secret of the tests")
 OTHER_KEY = session_key(b"another secret")
@@ -115,3 +118,12 @@ def test_a_mini_pilot_form_takes_every_checked_box_and_chosen_option():
     )
     body = forms.mini_pilot_create(form)
     assert body.municipalities == ["001003", "001128"] and len(body.startups) == 1
+
+
+def test_the_catch_all_not_found_page_is_mounted_after_every_other_page():
+    # each kind's pages are a router of their own: one mounted after the catch-all would be
+    # shadowed by it, every address of it a "no such page"
+    app = create_app(Settings(database_url="postgresql://unused/unused", mqtt_host="unused"))
+    portal = [r.path for r in iter_route_contexts(app.routes) if r.path.startswith("/portal")]
+    assert portal[-1] == "/portal/{rest:path}" and portal.count("/portal/{rest:path}") == 1
+    assert {"/portal/login", "/portal/devices", "/portal/patients", "/portal/report"} < set(portal)
