@@ -193,6 +193,13 @@ ROUTES: dict[str, Probe] = {
     "GET /portal/patients": listing("/portal/patients", portal=True),
     "POST /portal/patients": public(_OWN),
     "POST /portal/enrolments": portal_enrol,
+    "POST /portal/enrolments/{enrolment_id}/end": by_id(
+        "POST",
+        "/portal/enrolments/{}/end",
+        provider_field("enrolment"),
+        control=False,
+        portal=True,
+    ),
     "POST /portal/alerts/{alert_id}/ack": by_id(
         "POST", "/portal/alerts/{}/ack", provider_field("alert"), control=False, portal=True
     ),

@@ -12,18 +12,21 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect
 from portal_fixtures import (
+    MUNICIPALITY,
     Cast,
     launch_chromium,
     make_cast,
     screenshot_dir,
 )
 
+from ehealthlab.contract.pilot_time import pilot_day
 from ehealthlab.demo import LocalServices
 from ehealthlab.errors import AuthenticationError
 from ehealthlab.gateway import registry
@@ -225,13 +228,13 @@ def test_a_provider_registers_and_enrols_a_patient(open_tab, cast):
     page.fill("input[name=municipality]", "Lanzo Torinese")
     page.fill("input[name=plan_body_weight]", "1")
     with page.expect_response(lambda r: r.url.endswith("/portal/enrolments")) as refused:
-        page.get_by_role("button", name="Enrol").click()
+        page.get_by_role("button", name="Enrol", exact=True).click()
     assert refused.value.status == 404
     expect(page.locator(".banner.error")).to_contain_text("no device")
 
     page.select_option("select[name=patient_id]", label="L.V. 1960")
     page.fill("input[name=device_id]", cast.scale)  # Beta's scale, lent to the patient
-    page.get_by_role("button", name="Enrol").click()
+    page.get_by_role("button", name="Enrol", exact=True).click()
     expect(page.locator(".banner.notice")).to_contain_text("enrolled")
     row = page.locator("#patients tr", has_text="L.V. 1960")
     expect(row).to_contain_text(cast.scale)
@@ -239,6 +242,104 @@ def test_a_provider_registers_and_enrols_a_patient(open_tab, cast):
     enrolments = cast.api(cast.provider).get("/api/v1/enrolments")
     mine = [e for e in enrolments if e["device_id"] == cast.scale]
     assert [(e["municipality"], e["care_plan"]) for e in mine] == [("001128", {"body_weight": 1})]
+
+
+def _enrolled_patient(cast: Cast, label: str, identifier: str) -> tuple[str, str]:
+    """A new patient of the cast's provider, enrolled since yesterday with a new cuff of
+    Alpha's, open-ended: (enrolment id, device id)."""
+    device = cast.api(cast.alpha).post(
+        "/api/v1/devices", {"type": "blood_pressure_monitor", "model": "BP-200", "serial": label}
+    )["device_id"]
+    care = cast.api(cast.provider)
+    patient = care.post("/api/v1/patients", {"identifier": identifier, "label": label})
+    yesterday = pilot_day(datetime.now(UTC)) - timedelta(days=1)
+    enrolment = care.post("/api/v1/enrolments", {
+        "patient_id": patient["id"], "device_id": device, "municipality": MUNICIPALITY,
+        "start": yesterday.isoformat(), "end": None, "care_plan": {"bp_systolic": 1},
+    })  # fmt: skip
+    return enrolment["id"], device
+
+
+def test_a_provider_ends_an_enrolment_and_lends_the_device_again(open_tab, cast, shots):
+    enrolment_id, device = _enrolled_patient(cast, "E.N. 1945", "NDRNZE45C03L219Z")
+    page = open_tab(cast.provider, javascript=False).page
+    line = page.locator(f"#enrolment-{enrolment_id}")
+    expect(line).to_have_class(re.compile(r"\bactive\b"))
+    line.get_by_role("button", name="End enrolment").click()
+    expect(page.locator(".banner.notice")).to_contain_text("ends today")
+    expect(page.locator("#patients .enrolment.active", has_text=device)).to_have_count(0)
+    expect(line).to_contain_text("ends today")
+    expect(line.get_by_role("button", name="End enrolment")).to_have_count(0)
+    today = pilot_day(datetime.now(UTC))
+    ended = cast.api(cast.provider).get(f"/api/v1/enrolments/{enrolment_id}")
+    assert ended["end"] == today.isoformat()  # the API's end: today is its last day
+
+    # so the device serves another patient from tomorrow, not today
+    page.fill("input[name=identifier]", "BNCNNA52D44L219W")
+    page.fill("input[name=label]", "A.B. 1952")
+    page.get_by_role("button", name="Register").click()
+    expect(page.locator(".banner.notice")).to_contain_text("registered")
+    for first_day, status in ((today, 409), (today + timedelta(days=1), 303)):
+        page.select_option("select[name=patient_id]", label="A.B. 1952")
+        page.fill("input[name=device_id]", device)
+        page.fill("input[name=municipality]", "Lanzo Torinese")
+        page.fill("input[name=start]", first_day.isoformat())
+        page.fill("input[name=plan_bp_systolic]", "2")
+        with page.expect_response(lambda r: r.url.endswith("/portal/enrolments")) as answer:
+            page.get_by_role("button", name="Enrol", exact=True).click()
+        assert answer.value.status == status
+        if status == 409:
+            expect(page.locator("body")).to_contain_text("one patient at a time")
+            page.goto("/portal/patients")
+    expect(page.locator(".banner.notice")).to_contain_text("enrolled")
+    lent = page.locator("#patients tr", has_text="A.B. 1952").locator(".enrolment")
+    expect(lent).to_contain_text(device)
+    expect(lent).to_contain_text("not started")  # tomorrow's: nothing to end yet
+    expect(lent.get_by_role("button", name="End enrolment")).to_have_count(0)
+    shoot(page, shots, "provider-enrolment-ended")
+
+
+def test_a_forged_post_cannot_end_an_enrolment(open_tab, cast):
+    enrolment_id, _ = _enrolled_patient(cast, "F.P. 1948", "FRGPRV48E05L219V")
+    page = open_tab(cast.provider).page
+    end = f"{cast.api_url}/portal/enrolments/{enrolment_id}/end"
+    forged = f"<form method=post action='{end}'><button>Win a prize</button></form>"
+    # same site: the session cookie goes along, the missing CSRF token stops it
+    elsewhere = f"http://127.0.0.1:{free_port()}/forged"
+    page.route(elsewhere, lambda route: route.fulfill(content_type="text/html", body=forged))
+    page.goto(elsewhere)
+    with page.expect_response(end) as answer:
+        page.get_by_role("button", name="Win a prize").click()
+    assert answer.value.status == 403
+    expect(page.locator("body")).to_contain_text("CSRF token is missing or wrong")
+    assert cast.api(cast.provider).get(f"/api/v1/enrolments/{enrolment_id}")["end"] is None
+
+
+def test_another_provider_cannot_end_an_enrolment(open_tab, cast):
+    enrolment_id, _ = _enrolled_patient(cast, "O.P. 1939", "THRPRV39H06L219U")
+    other = cast.api(cast.operator).post(
+        "/api/v1/organisations", {"kind": "provider", "name": "ASL TO3"}
+    )
+    page = open_tab(other["token"]).page
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    assert token
+    # the other provider's own valid session and CSRF token: the enrolment is not one of its
+    # patients', so it is as missing as an unknown or malformed id — a page saying so, no 500
+    for target in (enrolment_id, str(uuid.uuid4()), "not-an-id"):
+        answer = page.request.post(
+            f"{cast.api_url}/portal/enrolments/{target}/end", form={"csrf_token": token}
+        )
+        assert answer.status == 404, (target, answer.status)
+        assert "no such enrolment" in answer.text()
+    # and a start-up's session is refused by kind, as the API refuses its token
+    startup = open_tab(cast.alpha).page
+    token = startup.locator("input[name=csrf_token]").first.get_attribute("value")
+    assert token
+    answer = startup.request.post(
+        f"{cast.api_url}/portal/enrolments/{enrolment_id}/end", form={"csrf_token": token}
+    )
+    assert answer.status == 403
+    assert cast.api(cast.provider).get(f"/api/v1/enrolments/{enrolment_id}")["end"] is None
 
 
 def test_the_operator_admits_defines_a_mini_pilot_and_reads_the_report(open_tab, cast, shots):

@@ -55,6 +55,8 @@ NOTICES = {
     "revoked": "The device is revoked: it can no longer connect or publish. Its readings stay.",
     "patient": "The patient is registered.",
     "enrolled": "The patient is enrolled with the device.",
+    "ended": "The enrolment ends today, today included: the device's later readings are not "
+    "the patient's. The device can be enrolled again from tomorrow.",
     "acknowledged": "The alert is acknowledged.",
     "mini-pilot": "The mini-pilot is defined.",
     "bye": "You are logged out.",
