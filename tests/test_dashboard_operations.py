@@ -31,6 +31,7 @@ from ehealthlab.dashboards.queries import (
     resolve_variables,
     run_panel,
 )
+from ehealthlab.gateway import broker_watch
 from ehealthlab.ingest.alerts import DEFAULT_RULES
 from ehealthlab.ingest.pipeline import KnownDevice, judge
 from ehealthlab.ingest.store_batch import store_judged
@@ -116,6 +117,7 @@ def test_every_panel_runs_as_the_lab_over_the_demo_week(
         ("Duplicates and redeliveries", "A"),
         ("Dead letters (whole messages kept)", "A"),
         ("Silent devices", "A"),
+        ("Messages the broker dropped (lost)", "A"),
     }
 
 
@@ -221,7 +223,8 @@ def _bp(seq: int, at: datetime, systolic: float) -> list[dict[str, Any]]:
 def troubled(simulated_pilot: SimulatedPilot) -> Iterator[psycopg.Connection[Any]]:
     """The owner's connection in an open transaction holding, through ingest's own code, a
     wrong clock, an out-of-range reading, unparseable JSON, a topic of no registered device,
-    readings sent again in a new message and a message delivered again. Rolled back after."""
+    readings sent again in a new message and a message delivered again; and, through the broker
+    watch's code, the broker's dropped-messages counter growing. Rolled back after."""
     conn = psycopg.connect(simulated_pilot.url)
     try:
         row = conn.execute(
@@ -253,6 +256,13 @@ def troubled(simulated_pilot: SimulatedPilot) -> Iterator[psycopg.Connection[Any
         for mid, (where, payload, when) in enumerate(arrivals, 1):
             judged = judge(ReceivedMessage(where, payload, 1, False, mid, when), known.get)
             store_judged(conn, writer, [judged], DEFAULT_RULES)
+        for count, when in [
+            (b"0", received),  # the first count seen: recorded, nothing dropped
+            (b"7", received + timedelta(minutes=10)),
+            (b"7", received + timedelta(minutes=20)),  # unchanged: not recorded
+            (b"9", received + timedelta(days=30)),  # after the week
+        ]:
+            broker_watch.record(conn, count, when)
         yield conn
     finally:
         conn.rollback()
@@ -309,6 +319,11 @@ def test_rejects_duplicates_dead_letters_and_clocks_equal_counts_by_hand(
     assert sorted((row[1], row[3], row[2]) for row in dead) == sorted(
         (r[1], r[2], r[4] is not None) for r in rejects if r[3] is None
     )
+
+    lost = results[("Messages the broker dropped (lost)", "A")].rows
+    assert [(_epoch(row[0]), row[1], row[2]) for row in lost] == [
+        (datetime(2026, 3, 10, 10, 10, tzinfo=UTC).timestamp(), 7, 7)
+    ]
 
     assert duplicates == (2,)
     series = results[("Duplicates and redeliveries", "A")].rows

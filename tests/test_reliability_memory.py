@@ -8,7 +8,8 @@ devices keep publishing, and the broker's queue limit is known, with what happen
   past that limit Mosquitto drops QoS 1 messages for an offline or saturated session while
   still acknowledging them to the device. Shown on a broker with Mosquitto's default limit
   (1,000), so the drop is cheap to reach: counted, found in the broker's log and $SYS
-  counter, and seen by the platform only as gaps in the devices' `seq`.
+  counter, and recorded by the platform (the presence leader's broker watch) as a loss of the
+  broker's, besides the gaps it leaves in the devices' `seq`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from reliability_fixtures import (
 from test_ingest import Pilot
 from test_ingest_faults import own_broker, own_postgres
 
+from ehealthlab.gateway.presence import Presence
 from ehealthlab.mqtt import MqttConnection
 from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.stack.ports import start_on_free_port
@@ -193,41 +195,26 @@ def sys_counter(pilot: Pilot, topic: str, at_least: int) -> int:
         watcher.close()
 
 
-def test_past_the_queue_limit_the_broker_drops_and_says_so_only_in_its_log_and_sys(
-    own_postgres, limited_broker
+def test_past_the_queue_limit_the_broker_drops_and_the_platform_records_it(
+    own_postgres, limited_broker, caplog
 ):
     published = 6 * LIMIT
     with fresh_pilot(own_postgres, limited_broker) as pilot:
         device_id, password = pilot.register("multiparameter_monitor")
         ingest = IngestCommand(pilot, workers=1)
         log_offset = limited_broker.log_file.stat().st_size
+        # what every API process runs: its leader records presence and the broker's drops
+        presence = Presence(pilot.admin, pilot.database_url, retry_interval_s=0.5).start()
         try:
-            ingest.start()
-            wait_until_subscribed(pilot, ingest, partitions=1)
-            blast(pilot, device_id, password, range(1, 2))
-            assert eventually(lambda: stored_readings(pilot, [device_id]) == 1, 180), ingest.tail()
-            ingest.kill()  # away, its session kept: the broker queues for it
-            blast(pilot, device_id, password, range(2, 2 + published))  # every one PUBACKed
-            ingest.start()
-            # probes until one lands: the worker is back and has drained what was queued
-            # before (a message published into the full queue meanwhile is dropped too)
-            wait_until_subscribed(pilot, ingest, partitions=1)
-            # then a last message: the session delivers in order, so once it is stored,
-            # everything the broker had kept is stored too
-            sentinel = published + 2
-            blast(pilot, device_id, password, range(sentinel, sentinel + 1))
-            assert pilot.wait_for(
-                "SELECT count(*) FROM readings WHERE device_id = %s AND seq = %s",
-                [(1,)], device_id, sentinel, timeout=180,
-            ) == [(1,)], ingest.tail()  # fmt: skip
-            assert ingest.stop() == 0, ingest.tail()
+            assert presence.leading
+            seqs = _drop_past_the_limit(pilot, ingest, device_id, password, published)
+            missing = published - len(seqs)
+            dropped_sys = sys_counter(pilot, "$SYS/broker/publish/messages/dropped", missing)
+            # the broker republishes its counter every 10 s: the leader records the change
+            recorded = eventually(lambda: _recorded_drops(pilot)[0] >= dropped_sys, 60)
+            recorded_drops = _recorded_drops(pilot)
         finally:
-            ingest.close()
-        seqs = [row[0] for row in pilot.query(
-            "SELECT seq FROM readings WHERE device_id = %s AND seq BETWEEN 2 AND %s ORDER BY seq",
-            device_id, published + 1)]  # fmt: skip
-        missing = published - len(seqs)
-        dropped_sys = sys_counter(pilot, "$SYS/broker/publish/messages/dropped", missing)
+            presence.stop()
     log = limited_broker.log_file.read_bytes()[log_offset:].decode(errors="replace")
     gaps = [(a, b) for a, b in itertools.pairwise(seqs) if b != a + 1]
     figures = {
@@ -239,8 +226,56 @@ def test_past_the_queue_limit_the_broker_drops_and_says_so_only_in_its_log_and_s
         "sys_publish_messages_dropped": dropped_sys,
         "seq_gaps": gaps[:5],
         "broker_log_says_dropping": "Outgoing messages are being dropped" in log,
+        "recorded_in_broker_drops": recorded_drops,
     }
     print("FIGURES promise-3-queue-limit", json.dumps(figures))
     assert missing > 0 and len(seqs) >= LIMIT
     assert "Outgoing messages are being dropped for client" in log
     assert dropped_sys >= missing
+    # recorded: the new drops add up to the broker's count (one broker run, no restart)
+    assert recorded, recorded_drops
+    total, new = recorded_drops
+    assert total == new >= dropped_sys
+    assert any(
+        r.levelname == "ERROR" and "the broker dropped" in r.getMessage() for r in caplog.records
+    )
+
+
+def _drop_past_the_limit(
+    pilot: Pilot, ingest: IngestCommand, device_id: str, password: str, published: int
+) -> list[int]:
+    """Publish `published` messages while the worker is away (its session kept), bring it
+    back, and return the seqs of those stored."""
+    try:
+        ingest.start()
+        wait_until_subscribed(pilot, ingest, partitions=1)
+        blast(pilot, device_id, password, range(1, 2))
+        assert eventually(lambda: stored_readings(pilot, [device_id]) == 1, 180), ingest.tail()
+        ingest.kill()  # away, its session kept: the broker queues for it
+        blast(pilot, device_id, password, range(2, 2 + published))  # every one PUBACKed
+        ingest.start()
+        # probes until one lands: the worker is back and has drained what was queued
+        # before (a message published into the full queue meanwhile is dropped too)
+        wait_until_subscribed(pilot, ingest, partitions=1)
+        # then a last message: the session delivers in order, so once it is stored,
+        # everything the broker had kept is stored too
+        sentinel = published + 2
+        blast(pilot, device_id, password, range(sentinel, sentinel + 1))
+        assert pilot.wait_for(
+            "SELECT count(*) FROM readings WHERE device_id = %s AND seq = %s",
+            [(1,)], device_id, sentinel, timeout=180,
+        ) == [(1,)], ingest.tail()  # fmt: skip
+        assert ingest.stop() == 0, ingest.tail()
+    finally:
+        ingest.close()
+    return [row[0] for row in pilot.query(
+        "SELECT seq FROM readings WHERE device_id = %s AND seq BETWEEN 2 AND %s ORDER BY seq",
+        device_id, published + 1)]  # fmt: skip
+
+
+def _recorded_drops(pilot: Pilot) -> tuple[int, int]:
+    """The broker's count as last recorded, and the sum of what each record found new."""
+    ((total, new),) = pilot.query(
+        "SELECT coalesce(max(dropped_total), 0), coalesce(sum(dropped), 0) FROM broker_drops"
+    )
+    return int(total), int(new)

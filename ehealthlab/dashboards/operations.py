@@ -135,6 +135,16 @@ ORDER BY x.received_at DESC, x.id DESC
 LIMIT 100
 """
 
+BROKER_DROPS_SQL = """
+SELECT b.observed_at AS "observed",
+       b.dropped AS "dropped",
+       b.dropped_total AS "broker's count since it started"
+FROM broker_drops b
+WHERE b.dropped > 0 AND $__timeFilter(b.observed_at)
+ORDER BY b.observed_at DESC, b.id DESC
+LIMIT 100
+"""
+
 DEVICES_SQL = """
 SELECT o.name AS "start-up",
        count(*) FILTER (WHERE d.status = 'online') AS "online",
@@ -385,6 +395,20 @@ def operations_dashboard() -> Dashboard:
     )
     grid.place(
         Text(title="Ingest backlog", content=BACKLOG_TEXT.strip(), mode="markdown"), w=24, h=7
+    )
+    grid.place(  # after every older panel: their ids do not move
+        _table(
+            "Messages the broker dropped (lost)",
+            "Observation time. Each time the broker's count of dropped messages "
+            "($SYS/broker/publish/messages/dropped) grew: messages a session's queue had no "
+            "room for (max_queued_messages), acknowledged to their devices and then dropped, so "
+            "no device resends them and ingest never sees them. Empty is the only good answer; "
+            "a row means ingest was away or too slow for that long (docs/reliability-faults.md "
+            "§3). Newest 100.",
+            BROKER_DROPS_SQL,
+        ),
+        w=24,
+        h=6,
     )
     grid.banner(provenance_panel(KIND), h=3)  # last placed: no other id moves
     return dashboard(

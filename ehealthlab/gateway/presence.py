@@ -19,6 +19,9 @@ within about `RETRY_INTERVAL_S` and, subscribing, reads every device's retained 
 (one more `retained` event per device, as an API restart gives); changes in between arrive
 as that retained state, not one by one. The MQTT network thread only queues messages; the
 presence thread writes them.
+
+The leader also watches the broker's count of the messages it dropped (broker_watch.py):
+one process records it, as it records presence, for the same reasons.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from pydantic import ValidationError
 
 from ehealthlab.contract.messages import StatusMessage
 from ehealthlab.contract.topics import STATUS_WILDCARD, TopicKind, parse_device_topic
-from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
-from ehealthlab.gateway import registry
+from ehealthlab.errors import EhealthlabError, PermissionDeniedError, ServiceUnavailableError
+from ehealthlab.gateway import broker_watch, registry
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.store.db import Connection
 
@@ -137,10 +140,15 @@ class _LockSession:
     def record(self, message: ReceivedMessage) -> None:
         """Record on the lock's session: a lost session cannot write, a lost lock neither."""
         try:
-            self._on_session(lambda conn: record(conn, message))
+            if message.topic == broker_watch.DROPPED_TOPIC:
+                self._on_session(
+                    lambda conn: broker_watch.record(conn, message.payload, message.received_at)
+                )
+            else:
+                self._on_session(lambda conn: record(conn, message))
         except psycopg.Error as exc:
-            # the broker still holds the retained state: it comes back on the next
-            # (re)subscription, so one lost update heals itself
+            # the broker still holds the retained state, and republishes its counter every
+            # sys_interval: the next one brings it back, so one lost update heals itself
             log.warning("presence: could not record %s: %s", message.topic, exc)
 
     def release(self) -> None:
@@ -274,6 +282,10 @@ class Presence:
         except EhealthlabError:
             connection.close()
             raise
+        try:
+            connection.subscribe(broker_watch.DROPPED_TOPIC)
+        except PermissionDeniedError as exc:  # presence still works: say what is missing
+            log.warning("presence: not watching the broker's dropped messages: %s", exc)
         return connection
 
     def _connection_lost(self, reason: str) -> None:
