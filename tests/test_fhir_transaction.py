@@ -318,8 +318,11 @@ def test_a_bundle_is_stored_exactly_as_the_same_readings_over_mqtt(
         return bool(now["log"]) and now["seen"] == [(True,)]
 
     deadline = time.monotonic() + DEADLINE_S
-    while not ingested(over_mqtt := stored(by_mqtt["device_id"])) and time.monotonic() < deadline:
+    while not ingested(stored(by_mqtt["device_id"])) and time.monotonic() < deadline:
         time.sleep(0.05)
+    # read again once it is all in: each query above is its own snapshot, so the readings
+    # may have been read just before the commit that the message's log row was read after
+    over_mqtt = stored(by_mqtt["device_id"])
     over_http = stored(by_http)
     assert over_http == over_mqtt
     assert len(over_http["readings"]) == 7 and all(row[7] for row in over_http["readings"])
