@@ -39,7 +39,7 @@ from ehealthlab.contract import MAX_PACKET_BYTES
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.settings import Settings
-from ehealthlab.stack.mosquitto import connack_code
+from ehealthlab.stack.mosquitto import MAX_QUEUED_BYTES, connack_code
 from ehealthlab.stack.plugin import INGEST_PARTITIONS, RECEIVE_STAMP, build_plugin
 from ehealthlab.stack.ports import LOOPBACK, free_port
 from ehealthlab.stack.postgres import PostgresServer
@@ -425,6 +425,7 @@ def test_mosquitto_enables_dynamic_security_the_stamp_plugin_and_tls_for_devices
     assert settings["persistence_location"] == "/mosquitto/data/"
     assert int(settings["max_queued_messages"]) >= 1_000_000
     assert int(settings["max_packet_size"]) == MAX_PACKET_BYTES  # as the local stack's
+    assert int(settings["max_queued_bytes"]) == MAX_QUEUED_BYTES  # as the local stack's
     found = listeners(pairs)
     assert set(found) == {1883, 8883}
     assert found[1883] == {}, "the internal listener is the compose network's only"

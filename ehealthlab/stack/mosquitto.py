@@ -35,6 +35,9 @@ from ehealthlab.stack.programs import (
 
 #: MQTT 3.1.1 CONNACK return codes that mean "wrong credentials", not "not ready yet"
 REFUSED_CREDENTIALS = {4: "bad user name or password", 5: "not authorised"}
+#: payload bytes one session may have queued (Mosquitto counts payloads only): with
+#: max_queued_messages 1,000,000, a bound on the broker's memory however big the messages
+MAX_QUEUED_BYTES = 1024 * 1024 * 1024
 
 
 class MosquittoBroker:
@@ -154,6 +157,9 @@ class MosquittoBroker:
             # ingest acknowledges only after commit: while the database is away the broker
             # holds each ingest session's backlog (its default drops QoS 1 past 1,000)
             "max_queued_messages 1000000",
+            # ... and at most this much payload, so that big messages (batches, up to the
+            # packet limit) cannot make a session's backlog outgrow the host's memory
+            f"max_queued_bytes {MAX_QUEUED_BYTES}",
             # a bound on what one packet may make the broker and ingest hold (MQTT allows
             # 256 MB); far above the contract's 64 KiB, so that an oversized message still
             # reaches ingest and is kept with its reason, up to this (docs/device-contract.md)
