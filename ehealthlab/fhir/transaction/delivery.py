@@ -27,11 +27,11 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ehealthlab.contract.catalogue import METRICS
+from ehealthlab.contract.clock import CLOCK_TOLERANCE_S
 from ehealthlab.contract.messages import READINGS_SCHEMA
 from ehealthlab.contract.outcome import MessageOutcome, Rejection
 from ehealthlab.contract.timestamps import TimestampError, parse_timestamp
 from ehealthlab.contract.topics import readings_topic
-from ehealthlab.contract.validation import CLOCK_TOLERANCE_S
 from ehealthlab.errors import ServiceUnavailableError
 from ehealthlab.fhir.mapping.fast import Json
 from ehealthlab.fhir.transaction.bundle import EntryPlan, Fault, read_bundle
