@@ -25,7 +25,7 @@ from ehealthlab.fhir.mapping.codes import POPULATION_SYSTEM
 from ehealthlab.fhir.measures.definitions import COMPOSITE_URL
 from ehealthlab.fhir.questionnaires.sus import SUS_URL
 from ehealthlab.fhir.search.parameters import PARAMETERS
-from ehealthlab.fhir.transaction.bundle import READING_SEQ_SYSTEM
+from ehealthlab.fhir.transaction.entry import READING_SEQ_SYSTEM
 from ehealthlab.mqtt import BrokerAddress, MqttConnection
 
 WAIT_S = 60.0  # bounds a failure only

@@ -20,7 +20,7 @@ from ehealthlab.evaluation.dataset import (
     Readings,
     SusResponses,
 )
-from ehealthlab.evaluation.economics import reference_municipalities
+from ehealthlab.evaluation.snai_reference import reference_municipalities
 
 METRICS = ("bp_systolic", "body_weight", "spo2")
 #: (ISTAT code, patients): Torino and Chieri (A), Collegno (B), Agliè and Airasca (C),

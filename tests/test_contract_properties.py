@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ehealthlab.contract.catalogue import DEVICE_TYPES, METRICS
+from ehealthlab.contract.clock import CLOCK_TOLERANCE_S
 from ehealthlab.contract.messages import (
     MAX_PAYLOAD_BYTES,
     MAX_SEQ,
@@ -24,7 +25,7 @@ from ehealthlab.contract.messages import (
 )
 from ehealthlab.contract.outcome import MessageOutcome, build_feedback
 from ehealthlab.contract.timestamps import RFC3339_PATTERN, TimestampError, parse_timestamp
-from ehealthlab.contract.validation import CLOCK_TOLERANCE_S, validate_message
+from ehealthlab.contract.validation import validate_message
 
 RECEIVED_AT = datetime(2026, 11, 25, 8, 1, 8, tzinfo=timezone(timedelta(hours=1)))
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

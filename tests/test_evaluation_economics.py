@@ -16,22 +16,18 @@ from hypothesis import strategies as st
 
 from ehealthlab.contract.catalogue import DEVICE_TYPES
 from ehealthlab.errors import InvalidInputError
-from ehealthlab.evaluation.economics import (
+from ehealthlab.evaluation.economic_parameters import EconomicParameters, load_parameters
+from ehealthlab.evaluation.economics import INDICATOR_IDS, EconomicInputs, compute_economics
+from ehealthlab.evaluation.scale_up import ClassObservation, scale_up_projection
+from ehealthlab.evaluation.snai_reference import (
     EARTH_RADIUS_KM,
-    INDICATOR_IDS,
-    ClassObservation,
-    EconomicInputs,
-    EconomicParameters,
     Municipality,
     Pole,
     build_pole_distances,
-    compute_economics,
     haversine_km,
-    load_parameters,
     outside_poles,
     pole_distances,
     reference_municipalities,
-    scale_up_projection,
 )
 
 # (latitude, longitude) as in cmto_municipalities.csv / snai_reference_poles_outside_cmto.csv

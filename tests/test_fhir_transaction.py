@@ -29,12 +29,8 @@ from ehealthlab.contract.messages import MAX_READINGS, ReasonCode
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.contract.validation import validate_message
 from ehealthlab.fhir.mapping.ids import observation_id
-from ehealthlab.fhir.transaction.bundle import (
-    MAX_ENTRIES,
-    READING_SEQ_SYSTEM,
-    BundleError,
-    read_bundle,
-)
+from ehealthlab.fhir.transaction.bundle import MAX_ENTRIES, BundleError, read_bundle
+from ehealthlab.fhir.transaction.entry import READING_SEQ_SYSTEM
 from ehealthlab.fhir.transaction.messages import contract_messages, message_id_base
 from ehealthlab.fhir.transaction.response import REJECTION_REASON_SYSTEM
 from ehealthlab.ingest.worker import IngestConfig, IngestWorker

@@ -17,6 +17,7 @@ from ehealthlab.contract.catalogue import (
     device_type,
     metric,
 )
+from ehealthlab.contract.clock import CLOCK_TOLERANCE_S, FUTURE_TOLERANCE
 from ehealthlab.contract.messages import (
     MAX_PACKET_BYTES,
     MAX_PAYLOAD_BYTES,
@@ -48,12 +49,7 @@ from ehealthlab.contract.topics import (
     readings_topic,
     status_topic,
 )
-from ehealthlab.contract.validation import (
-    CLOCK_TOLERANCE_S,
-    FUTURE_TOLERANCE,
-    content_digest,
-    validate_message,
-)
+from ehealthlab.contract.validation import content_digest, validate_message
 
 __all__ = [
     "CLOCK_TOLERANCE_S",

@@ -21,7 +21,7 @@ from ehealthlab.dashboards.roles import Kind
 KIND: Kind = "lab"
 UID = "ehl-operations"
 
-#: the contract's clock tolerance (contract/validation.py CLOCK_TOLERANCE_S): beyond it a
+#: the contract's clock tolerance (contract/clock.py CLOCK_TOLERANCE_S): beyond it a
 #: message's readings are clock-corrected
 CLOCK_TOLERANCE_S = 120
 #: every care plan of the pilot expects readings every day: a device enrolled and quiet for

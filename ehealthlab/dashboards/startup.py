@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from grafanalib.core import Dashboard, Stat, Table, Text, TimeSeries
 
-from ehealthlab.contract.validation import CLOCK_TOLERANCE_S
+from ehealthlab.contract.clock import CLOCK_TOLERANCE_S
 from ehealthlab.dashboards.latency import counts_sql, quantile_sql, sums_sql
 from ehealthlab.dashboards.panels import Grid, dashboard, datasource, query_variable, sql
 from ehealthlab.dashboards.provenance import provenance_panel

@@ -15,8 +15,10 @@ from ehealthlab.errors import InvalidFieldError
 from ehealthlab.evaluation import economics
 from ehealthlab.evaluation.compute import EconomicModel, evaluate
 from ehealthlab.evaluation.dataset import GROUPINGS, POPULATIONS, Period
+from ehealthlab.evaluation.economic_parameters import load_parameters
 from ehealthlab.evaluation.fetch import fetch_dataset
 from ehealthlab.evaluation.output import to_document
+from ehealthlab.evaluation.snai_reference import pole_distances
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection
 
@@ -43,8 +45,8 @@ def check_request(start: date, end: date, grouping: str, population: str) -> Per
 
 def economic_model(settings: Settings) -> EconomicModel:
     """The economic model with the configured parameters and the shipped reference data."""
-    params = economics.load_parameters(settings.economics_file)
-    distances = economics.pole_distances()
+    params = load_parameters(settings.economics_file)
+    distances = pole_distances()
 
     def model(inputs: economics.EconomicInputs) -> dict[str, float | None]:
         return economics.compute_economics(params, distances, inputs)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from ehealthlab.contract.validation import CLOCK_TOLERANCE_S
+from ehealthlab.contract.clock import CLOCK_TOLERANCE_S
 
 Verdict = Literal["pass", "warn", "fail", "not_observed"]
 Overall = Literal["conformant", "not_conformant", "not_enough_observed"]

@@ -13,8 +13,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from ehealthlab.contract.pilot_time import PILOT_ZONE
-from ehealthlab.evaluation import economics
 from ehealthlab.evaluation.dataset import Dataset
+from ehealthlab.evaluation.economic_parameters import load_parameters
 from ehealthlab.evaluation.registry import BY_ID
 from ehealthlab.evaluation.report import charts, economy, tables
 from ehealthlab.evaluation.report.evaluations import evaluate_report
@@ -48,7 +48,7 @@ def build_report(data: Dataset, settings: Settings, *, computed_at: datetime | N
     here from `data`, with the configured seed, economic parameters and publication
     threshold."""
     seed = settings.evaluation_seed
-    params = economics.load_parameters(settings.economics_file)
+    params = load_parameters(settings.economics_file)
     ev = evaluate_report(data, seed=seed, economics=economic_model(settings),
                          min_group_patients=settings.min_group_patients)  # fmt: skip
     simulated = data.population == "simulated"

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from ehealthlab.evaluation.compare import difference
 from ehealthlab.evaluation.compute import AREA_LABELS, GroupResult
 from ehealthlab.evaluation.dataset import Dataset
-from ehealthlab.evaluation.economics import SNAI_CLASSES
 from ehealthlab.evaluation.registry import BY_ID, INDICATORS, Kind, Mean
 from ehealthlab.evaluation.report import figures, tables
 from ehealthlab.evaluation.report import formatting as fmt
 from ehealthlab.evaluation.report.economy import ScaleUp
 from ehealthlab.evaluation.report.evaluations import Evaluations
 from ehealthlab.evaluation.report.tables import Row, Table, areas
+from ehealthlab.evaluation.snai_reference import SNAI_CLASSES
 
 SERIES = (("all", "All municipalities"), ("centre", AREA_LABELS["centre"]),
           ("inner", AREA_LABELS["inner"]))  # fmt: skip

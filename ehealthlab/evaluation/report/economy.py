@@ -10,19 +10,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 
 from ehealthlab.evaluation import economics
+from ehealthlab.evaluation import scale_up as scale_up_model
 from ehealthlab.evaluation.compute import AREA_LABELS, SNAI_LABELS
-from ehealthlab.evaluation.economics import (
-    INDICATOR_IDS,
-    ClassObservation,
-    EconomicParameters,
-    ScaleUpProjection,
-)
+from ehealthlab.evaluation.economic_parameters import PARAMETERS_TOML, EconomicParameters
+from ehealthlab.evaluation.economics import INDICATOR_IDS
 from ehealthlab.evaluation.registry import BY_ID
 from ehealthlab.evaluation.report import formatting as fmt
 from ehealthlab.evaluation.report.evaluations import Evaluations
 from ehealthlab.evaluation.report.tables import Row, Table, areas
+from ehealthlab.evaluation.scale_up import (
+    ClassObservation,
+    ScaleUpProjection,
+    scale_up_projection,
+)
+from ehealthlab.evaluation.snai_reference import SNAI_CLASSES, pole_distances
 
 PARAMETER_MEANINGS = {
     "visits_per_month": "In-person monitoring visits replaced, per patient-month",
@@ -86,7 +90,7 @@ def provenance(text: str) -> dict[str, str]:
 
 def parameters_table(params: EconomicParameters, source: Path | None) -> Table:
     if source is None:
-        shipped = resources.files("ehealthlab.evaluation") / economics.PARAMETERS_TOML
+        shipped = resources.files("ehealthlab.evaluation") / PARAMETERS_TOML
         marks = provenance(shipped.read_text(encoding="utf-8"))
         origin = "the shipped defaults (ehealthlab/evaluation/economics.toml)"
     else:
@@ -117,22 +121,22 @@ def _parameter_row(name: str, value: float, meaning: str, mark: str) -> Row:
     return Row(name, [*cells, fmt.Cell(mark or "this file", css=css)])
 
 
-def docstring_part(start: str, stop: str | None = None) -> str:
-    """A part of the economic model's documentation (economics.py), from the paragraph that
-    begins with `start` to the one that begins with `stop`: the formulas shown are the code's
-    own."""
-    text = inspect.cleandoc(economics.__doc__ or "")
+def docstring_part(module: ModuleType, start: str, stop: str | None = None) -> str:
+    """A part of the economic model's documentation (economics.py, scale_up.py), from the
+    paragraph that begins with `start` to the one that begins with `stop`: the formulas shown
+    are the code's own."""
+    text = inspect.cleandoc(module.__doc__ or "")
     begin = text.index(start)
     end = text.index(stop, begin) if stop else len(text)
     return text[begin:end].strip()
 
 
 def economic_formulas() -> str:
-    return docstring_part("Per group", "An indicator with an empty denominator")
+    return docstring_part(economics, "Per group", "An indicator with an empty denominator")
 
 
 def scale_up_formula() -> str:
-    return docstring_part("Scale-up projection")
+    return docstring_part(scale_up_model, "Scale-up projection")
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ _PROJECTED: list[tuple[str, _Figure, int]] = [
 
 def scale_up(ev: Evaluations, params: EconomicParameters) -> ScaleUp:
     observed, withheld = observations(ev)
-    projections = economics.scale_up_projection(params, economics.pole_distances(), observed)
+    projections = scale_up_projection(params, pole_distances(), observed)
     head = ["Per SNAI class", *(f"{p.snai_class}" for p in projections), "Projected classes"]
     done = [p for p in projections if p.projected]
     rows = [
@@ -199,7 +203,7 @@ def scale_up(ev: Evaluations, params: EconomicParameters) -> ScaleUp:
     rows.append(Row("Projected", [fmt.Cell("yes" if p.projected else "no", css="nodata"
                                            if not p.projected else "") for p in projections]
                     + [fmt.Cell(f"{len(done)} of {len(projections)}")]))  # fmt: skip
-    classes = ", ".join(f"{k}: {SNAI_LABELS[k].split(', ')[1]}" for k in economics.SNAI_CLASSES)
+    classes = ", ".join(f"{k}: {SNAI_LABELS[k].split(', ')[1]}" for k in SNAI_CLASSES)
     reasons = " ".join(f"Class {k} not projected: {text}." for k, text in why.items())
     table = Table(
         "Scale-up projection: the service extended to every municipality of each SNAI class, "

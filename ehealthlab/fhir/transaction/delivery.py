@@ -1,12 +1,12 @@
 """Readings delivered as a FHIR Bundle over HTTPS, stored exactly as MQTT ingest stores them.
 
-bundle.py and messages.py turn the Bundle into the device contract's readings messages;
-from there the path is ingest's own: `pipeline.judge` validates each message, the
-ReadingWriter stores the accepted readings once (duplicates counted, conflicts refused),
-rejected ones become dead letters with their reason code, the message is logged (once,
-however often it is delivered), readings find their patient through enrolments and the alert
-rules see them — in one transaction, with the same locks, as `IngestWorker._write_batch`
-does for a batch.
+bundle.py (with entry.py and observation_readings.py) and messages.py turn the Bundle into
+the device contract's readings messages; from there the path is ingest's own:
+`pipeline.judge` validates each message, the ReadingWriter stores the accepted readings once
+(duplicates counted, conflicts refused), rejected ones become dead letters with their reason
+code, the message is logged (once, however often it is delivered), readings find their
+patient through enrolments and the alert rules see them — in one transaction, with the same
+locks, as `IngestWorker._write_batch` does for a batch.
 
 What differs from MQTT is only the envelope: the receive time is the API's clock, QoS is 1
 (at least once, as HTTP retries are), a reading's dead letter keeps the Observation as the
@@ -27,19 +27,20 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ehealthlab.contract.catalogue import METRICS
+from ehealthlab.contract.clock import CLOCK_TOLERANCE_S
 from ehealthlab.contract.messages import READINGS_SCHEMA
 from ehealthlab.contract.outcome import MessageOutcome, Rejection
 from ehealthlab.contract.timestamps import TimestampError, parse_timestamp
 from ehealthlab.contract.topics import readings_topic
-from ehealthlab.contract.validation import CLOCK_TOLERANCE_S
 from ehealthlab.errors import ServiceUnavailableError
 from ehealthlab.fhir.mapping.fast import Json
-from ehealthlab.fhir.transaction.bundle import EntryPlan, Fault, read_bundle
+from ehealthlab.fhir.transaction.bundle import read_bundle
 from ehealthlab.fhir.transaction.messages import (
     ContractMessage,
     contract_messages,
     message_id_base,
 )
+from ehealthlab.fhir.transaction.plan import EntryPlan, Fault
 from ehealthlab.fhir.transaction.response import (
     EntryResult,
     ReadingResult,

@@ -20,7 +20,7 @@ from ehealthlab.contract.messages import (
     READINGS_SCHEMA,
 )
 from ehealthlab.fhir.mapping.codes import FHIR_BASE
-from ehealthlab.fhir.transaction.bundle import BundlePlan, Draft, EntryPlan, Fault
+from ehealthlab.fhir.transaction.plan import BundlePlan, Draft, EntryPlan, Fault
 
 #: a contract message is cut before this size, leaving room for its envelope
 _CHUNK_BYTES = MAX_PAYLOAD_BYTES - 1024

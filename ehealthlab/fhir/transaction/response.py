@@ -15,7 +15,7 @@ from ehealthlab.fhir.bulk.export import Issue, operation_outcome
 from ehealthlab.fhir.mapping.codes import BLOOD_PRESSURE, DIASTOLIC, FHIR_BASE, SYSTOLIC
 from ehealthlab.fhir.mapping.fast import Json
 from ehealthlab.fhir.mapping.ids import observation_id
-from ehealthlab.fhir.transaction.bundle import BundlePlan, EntryPlan, Refusal
+from ehealthlab.fhir.transaction.plan import BundlePlan, EntryPlan, Refusal
 
 #: OperationOutcome.issue.details coding: the device contract's reason codes
 REJECTION_REASON_SYSTEM = f"{FHIR_BASE}/CodeSystem/rejection-reason"
