@@ -33,7 +33,8 @@ from ehealthlab.fhir.transaction.bundle import MAX_ENTRIES, BundleError, read_bu
 from ehealthlab.fhir.transaction.entry import READING_SEQ_SYSTEM
 from ehealthlab.fhir.transaction.messages import contract_messages, message_id_base
 from ehealthlab.fhir.transaction.response import REJECTION_REASON_SYSTEM
-from ehealthlab.ingest.worker import IngestConfig, IngestWorker
+from ehealthlab.ingest.worker import IngestWorker
+from ehealthlab.ingest.worker_config import IngestConfig
 from ehealthlab.mqtt import BrokerAddress, MqttConnection
 from ehealthlab.settings import Settings
 

@@ -25,7 +25,8 @@ from ehealthlab.contract.topics import (
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.alerts import DEFAULT_RULES
 from ehealthlab.ingest.store_batch import store_judged
-from ehealthlab.ingest.worker import IngestConfig, IngestWorker
+from ehealthlab.ingest.worker import IngestWorker
+from ehealthlab.ingest.worker_config import IngestConfig
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.settings import Settings
 from ehealthlab.store.readings import ReadingWriter

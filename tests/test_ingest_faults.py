@@ -24,7 +24,7 @@ from test_ingest import Pilot, RunningWorker, publish_all, stream
 
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.ingest.pipeline import partition_of
-from ehealthlab.ingest.worker import IngestConfig
+from ehealthlab.ingest.worker_config import IngestConfig
 from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.stack.ports import start_on_free_port
 from ehealthlab.stack.postgres import PostgresServer

@@ -21,7 +21,8 @@ from ehealthlab.contract.topics import (
     status_topic,
 )
 from ehealthlab.ingest.pipeline import partition_of
-from ehealthlab.ingest.worker import IngestConfig, IngestWorker
+from ehealthlab.ingest.worker import IngestWorker
+from ehealthlab.ingest.worker_config import IngestConfig
 from ehealthlab.mqtt import MqttConnection, ReceivedMessage
 
 PARTITIONS = 3

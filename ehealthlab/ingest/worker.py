@@ -20,20 +20,14 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
 
 import orjson
 import psycopg
 
-from ehealthlab.contract.topics import (
-    INGEST_SHARED_SUBSCRIPTION,
-    READINGS_WILDCARD,
-    feedback_topic,
-)
+from ehealthlab.contract.topics import feedback_topic
 from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
-from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
 from ehealthlab.ingest.pipeline import (
     UNKNOWN_DEVICE,
     JudgedMessage,
@@ -44,74 +38,13 @@ from ehealthlab.ingest.pipeline import (
     refuse,
 )
 from ehealthlab.ingest.store_batch import store_judged
+from ehealthlab.ingest.worker_config import IngestConfig, WorkerStats
 from ehealthlab.mqtt import BrokerAddress, MqttConsumer, ReceivedMessage
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection, connect
 from ehealthlab.store.readings import ReadingWriter
 
 log = logging.getLogger("ehealthlab.ingest")
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """How a worker batches and how long the broker keeps its session."""
-
-    batch_max_messages: int = 1000
-    batch_max_readings: int = 10_000
-    batch_max_wait_s: float = 0.02
-    receive_maximum: int = 2000
-    session_expiry_s: int = 7 * 24 * 3600
-    retry_initial_s: float = 0.25
-    retry_max_s: float = 5.0
-    rules: AlertRules = DEFAULT_RULES
-    drain_timeout_s: float = 30.0
-    #: a batch the database has not answered in this long is given up: the connection is
-    #: cut, and the batch retried on a new one (a link that swallows packets, or a server
-    #: that stopped answering, would otherwise hold the worker for ever: nothing bounds a
-    #: statement once sent)
-    batch_timeout_s: float = 30.0
-    #: "partitioned" (`ehealthlab ingest`'s default): every worker holds a durable ordinary
-    #: subscription and keeps the devices of its partition (a hash of device_id mod
-    #: `partitions`); a broker restart loses nothing, since Mosquitto 2.0 persists ordinary
-    #: subscriptions and not shared ones, and the broker's ehl_ingest_partitions plugin sends
-    #: each worker only its partition's messages. "shared": the broker splits messages over
-    #: the $share/ingest group, for brokers that keep shared subscriptions across a restart;
-    #: it is this class's default because a shared worker's session ends when it stops, which
-    #: suits short-lived workers (tests, a demo in one process) (docs/ingest.md).
-    subscription: Literal["shared", "partitioned"] = "shared"
-    partition: int = 0
-    partitions: int = 1
-
-    @property
-    def topic_filter(self) -> str:
-        return INGEST_SHARED_SUBSCRIPTION if self.subscription == "shared" else READINGS_WILDCARD
-
-    def client_id(self, name: str) -> str:
-        """The worker's MQTT client id: its name, and for a partitioned worker its partition
-        as ".p<k>of<n>" (from 1), which the broker's partitions plugin reads. A different
-        number of partitions is therefore a different set of sessions."""
-        if self.subscription == "shared":
-            return name
-        return f"{name}.p{self.partition + 1}of{self.partitions}"
-
-
-@dataclass
-class WorkerStats:
-    """Counters since start, read by the metrics endpoint and the status line."""
-
-    messages: int = 0
-    readings: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    redeliveries: int = 0
-    alerts: int = 0
-    #: messages of other partitions that the broker sent anyway (no partitions plugin)
-    foreign: int = 0
-    batches: int = 0
-    last_batch_s: float = 0.0
-    lag_s: float = 0.0
-    db_available: bool = True
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

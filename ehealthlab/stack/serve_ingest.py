@@ -23,7 +23,8 @@ from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.ingest.metrics import WorkerMetrics, report_every_minute
 from ehealthlab.ingest.stamp_check import require_receive_stamp
-from ehealthlab.ingest.worker import IngestConfig, IngestWorker
+from ehealthlab.ingest.worker import IngestWorker
+from ehealthlab.ingest.worker_config import IngestConfig
 from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
 from ehealthlab.stack.local import settings_with_stack
