@@ -263,6 +263,47 @@ def test_a_database_outage_loses_nothing_and_memory_stays_bounded(pilot, own_pos
     assert pilot.query("SELECT count(*) FROM device_messages") == [(400,)]
 
 
+def test_what_a_crashed_broker_had_delivered_is_stored_though_the_broker_forgot_it(
+    pilot, own_postgres, own_broker, caplog
+):
+    """Mosquitto persists only every `autosave_interval`: a broker that crashes forgets the
+    messages it had sent to a worker since its last save. The worker stores what it had
+    already read instead of dropping it with the lost connection."""
+    device_id, password = pilot.register("multiparameter_monitor")
+    # one message a batch: all but the one being stored wait, read, in the worker's hands
+    config = IngestConfig(subscription="partitioned", batch_max_messages=1, retry_max_s=0.5)
+    running = RunningWorker(pilot.settings, "ingest-broker-crash", config)
+    payloads = stream(device_id, 5_000)  # 100 messages of 50 readings
+    try:
+        publish_all(pilot, device_id, password, payloads[:1])
+        assert wait_until(lambda: count(pilot) == 50)
+        own_postgres.stop()
+        publish_all(pilot, device_id, password, payloads[1:])  # every one PUBACKed
+        # one in the batch being retried, the other 98 read and held
+        assert wait_until(lambda: running.worker.held_messages == 98), running.worker.held_messages
+        # the crash, and a broker that remembers nothing of it (as if its last autosave
+        # came before these messages)
+        pid = own_broker.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not own_broker.is_running())
+        (own_broker.directory / "mosquitto.db").unlink(missing_ok=True)
+        own_broker.start(timeout=60)
+        own_postgres.start()
+        assert wait_until(lambda: count(pilot) == 5_000, timeout=60), count(pilot)
+    finally:
+        if not own_postgres.is_running():
+            own_postgres.start()
+        if not own_broker.is_running():
+            own_broker.start(timeout=60)
+        running.close()
+    assert pilot.query("SELECT count(*) FROM device_messages") == [(100,)]
+    assert any(
+        "storing the 98 message(s) the lost connection had delivered" in r.getMessage()
+        for r in caplog.records
+    )
+
+
 def test_workers_reconnect_and_resubscribe_by_themselves_after_a_broker_restart(pilot, own_broker):
     device_id, password = pilot.register("multiparameter_monitor")
     running = RunningWorker(pilot.settings, "ingest-restart", IngestConfig(retry_max_s=0.5))

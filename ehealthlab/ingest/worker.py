@@ -367,6 +367,7 @@ class IngestWorker:
         self.subscribed.clear()
         if self._mqtt is not None:
             log.warning("%s: broker connection lost; reconnecting", self.name)
+            self._keep_what_was_delivered(stop)
             self._mqtt.close()
             self._mqtt = None
         delay = self.config.retry_initial_s
@@ -399,6 +400,19 @@ class IngestWorker:
             self.subscribed.set()
             return
 
+    def _keep_what_was_delivered(self, stop: threading.Event) -> None:
+        """Store the messages a lost connection had delivered and the worker not yet taken.
+        The broker may not have them any more: Mosquitto persists only every
+        `autosave_interval`, so a broker that crashed forgot what it had sent since. If it
+        did keep them, it sends them again and they collapse on the idempotency key."""
+        held = self._mqtt.held if self._mqtt is not None else 0
+        if held:
+            log.warning("%s: storing the %d message(s) the lost connection had delivered",
+                        self.name, held)  # fmt: skip
+        while batch := self._collect(stop, wait_s=0.0):
+            if not self._store(batch, stop):
+                return
+
     def _count_foreign(self) -> None:
         with self.stats.lock:
             self.stats.foreign += 1
@@ -414,10 +428,10 @@ class IngestWorker:
     def _acknowledge(self, batch: list[_Delivery],
                      settled: list[tuple[JudgedMessage, Settled]]) -> None:  # fmt: skip
         connection = self._mqtt
-        if connection is None:
-            return
+        if connection is None or not connection.is_connected:
+            return  # nothing to acknowledge to; feedback is advice, and the data are safe
         for delivery in batch:
-            if delivery.generation == self._generation and connection.is_connected:
+            if delivery.generation == self._generation:
                 connection.ack(delivery.message)
         for judged, verdict in settled:
             if (
