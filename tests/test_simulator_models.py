@@ -40,14 +40,9 @@ from ehealthlab.simulators.broadband import (
     connectivity_profile,
     outage_schedule,
 )
-from ehealthlab.simulators.physiology import (
-    BURN_IN_DAYS,
-    DAYS_PER_MONTH,
-    DEFAULT_PHYSIOLOGY,
-    Condition,
-    EpisodeKind,
-    PatientPhysiology,
-)
+from ehealthlab.simulators.conditions import Condition
+from ehealthlab.simulators.episodes import DAYS_PER_MONTH, DEFAULT_PHYSIOLOGY, EpisodeKind
+from ehealthlab.simulators.physiology import BURN_IN_DAYS, PatientPhysiology
 from ehealthlab.simulators.scenario import (
     EXAMPLE_SCENARIO,
     assign_devices,

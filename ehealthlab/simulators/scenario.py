@@ -56,12 +56,9 @@ from ehealthlab.simulators.broadband import (
     outage_schedule,
     override_profile,
 )
+from ehealthlab.simulators.conditions import Condition
+from ehealthlab.simulators.episodes import DEFAULT_PHYSIOLOGY, PhysiologyAssumptions
 from ehealthlab.simulators.measurement import Measurement
-from ehealthlab.simulators.physiology import (
-    DEFAULT_PHYSIOLOGY,
-    Condition,
-    PhysiologyAssumptions,
-)
 from ehealthlab.simulators.seeds import derive, generator
 from ehealthlab.store.reference import municipality_rows
 
@@ -222,7 +219,7 @@ class ScenarioFile(_Model):
     care_plans: dict[Condition, dict[str, Annotated[int, Field(ge=1, le=24)]]]
     startups: list[Startup] = Field(min_length=1)
     broadband: Broadband = Broadband()
-    #: episode kind -> episodes per patient-month (physiology.EpisodeKind)
+    #: episode kind -> episodes per patient-month (episodes.EpisodeKind)
     episode_rates: dict[str, float] = {}
     #: BehaviourAssumptions field -> value
     behaviour: dict[str, float] = {}
