@@ -21,7 +21,7 @@ from typing import Any
 from ehealthlab.api.client import GatewayClient
 from ehealthlab.errors import ConflictError
 from ehealthlab.simulators.device import DeviceRegistration
-from ehealthlab.simulators.scenario import PatientDevice, SimulatedPatient
+from ehealthlab.simulators.patients import PatientDevice, SimulatedPatient
 
 STATE_FILE = "onboarding.json"
 PROVIDER_NAME = "Simulated health provider"

@@ -37,17 +37,12 @@ from ehealthlab.errors import EhealthlabError
 from ehealthlab.simulators.broadband import ConnectivityProfile, OutageSchedule
 from ehealthlab.simulators.device import Battery, Device, DeviceConfig
 from ehealthlab.simulators.faults import FaultShares
+from ehealthlab.simulators.measurement_stream import PilotMeasurement, pilot_measurements
+from ehealthlab.simulators.municipality_broadband import municipality_profile, outage_schedules
 from ehealthlab.simulators.onboarding import Onboarded, device_key
+from ehealthlab.simulators.patients import PatientDevice, SimulatedPatient
 from ehealthlab.simulators.payloads import DeviceClock
-from ehealthlab.simulators.scenario import (
-    PatientDevice,
-    PilotMeasurement,
-    Scenario,
-    SimulatedPatient,
-    municipality_profile,
-    outage_schedules,
-    pilot_measurements,
-)
+from ehealthlab.simulators.scenario import Scenario
 from ehealthlab.simulators.seeds import generator
 
 log = logging.getLogger(__name__)
