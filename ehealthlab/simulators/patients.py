@@ -29,7 +29,7 @@ class DeviceTraits:
     """A simulated device's own imperfections, drawn once (seeded) from its start-up's settings.
 
     They map onto the device simulator's configuration: `payloads.DeviceClock(offset_s,
-    drift_ppm, set_at=enrolment start)`, `device.Battery(capacity_days=battery_life_days,
+    drift_ppm, set_at=enrolment start)`, `battery.Battery(capacity_days=battery_life_days,
     recharge_after=battery_replacement_days)` and `faults.FaultShares(..., seed=fault_seed)`.
     """
 

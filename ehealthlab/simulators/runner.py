@@ -34,8 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from ehealthlab.errors import EhealthlabError
+from ehealthlab.simulators.battery import Battery
 from ehealthlab.simulators.broadband import ConnectivityProfile, OutageSchedule
-from ehealthlab.simulators.device import Battery, Device, DeviceConfig
+from ehealthlab.simulators.device import Device
+from ehealthlab.simulators.device_config import DeviceConfig
 from ehealthlab.simulators.faults import FaultShares
 from ehealthlab.simulators.measurement_stream import PilotMeasurement, pilot_measurements
 from ehealthlab.simulators.municipality_broadband import municipality_profile, outage_schedules
