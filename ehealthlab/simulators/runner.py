@@ -1,7 +1,7 @@
 """Drive a simulated pilot on simulated time: patients measure, devices keep their readings
 and send them over their municipality's broadband.
 
-One loop over the pilot's measurements in time order (the models in `scenario.py` produce
+One loop over the pilot's measurements in time order (`measurement_stream.py` produces
 them lazily). Time either follows the wall clock at a chosen speed (`speed=1`: real time,
 `3600`: an hour a second) or jumps from event to event (backfill, as fast as possible). When a
 device's link is down its readings stay in its disk buffer; it tries again when the outage
