@@ -39,9 +39,11 @@ from ehealthlab.evaluation.dataset import Period
 from ehealthlab.evaluation.publish import publish_evaluations
 from ehealthlab.gateway.admin import bootstrap_operator
 from ehealthlab.settings import Settings
+from ehealthlab.simulators.measurement_stream import pilot_measurements
 from ehealthlab.simulators.onboarding import Onboarded, onboard
+from ehealthlab.simulators.patients import simulated_patients
 from ehealthlab.simulators.runner import PilotRun
-from ehealthlab.simulators.scenario import load_scenario, pilot_measurements, simulated_patients
+from ehealthlab.simulators.scenario import load_scenario
 from ehealthlab.store.db import connect
 from ehealthlab.store.migrate import migrate
 from ehealthlab.store.reference import load_municipalities

@@ -30,7 +30,8 @@ from test_ingest import Pilot, message
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.ingest.pipeline import partition_of
 from ehealthlab.mqtt import MqttConnection
-from ehealthlab.simulators.device import Device, DeviceConfig, DeviceRegistration
+from ehealthlab.simulators.device import Device
+from ehealthlab.simulators.device_config import DeviceConfig, DeviceRegistration
 from ehealthlab.simulators.measurement import Measurement
 from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.store.migrate import migrate

@@ -27,7 +27,8 @@ from reliability_fixtures import (
 )
 from test_ingest_faults import own_broker, own_postgres
 
-from ehealthlab.simulators.device import Device, DeviceConfig, DeviceRegistration
+from ehealthlab.simulators.device import Device
+from ehealthlab.simulators.device_config import DeviceConfig, DeviceRegistration
 from ehealthlab.simulators.measurement import Measurement
 
 __all__ = ["own_broker", "own_postgres"]

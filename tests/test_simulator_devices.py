@@ -30,13 +30,10 @@ from ehealthlab.contract.topics import status_topic
 from ehealthlab.contract.validation import validate_message
 from ehealthlab.errors import InvalidInputError
 from ehealthlab.mqtt import MqttConnection
+from ehealthlab.simulators.battery import Battery
 from ehealthlab.simulators.buffer import StoreAndForward
-from ehealthlab.simulators.device import (
-    Battery,
-    Device,
-    DeviceConfig,
-    DeviceRegistration,
-)
+from ehealthlab.simulators.device import Device
+from ehealthlab.simulators.device_config import DeviceConfig, DeviceRegistration
 from ehealthlab.simulators.faults import (
     EXPECTED_REASON,
     FaultMode,
@@ -560,7 +557,8 @@ CHILD = textwrap.dedent(
     import json, sys, time
     from datetime import UTC, datetime, timedelta
     from pathlib import Path
-    from ehealthlab.simulators.device import Device, DeviceConfig, DeviceRegistration
+    from ehealthlab.simulators.device import Device
+    from ehealthlab.simulators.device_config import DeviceConfig, DeviceRegistration
     from ehealthlab.simulators.measurement import Measurement
 
     args = json.loads(sys.argv[1])

@@ -40,25 +40,18 @@ from ehealthlab.simulators.broadband import (
     connectivity_profile,
     outage_schedule,
 )
-from ehealthlab.simulators.physiology import (
-    BURN_IN_DAYS,
-    DAYS_PER_MONTH,
-    DEFAULT_PHYSIOLOGY,
-    Condition,
-    EpisodeKind,
-    PatientPhysiology,
-)
+from ehealthlab.simulators.care_plans import assign_devices
+from ehealthlab.simulators.conditions import Condition
+from ehealthlab.simulators.episodes import DAYS_PER_MONTH, DEFAULT_PHYSIOLOGY, EpisodeKind
+from ehealthlab.simulators.measurement_stream import patient_simulation, pilot_measurements
+from ehealthlab.simulators.municipality_broadband import municipality_profile, outage_schedules
+from ehealthlab.simulators.patients import simulated_patients
+from ehealthlab.simulators.physiology import BURN_IN_DAYS, PatientPhysiology
 from ehealthlab.simulators.scenario import (
     EXAMPLE_SCENARIO,
-    assign_devices,
     load_scenario,
-    municipality_profile,
-    outage_schedules,
     parse_scenario,
-    patient_simulation,
-    pilot_measurements,
     reference_municipalities,
-    simulated_patients,
 )
 from ehealthlab.simulators.seeds import derive
 from ehealthlab.store.readings import AttributedRow

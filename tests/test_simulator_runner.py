@@ -23,14 +23,12 @@ from test_gateway_api import run_admin
 from test_ingest import RunningWorker
 
 from ehealthlab.api.client import GatewayClient
+from ehealthlab.simulators.measurement_stream import pilot_measurements
+from ehealthlab.simulators.municipality_broadband import outage_schedules
 from ehealthlab.simulators.onboarding import STATE_FILE, onboard
+from ehealthlab.simulators.patients import simulated_patients
 from ehealthlab.simulators.runner import PilotRun
-from ehealthlab.simulators.scenario import (
-    load_scenario,
-    outage_schedules,
-    pilot_measurements,
-    simulated_patients,
-)
+from ehealthlab.simulators.scenario import load_scenario
 
 SCENARIO = Path(__file__).parent / "data" / "small-pilot.toml"
 BALME, TORINO = "001019", "001272"

@@ -30,9 +30,11 @@ from ehealthlab.evaluation.fetch import fetch_dataset
 from ehealthlab.gateway.conformance_command import render
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, Will
 from ehealthlab.settings import Settings
+from ehealthlab.simulators.measurement_stream import pilot_measurements
 from ehealthlab.simulators.onboarding import PROVIDER_NAME, onboard
+from ehealthlab.simulators.patients import simulated_patients
 from ehealthlab.simulators.runner import PilotRun
-from ehealthlab.simulators.scenario import load_scenario, pilot_measurements, simulated_patients
+from ehealthlab.simulators.scenario import load_scenario
 from ehealthlab.store.db import connect
 
 DEMO_WEEK = "scenarios/demo-week.toml"

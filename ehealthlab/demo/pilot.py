@@ -24,15 +24,11 @@ from ehealthlab.contract.pilot_time import PILOT_ZONE
 from ehealthlab.demo.common import api, progress_bar, say, wait_until
 from ehealthlab.evaluation.dataset import Period
 from ehealthlab.settings import Settings
+from ehealthlab.simulators.measurement_stream import pilot_measurements
 from ehealthlab.simulators.onboarding import PROVIDER_NAME, Onboarded, onboard
+from ehealthlab.simulators.patients import SimulatedPatient, simulated_patients
 from ehealthlab.simulators.runner import PilotRun, RunReport
-from ehealthlab.simulators.scenario import (
-    Scenario,
-    SimulatedPatient,
-    parse_scenario,
-    pilot_measurements,
-    simulated_patients,
-)
+from ehealthlab.simulators.scenario import Scenario, parse_scenario
 from ehealthlab.store.db import connect
 
 DEMO_PILOT = "scenarios/demo-pilot.toml"

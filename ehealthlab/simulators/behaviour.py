@@ -26,15 +26,11 @@ import numpy as np
 from ehealthlab.contract.catalogue import DEVICE_TYPES
 from ehealthlab.contract.pilot_time import PILOT_ZONE
 from ehealthlab.errors import InvalidInputError
+from ehealthlab.simulators.baseline import Baseline
+from ehealthlab.simulators.conditions import Condition
+from ehealthlab.simulators.episodes import DEFAULT_PHYSIOLOGY, PhysiologyAssumptions
 from ehealthlab.simulators.measurement import Measurement
-from ehealthlab.simulators.physiology import (
-    DEFAULT_PHYSIOLOGY,
-    MEALS,
-    Baseline,
-    Condition,
-    PatientPhysiology,
-    PhysiologyAssumptions,
-)
+from ehealthlab.simulators.physiology import MEALS, PatientPhysiology
 from ehealthlab.simulators.seeds import derive, generator
 
 ACTIVITY_TRACKER = "activity_tracker"

@@ -23,8 +23,9 @@ from ehealthlab.api.client import GatewayClient
 from ehealthlab.errors import ConfigurationError
 from ehealthlab.settings import Settings
 from ehealthlab.simulators.onboarding import onboard
+from ehealthlab.simulators.patients import simulated_patients
 from ehealthlab.simulators.runner import PilotRun, RunReport
-from ehealthlab.simulators.scenario import load_scenario, simulated_patients
+from ehealthlab.simulators.scenario import load_scenario
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -14,6 +14,9 @@ does hold one network thread, paho's (see `MqttConnection`), and three file desc
 paho's select() fails past descriptor 1023, so one process keeps at most about 300 devices
 connected (measured limit: 337). A runner bounds that with `DeviceConfig.stay_connected=False`,
 `disconnect()` or `close()` (docs/simulator-devices.md).
+
+What a device is given lives in device_config.py (`DeviceRegistration`, `DeviceConfig`), its
+battery in battery.py; this module is the device's behaviour over the buffer and MQTT.
 """
 
 from __future__ import annotations
@@ -22,133 +25,34 @@ import collections
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
-from ehealthlab.contract.messages import MAX_READINGS, FeedbackMessage, StatusMessage
+from ehealthlab.contract.messages import FeedbackMessage, StatusMessage
 from ehealthlab.contract.topics import feedback_topic, readings_topic, status_topic
-from ehealthlab.errors import EhealthlabError, InvalidInputError
+from ehealthlab.errors import EhealthlabError
 from ehealthlab.mqtt import (
     SIMULATED_RECEIVE_PROPERTY,
-    BrokerAddress,
     MqttConnection,
     MqttError,
     ReceivedMessage,
     Will,
 )
+from ehealthlab.simulators.battery import USED_KEY, BatteryState
 from ehealthlab.simulators.buffer import StoreAndForward
-from ehealthlab.simulators.faults import FaultShares, apply_fault, choose_fault
+from ehealthlab.simulators.device_config import DeviceConfig, DeviceRegistration
+from ehealthlab.simulators.faults import apply_fault, choose_fault
 from ehealthlab.simulators.measurement import Measurement
-from ehealthlab.simulators.payloads import DeviceClock, ReadingsBuilder, readings_message
+from ehealthlab.simulators.payloads import ReadingsBuilder, readings_message
 
 log = logging.getLogger(__name__)
 
 ONLINE = StatusMessage(state="online").payload()
 OFFLINE = StatusMessage(state="offline").payload()
-
-#: paho gives QoS 1 messages 16-bit ids and stalls silently when they run out
-_MAX_IN_FLIGHT = 60_000
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceRegistration:
-    """What the gateway gave the device at registration: its id and MQTT credentials."""
-
-    device_id: str
-    device_type: str
-    host: str
-    port: int
-    password: str
-    username: str | None = None
-    client_id: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def from_api(cls, answer: Mapping[str, Any], device_type: str) -> DeviceRegistration:
-        """From the answer of `POST /api/v1/devices` (its type is what was asked for)."""
-        mqtt = answer["mqtt"]
-        return cls(
-            device_id=str(answer["device_id"]),
-            device_type=device_type,
-            host=str(mqtt["host"]),
-            port=int(mqtt["port"]),
-            password=str(mqtt["password"]),
-            username=str(mqtt["username"]),
-            client_id=str(mqtt["client_id"]),
-            tls=bool(mqtt.get("tls", False)),
-        )
-
-    def broker(self) -> BrokerAddress:
-        return BrokerAddress(
-            self.host, self.port, self.username or self.device_id, self.password, self.tls
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Battery:
-    """How long the device runs between charges; by default for ever.
-
-    It is empty after `capacity_measurements` measurements or `capacity_days` since it was
-    charged (the first use counts as a charge), whichever comes first. An empty device
-    dies at once (its connection drops, so the Last Will says offline), takes nothing and
-    sends nothing until it is recharged: `recharge_after` later on its own, or when the
-    caller calls `Device.recharge`. What it had buffered stays on disk.
-    """
-
-    capacity_measurements: int | None = None
-    capacity_days: float | None = None
-    recharge_after: timedelta | None = None
-
-    def __post_init__(self) -> None:
-        if self.capacity_measurements is not None and self.capacity_measurements < 0:
-            raise InvalidInputError("a battery's capacity in measurements is 0 or more")
-        if self.capacity_days is not None and not self.capacity_days > 0:
-            raise InvalidInputError("a battery's capacity in days is more than 0")
-
-    @property
-    def limited(self) -> bool:
-        return self.capacity_measurements is not None or self.capacity_days is not None
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceConfig:
-    """How one simulated device behaves; the defaults are a well-behaved device."""
-
-    clock: DeviceClock = field(default_factory=DeviceClock)
-    #: metric → accepted unit the device is set to (canonical when absent)
-    units: Mapping[str, str] = field(default_factory=dict)
-    battery: Battery = field(default_factory=Battery)
-    faults: FaultShares = field(default_factory=FaultShares)
-    #: QoS 1 messages published and not yet acknowledged, at most
-    max_in_flight: int = 1000
-    #: readings per message when sending a backlog (the contract allows 500)
-    max_batch_readings: int = MAX_READINGS
-    #: False: connect only while there is something to send, then disconnect cleanly
-    stay_connected: bool = True
-    #: > 0: a persistent session, so feedback published while disconnected still arrives
-    session_expiry_s: int = 0
-    #: how long (simulated) after a failed connection attempt the device tries again
-    retry_after: timedelta = timedelta(seconds=30)
-    connect_timeout_s: float = 10.0
-    #: real seconds the oldest message in flight may wait for its PUBACK before the device
-    #: gives the connection up and reconnects (then sends it again): a PUBACK that never
-    #: comes on a live connection (bytes lost by a faulty middlebox) would otherwise hold
-    #: the in-flight window, and every later reading, for ever
-    ack_timeout_s: float = 30.0
-    #: feedback messages kept for the caller to read (the newest)
-    feedback_kept: int = 1000
-
-    def __post_init__(self) -> None:
-        if not 2 <= self.max_in_flight <= _MAX_IN_FLIGHT:
-            raise InvalidInputError(f"max_in_flight is from 2 to {_MAX_IN_FLIGHT}")
-        if not 1 <= self.max_batch_readings <= MAX_READINGS:
-            raise InvalidInputError(f"max_batch_readings is from 1 to {MAX_READINGS}")
-        if not self.ack_timeout_s > 0:
-            raise InvalidInputError("ack_timeout_s is more than 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +70,6 @@ class _InFlight(NamedTuple):
     readings: int
     #: time.monotonic() when it was published (the PUBACK deadline runs from it)
     sent: float
-
-
-_CHARGED_AT = "battery_charged_at"
-_USED = "battery_used"
-_DEAD_SINCE = "battery_dead_since"
 
 
 class Device:
@@ -201,7 +100,7 @@ class Device:
         self._in_flight_readings = 0
         #: readings not yet acknowledged, kept in memory so an idle pump reads no file
         self._pending = self._buffer.pending_readings()
-        self._battery = _BatteryState.load(self._buffer)
+        self._battery = BatteryState.load(self._buffer)
         #: last seq published on the current connection; the next message starts after it
         self._sent_through = 0
         self._retry_at: datetime | None = None
@@ -265,7 +164,7 @@ class Device:
         used = self._battery.used + 1
         meta = {f"mark:{k}": v for k, v in (marks or {}).items()}
         if self.config.battery.limited:
-            meta[_USED] = str(used)
+            meta[USED_KEY] = str(used)
         readings = self._buffer.append(
             lambda first: self._builder.readings(measurement, first), meta or None
         )
@@ -284,7 +183,7 @@ class Device:
 
     def recharge(self, now: datetime) -> None:
         """A charged battery: the device runs again (and reconnects on the next pump)."""
-        self._battery = _BatteryState(charged_at=now, used=0, dead_since=None)
+        self._battery = BatteryState(charged_at=now, used=0, dead_since=None)
         self._battery.save(self._buffer)
         self._retry_at = None
 
@@ -546,29 +445,3 @@ class Device:
             self.drop()
             return False
         return True
-
-
-@dataclass(slots=True)
-class _BatteryState:
-    """A battery's lasting state, kept in memory and written through to the device's file."""
-
-    charged_at: datetime | None
-    used: int
-    dead_since: datetime | None
-
-    @classmethod
-    def load(cls, buffer: StoreAndForward) -> _BatteryState:
-        def moment(key: str) -> datetime | None:
-            text = buffer.get(key)
-            return datetime.fromisoformat(text) if text else None
-
-        return cls(moment(_CHARGED_AT), int(buffer.get(_USED) or 0), moment(_DEAD_SINCE))
-
-    def save(self, buffer: StoreAndForward) -> None:
-        def text(moment: datetime | None) -> str:
-            return moment.isoformat() if moment is not None else ""
-
-        buffer.update(
-            {_CHARGED_AT: text(self.charged_at), _DEAD_SINCE: text(self.dead_since),
-             _USED: str(self.used)}
-        )  # fmt: skip

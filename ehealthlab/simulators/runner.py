@@ -1,7 +1,7 @@
 """Drive a simulated pilot on simulated time: patients measure, devices keep their readings
 and send them over their municipality's broadband.
 
-One loop over the pilot's measurements in time order (the models in `scenario.py` produce
+One loop over the pilot's measurements in time order (`measurement_stream.py` produces
 them lazily). Time either follows the wall clock at a chosen speed (`speed=1`: real time,
 `3600`: an hour a second) or jumps from event to event (backfill, as fast as possible). When a
 device's link is down its readings stay in its disk buffer; it tries again when the outage
@@ -34,20 +34,17 @@ from pathlib import Path
 import numpy as np
 
 from ehealthlab.errors import EhealthlabError
+from ehealthlab.simulators.battery import Battery
 from ehealthlab.simulators.broadband import ConnectivityProfile, OutageSchedule
-from ehealthlab.simulators.device import Battery, Device, DeviceConfig
+from ehealthlab.simulators.device import Device
+from ehealthlab.simulators.device_config import DeviceConfig
 from ehealthlab.simulators.faults import FaultShares
+from ehealthlab.simulators.measurement_stream import PilotMeasurement, pilot_measurements
+from ehealthlab.simulators.municipality_broadband import municipality_profile, outage_schedules
 from ehealthlab.simulators.onboarding import Onboarded, device_key
+from ehealthlab.simulators.patients import PatientDevice, SimulatedPatient
 from ehealthlab.simulators.payloads import DeviceClock
-from ehealthlab.simulators.scenario import (
-    PatientDevice,
-    PilotMeasurement,
-    Scenario,
-    SimulatedPatient,
-    municipality_profile,
-    outage_schedules,
-    pilot_measurements,
-)
+from ehealthlab.simulators.scenario import Scenario
 from ehealthlab.simulators.seeds import generator
 
 log = logging.getLogger(__name__)
