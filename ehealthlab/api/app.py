@@ -88,6 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
             {"name": "devices", "description": "start-ups' devices and their MQTT access"},
             {"name": "patients", "description": "providers' pseudonymous patients"},
             {"name": "enrolments", "description": "which device measures which patient"},
+            {"name": "alerts", "description": "clinical alerts on a provider's patients"},
+            {"name": "mini-pilots", "description": "CMTo's groups of municipalities compared"},
+            {"name": "evaluation", "description": "the pilot's indicators, for the operator"},
         ],
     )
     app.state.context = None
