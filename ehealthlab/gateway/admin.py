@@ -15,7 +15,7 @@ from typing import Any
 from ehealthlab.errors import NotFoundError
 from ehealthlab.gateway import registry
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.db import connect
 
 
