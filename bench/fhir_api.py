@@ -80,7 +80,7 @@ from ehealthlab.fhir.mapping.rows import ReadingRecord
 from ehealthlab.fhir.outcome import FhirResponse
 from ehealthlab.fhir.rest.interactions import search_response
 from ehealthlab.fhir.rest.runtime import resources_of
-from ehealthlab.gateway import registry
+from ehealthlab.gateway import token_registry
 from ehealthlab.settings import Settings
 from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.stack.ports import accepts_connections, free_port, start_on_free_port
@@ -942,7 +942,7 @@ def prepare(store: Store, worker: Worker, patients: int = 200) -> Scene:
             "SELECT id FROM organisations WHERE kind = 'provider' ORDER BY name LIMIT 1"
         ).fetchone()
         assert provider is not None
-        _, token = registry.create_token(conn, provider[0], "member", "fhir api bench")
+        _, token = token_registry.create_token(conn, provider[0], "member", "fhir api bench")
         candidates = [
             str(row[0])
             for row in conn.execute(

@@ -23,7 +23,7 @@ import orjson
 import psycopg
 
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.migrate import migrate
 from ehealthlab.store.readings import ReadingRow, ReadingWriter
 

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ehealthlab.api.ratelimit import BURST, FailureLimiter, client_key
-from ehealthlab.gateway import registry, tokens
+from ehealthlab.gateway import token_registry, tokens
 from ehealthlab.gateway.admin import bootstrap_operator
 
 PROBLEM = "application/problem+json"
@@ -161,7 +161,7 @@ def test_a_token_is_looked_up_by_its_hash_and_compared_as_digests(client, owner,
     and the only comparison is hmac.compare_digest of two 32-byte digests."""
     looked_up: list[bytes] = []
     compared: list[tuple[bytes, bytes]] = []
-    authenticate, compare_digest = registry.authenticate, hmac.compare_digest
+    authenticate, compare_digest = token_registry.authenticate, hmac.compare_digest
 
     def spy_authenticate(conn, token_hash):
         looked_up.append(token_hash)
@@ -171,7 +171,7 @@ def test_a_token_is_looked_up_by_its_hash_and_compared_as_digests(client, owner,
         compared.append((a, b))
         return compare_digest(a, b)
 
-    monkeypatch.setattr(registry, "authenticate", spy_authenticate)
+    monkeypatch.setattr(token_registry, "authenticate", spy_authenticate)
     monkeypatch.setattr(tokens.hmac, "compare_digest", spy_compare)
     token = owner["provider"]
     digest = hashlib.sha256(token.encode()).digest()

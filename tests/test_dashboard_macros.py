@@ -18,12 +18,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ehealthlab.dashboards.macros import (
+from ehealthlab.dashboards.macros import _strip_comments, expand
+from ehealthlab.dashboards.query_context import (
     MacroError,
     QueryContext,
     UndefinedVariableError,
-    _strip_comments,
-    expand,
     interval_for,
 )
 

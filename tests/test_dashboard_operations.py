@@ -21,7 +21,6 @@ from conftest import SimulatedPilot
 from ehealthlab.contract.pilot_time import PILOT_ZONE
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.dashboards.latency import LATENCY_BOUNDS_S, histogram_quantile
-from ehealthlab.dashboards.macros import interval_for
 from ehealthlab.dashboards.operations import operations_dashboard
 from ehealthlab.dashboards.panels import datasource_uid, to_json_data
 from ehealthlab.dashboards.queries import (
@@ -31,6 +30,7 @@ from ehealthlab.dashboards.queries import (
     resolve_variables,
     run_panel,
 )
+from ehealthlab.dashboards.query_context import interval_for
 from ehealthlab.gateway import broker_watch
 from ehealthlab.ingest.alerts import DEFAULT_RULES
 from ehealthlab.ingest.pipeline import KnownDevice, judge

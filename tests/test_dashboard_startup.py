@@ -30,7 +30,7 @@ from ehealthlab.dashboards.queries import (
 )
 from ehealthlab.dashboards.roles import RoleCredentials, create_role, list_roles, revoke_role
 from ehealthlab.dashboards.startup import startup_dashboard
-from ehealthlab.gateway import registry
+from ehealthlab.gateway import device_registry, organisation_registry
 from ehealthlab.ingest.alerts import DEFAULT_RULES
 from ehealthlab.ingest.pipeline import KnownDevice, judge
 from ehealthlab.ingest.store_batch import store_judged
@@ -343,14 +343,15 @@ class FaultStore:
 
 def _fill(conn: psycopg.Connection) -> dict[str, uuid.UUID]:
     orgs = {
-        name: registry.create_organisation(conn, "startup", name).id for name in ("faulty", "other")
+        name: organisation_registry.create_organisation(conn, "startup", name).id
+        for name in ("faulty", "other")
     }
     for device_id, org, device_type in (
         ("faulty-bpm-1", "faulty", "blood_pressure_monitor"),
         ("faulty-scale-1", "faulty", "weighing_scale"),
         ("other-bpm-1", "other", "blood_pressure_monitor"),
     ):
-        registry.insert_device(
+        device_registry.insert_device(
             conn, organisation_id=orgs[org], device_id=device_id, device_type=device_type,
             model="m", serial=device_id, firmware="1.0",
         )  # fmt: skip
@@ -390,7 +391,7 @@ def _fill(conn: psycopg.Connection) -> dict[str, uuid.UUID]:
                                                  T0, "o1"))  # fmt: skip
     _send(conn, "other-bpm-1", bpm, T1, b"[]")
     with conn.transaction():
-        registry.record_status(
+        device_registry.record_status(
             conn, "faulty-bpm-1", None, retained=True, payload=b"up", received_at=T0
         )
     conn.commit()

@@ -31,8 +31,9 @@ import pytest
 from ehealthlab import cli
 from ehealthlab.mqtt import BrokerAddress, MqttConnection
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import LocalStack, settings_with_stack
+from ehealthlab.stack.local import LocalStack
 from ehealthlab.stack.services import is_running
+from ehealthlab.stack.stack_settings import settings_with_stack
 
 DASHBOARDS = ("lab/operations.json", "lab/pilot.json", "provider/provider.json",
               "startup/startup.json")  # fmt: skip

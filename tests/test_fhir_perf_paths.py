@@ -24,7 +24,7 @@ from ehealthlab.fhir.audit import AuditEntry, AuditWriter
 from ehealthlab.fhir.mapping import fast
 from ehealthlab.fhir.mapping.ids import observation_id, observation_identifier
 from ehealthlab.fhir.search import sql
-from ehealthlab.gateway import registry
+from ehealthlab.gateway import token_registry
 
 # -- the token cache, on its own ------------------------------------------------------------------
 
@@ -146,7 +146,7 @@ def caller(database_url) -> tuple[uuid.UUID, uuid.UUID]:
             (f"writer {uuid.uuid4().hex[:8]}",),
         ).fetchone()
         assert row is not None
-        token, _ = registry.create_token(conn, row[0])
+        token, _ = token_registry.create_token(conn, row[0])
     return row[0], token.id
 
 

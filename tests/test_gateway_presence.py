@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from ehealthlab.contract.topics import readings_topic, status_topic
 from ehealthlab.errors import AuthenticationError, ServiceUnavailableError
-from ehealthlab.gateway import registry
+from ehealthlab.gateway import device_registry, organisation_registry
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.gateway.presence import (
     LOCK_KEY,
@@ -54,10 +54,12 @@ def platform(mosquitto_broker) -> BrokerAddress:
 def new_device(pool) -> str:
     device_id = f"dev-{uuid.uuid4().hex[:10]}"
     with pool.connection() as conn, conn.transaction():
-        startup = registry.create_organisation(conn, "startup", f"start-up {device_id}")
-        registry.insert_device(conn, organisation_id=startup.id, device_id=device_id,
-                               device_type="thermometer", model="T", serial=device_id,
-                               firmware=None)  # fmt: skip
+        startup = organisation_registry.create_organisation(
+            conn, "startup", f"start-up {device_id}"
+        )
+        device_registry.insert_device(conn, organisation_id=startup.id, device_id=device_id,
+                                      device_type="thermometer", model="T", serial=device_id,
+                                      firmware=None)  # fmt: skip
     return device_id
 
 

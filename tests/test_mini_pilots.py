@@ -21,7 +21,7 @@ from ehealthlab.evaluation.mini_pilots import (
     get_mini_pilot,
     list_mini_pilots,
 )
-from ehealthlab.gateway import admin, registry
+from ehealthlab.gateway import admin, organisation_registry
 
 PATH = "/api/v1/mini-pilots"
 NO_SUCH_ISTAT = "999999"  # well formed, no municipality has it
@@ -228,7 +228,7 @@ def test_only_the_operator_may(client, people, route, refused):
 def _organisations(url: str) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
         return tuple(  # type: ignore[return-value]
-            registry.create_organisation(conn, kind, f"{kind} {n}").id
+            organisation_registry.create_organisation(conn, kind, f"{kind} {n}").id
             for n, kind in enumerate(("startup", "startup", "provider"))
         )
 

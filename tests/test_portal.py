@@ -29,7 +29,7 @@ from portal_fixtures import (
 from ehealthlab.contract.pilot_time import pilot_day
 from ehealthlab.demo import LocalServices
 from ehealthlab.errors import AuthenticationError
-from ehealthlab.gateway import registry
+from ehealthlab.gateway import token_registry
 from ehealthlab.mqtt import BrokerAddress, MqttConnection
 from ehealthlab.settings import Settings
 from ehealthlab.stack.ports import free_port
@@ -453,11 +453,11 @@ def test_logging_out_ends_the_session(open_tab, cast, shots):
 
 def test_revoking_the_api_token_ends_its_sessions(open_tab, cast, settings):
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        row, token = registry.create_token(conn, uuid.UUID(cast.alpha_id), "member", "portal")
+        row, token = token_registry.create_token(conn, uuid.UUID(cast.alpha_id), "member", "portal")
     page = open_tab(token).page
     expect(page.locator("#devices")).to_contain_text(cast.cuff)
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        assert registry.revoke_token(conn, row.id)
+        assert token_registry.revoke_token(conn, row.id)
     page.reload()
     expect(page).to_have_url(re.compile(r"/portal/login$"))
 

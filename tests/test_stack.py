@@ -22,7 +22,7 @@ from ehealthlab import cli
 from ehealthlab.errors import MissingDependencyError, StackError
 from ehealthlab.settings import Settings
 from ehealthlab.stack import local as local_module
-from ehealthlab.stack.local import LocalStack, ServiceStatus, settings_with_stack
+from ehealthlab.stack.local import LocalStack
 from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.stack.ports import (
     PortTakenError,
@@ -33,6 +33,8 @@ from ehealthlab.stack.ports import (
 )
 from ehealthlab.stack.postgres import PostgresServer
 from ehealthlab.stack.programs import PostgresPrograms, find_mosquitto, find_postgres
+from ehealthlab.stack.service_status import ServiceStatus
+from ehealthlab.stack.stack_settings import settings_with_stack
 
 REFUSED = {"Not authorized", "Bad user name or password"}
 

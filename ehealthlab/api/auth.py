@@ -38,8 +38,9 @@ from ehealthlab.errors import (
     ServiceUnavailableError,
     TooManyAttemptsError,
 )
-from ehealthlab.gateway import registry, tokens
-from ehealthlab.gateway.registry import OrganisationKind, TokenRole
+from ehealthlab.gateway import token_registry, tokens
+from ehealthlab.gateway.organisation_registry import OrganisationKind
+from ehealthlab.gateway.token_registry import TokenRole
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules
 from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
@@ -195,7 +196,7 @@ def _verify(context: ApiContext, token: str, client: str | None) -> Principal:
     with hmac.compare_digest, so no secret is ever compared byte by byte in the clear. A
     correct token is never throttled: only failures are counted."""
     with context.transaction() as conn:
-        owner = registry.authenticate(conn, tokens.hash_token(token))
+        owner = token_registry.authenticate(conn, tokens.hash_token(token))
     if owner is None or not tokens.token_matches(token, owner.token_hash):
         _failed(context, client, "the bearer token is unknown or revoked")
     return Principal(owner.organisation_id, owner.kind, owner.role, owner.token_id)

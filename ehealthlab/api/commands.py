@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from ehealthlab.api.app import check_services, create_app
 from ehealthlab.errors import ConfigurationError
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 
 #: what each of several worker processes imports to build its own application
 APP_FACTORY = f"{__name__}:app_from_environment"

@@ -27,7 +27,7 @@ from ehealthlab.dashboards.roles import list_roles
 from ehealthlab.dashboards.roles_command import register_roles
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertRules, load_rules
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.db import Connection, connect
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from psycopg import Connection
 
-from ehealthlab.dashboards.macros import QueryContext, expand, interval_for
+from ehealthlab.dashboards.macros import expand
+from ehealthlab.dashboards.query_context import QueryContext, interval_for
 from ehealthlab.errors import InvalidInputError
 
 Variables = Mapping[str, str | Sequence[str]]

@@ -29,7 +29,7 @@ from ehealthlab.dashboards.roles import (
     rotate_password,
 )
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.db import connect
 
 

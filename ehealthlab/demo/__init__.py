@@ -37,7 +37,9 @@ from ehealthlab.errors import ConfigurationError, StackError
 from ehealthlab.gateway.admin import bootstrap_operator
 from ehealthlab.settings import Settings
 from ehealthlab.simulators.onboarding import PROVIDER_NAME
-from ehealthlab.stack.local import LocalStack, format_status, settings_with_stack
+from ehealthlab.stack.local import LocalStack
+from ehealthlab.stack.service_status import format_status
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.db import Connection, connect
 from ehealthlab.store.migrate import migrate
 from ehealthlab.store.reference import load_municipalities

@@ -22,7 +22,7 @@ from ehealthlab.evaluation.fetch import fetch_dataset
 from ehealthlab.evaluation.output import to_csv
 from ehealthlab.evaluation.service import check_request, run_evaluation
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.db import connect
 
 FORMATS = ("json", "csv", "html")

@@ -27,7 +27,7 @@ from ehealthlab.evaluation.fetch import fetch_dataset
 from ehealthlab.evaluation.output import to_document
 from ehealthlab.evaluation.service import check_request, economic_model, save_evaluation
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.db import Connection, connect
 
 

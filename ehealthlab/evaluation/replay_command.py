@@ -16,7 +16,7 @@ from ehealthlab.evaluation.replay_plan import load_plan, plan_of
 from ehealthlab.evaluation.replay_report import FORMATS, render
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.db import connect
 
 

@@ -16,7 +16,7 @@ from ehealthlab.errors import InvalidInputError
 from ehealthlab.evaluation.sus import COLUMNS, parse_csv
 from ehealthlab.evaluation.sus_store import POPULATIONS, ImportReport, import_responses
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.db import connect
 
 #: largest file read, in bytes (a SUS file of a million responses is some 40 MB)

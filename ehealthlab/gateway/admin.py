@@ -13,9 +13,9 @@ import uuid
 from typing import Any
 
 from ehealthlab.errors import NotFoundError
-from ehealthlab.gateway import registry
+from ehealthlab.gateway import organisation_registry, token_registry
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.db import connect
 
 
@@ -73,19 +73,23 @@ def bootstrap_operator(settings: Settings) -> dict[str, str]:
     with connect(settings) as conn, conn.transaction():
         # serialise concurrent bootstraps, so two runs never race to create CMTo
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('ehl_admin_bootstrap'))")
-        operator = registry.find_organisation(conn, "operator", registry.OPERATOR_NAME)
+        operator = organisation_registry.find_organisation(
+            conn, "operator", organisation_registry.OPERATOR_NAME
+        )
         if operator is None:
-            operator = registry.create_organisation(conn, "operator", registry.OPERATOR_NAME)
-        row, token = registry.create_token(conn, operator.id, "admin", "admin bootstrap")
+            operator = organisation_registry.create_organisation(
+                conn, "operator", organisation_registry.OPERATOR_NAME
+            )
+        row, token = token_registry.create_token(conn, operator.id, "admin", "admin bootstrap")
     return {"organisation_id": str(operator.id), "token_id": str(row.id), "token": token}
 
 
 def run_token_create(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings_with_stack(settings)
     with connect(settings) as conn, conn.transaction():
-        if registry.get_organisation(conn, args.organisation) is None:
+        if organisation_registry.get_organisation(conn, args.organisation) is None:
             raise NotFoundError(f"no organisation {args.organisation}")
-        row, token = registry.create_token(conn, args.organisation, args.role, args.label)
+        row, token = token_registry.create_token(conn, args.organisation, args.role, args.label)
     _print({"organisation_id": str(row.organisation_id), "token_id": str(row.id),
             "token": token})  # fmt: skip
     return 0
@@ -94,7 +98,7 @@ def run_token_create(args: argparse.Namespace, settings: Settings) -> int:
 def run_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings_with_stack(settings)
     with connect(settings) as conn, conn.transaction():
-        if not registry.revoke_token(conn, args.token_id):
+        if not token_registry.revoke_token(conn, args.token_id):
             raise NotFoundError(f"no API token {args.token_id}")
     _print({"token_id": str(args.token_id), "revoked": True})
     return 0

@@ -30,11 +30,11 @@ from ehealthlab.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from ehealthlab.gateway import registry, schemas, tokens
+from ehealthlab.gateway import device_registry, schemas, tokens
 from ehealthlab.gateway.conformance import assess
+from ehealthlab.gateway.device_registry import DeviceRow
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.observations import observe
-from ehealthlab.gateway.registry import DeviceRow
 from ehealthlab.gateway.routes_common import AUTH, DeviceIdDep
 from ehealthlab.mqtt import BrokerAddress, MqttError
 from ehealthlab.settings import Settings
@@ -111,7 +111,7 @@ def _visible_device(
 ) -> DeviceRow:
     """The device if the caller may see it: its own start-up, or the operator."""
     owner = None if caller.kind == "operator" else caller.organisation_id
-    device = registry.get_device(conn, device_id, owner, lock=lock)
+    device = device_registry.get_device(conn, device_id, owner, lock=lock)
     if device is None:
         raise NotFoundError(f"no device {device_id!r}")
     return device
@@ -139,7 +139,7 @@ def register_device(
     created_in_broker = False
     try:
         with context.transaction() as conn:
-            registry.insert_device(
+            device_registry.insert_device(
                 conn,
                 organisation_id=caller.organisation_id,
                 device_id=device_id,
@@ -177,7 +177,7 @@ def _forget_broker_client(broker: BrokerAddress, device_id: str) -> None:
 def list_devices(caller: StartupOrOperatorDep, context: ContextDep) -> list[schemas.Device]:
     owner = None if caller.kind == "operator" else caller.organisation_id
     with context.transaction() as conn:
-        rows = registry.list_devices(conn, owner)
+        rows = device_registry.list_devices(conn, owner)
     return [_device_view(row) for row in rows]
 
 
@@ -210,7 +210,7 @@ def rotate_credentials(
         device = _visible_device(conn, caller, device_id, lock=True)
         if device.revoked_at is not None:
             raise ConflictError(f"device {device_id!r} is revoked; register a new one")
-        registry.mark_password_set(conn, device_id)
+        device_registry.mark_password_set(conn, device_id)
         with _dynsec(context.broker) as dynsec:
             dynsec.set_password(device_id, password)  # drops a connection with the old one
     return _credentials(context.settings, device_id, password)
@@ -230,7 +230,7 @@ def revoke_device(caller: StartupDep, device_id: DeviceIdDep, context: ContextDe
     with context.transaction() as conn:
         device = _visible_device(conn, caller, device_id, lock=True)
         if device.revoked_at is None:
-            registry.mark_device_revoked(conn, device_id)
+            device_registry.mark_device_revoked(conn, device_id)
             with _dynsec(context.broker) as dynsec:
                 # absent after a revocation whose database commit failed: finish it
                 if dynsec.get_client(device_id) is not None:

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from ehealthlab.api.auth import ContextDep, OperatorDep, PrincipalDep
 from ehealthlab.api.problems import responses
 from ehealthlab.errors import NotFoundError
-from ehealthlab.gateway import registry, schemas
+from ehealthlab.gateway import organisation_registry, schemas, token_registry
 from ehealthlab.gateway.routes_common import AUTH
 
 router = APIRouter(prefix="/api/v1")
@@ -30,10 +30,12 @@ def create_organisation(
     caller: OperatorDep, body: schemas.OrganisationCreate, context: ContextDep
 ) -> schemas.OrganisationCreated:
     with context.transaction() as conn:
-        organisation = registry.create_organisation(
+        organisation = organisation_registry.create_organisation(
             conn, body.kind, body.name, body.fls_code, simulated=body.simulated
         )
-        token_row, token = registry.create_token(conn, organisation.id, "admin", "first token")
+        token_row, token = token_registry.create_token(
+            conn, organisation.id, "admin", "first token"
+        )
     return schemas.OrganisationCreated(
         id=organisation.id,
         kind=organisation.kind,
@@ -51,7 +53,7 @@ def create_organisation(
 )
 def list_organisations(caller: OperatorDep, context: ContextDep) -> list[schemas.Organisation]:
     with context.transaction() as conn:
-        rows = registry.list_organisations(conn)
+        rows = organisation_registry.list_organisations(conn)
     return [
         schemas.Organisation(
             id=r.id, kind=r.kind, name=r.name, created_at=r.created_at, simulated=r.simulated
@@ -68,7 +70,7 @@ def list_organisations(caller: OperatorDep, context: ContextDep) -> list[schemas
 )
 def whoami(caller: PrincipalDep, context: ContextDep) -> schemas.Me:
     with context.transaction() as conn:
-        organisation = registry.get_organisation(conn, caller.organisation_id)
+        organisation = organisation_registry.get_organisation(conn, caller.organisation_id)
     if organisation is None:  # the token's organisation cannot vanish (foreign key)
         raise NotFoundError("no such organisation")
     return schemas.Me(

@@ -18,9 +18,16 @@ from ehealthlab.api.auth import ContextDep, ProviderDep
 from ehealthlab.api.problems import responses
 from ehealthlab.contract.catalogue import device_type
 from ehealthlab.errors import ConflictError, InvalidFieldError, NotFoundError
-from ehealthlab.gateway import pseudonyms, registry, schemas
+from ehealthlab.gateway import (
+    device_registry,
+    enrolment_registry,
+    organisation_registry,
+    patient_registry,
+    pseudonyms,
+    schemas,
+)
 from ehealthlab.gateway.audit import audit_read
-from ehealthlab.gateway.registry import EnrolmentRow
+from ehealthlab.gateway.enrolment_registry import EnrolmentRow
 from ehealthlab.gateway.routes_common import AUTH, EnrolmentIdDep, PatientIdDep
 from ehealthlab.ingest.alerting import raise_alerts_for
 from ehealthlab.store.db import Connection
@@ -66,7 +73,7 @@ def register_patient(
         context.patient_key, caller.organisation_id, body.identifier
     )
     with context.transaction() as conn:
-        patient = registry.insert_patient(conn, caller.organisation_id, digest, body.label)
+        patient = patient_registry.insert_patient(conn, caller.organisation_id, digest, body.label)
     return schemas.PatientCreated(id=patient.id)
 
 
@@ -78,8 +85,8 @@ def register_patient(
 )
 def list_patients(caller: ProviderDep, context: ContextDep) -> list[schemas.Patient]:
     with context.transaction() as conn:
-        patients = registry.list_patients(conn, caller.organisation_id)
-        enrolments = registry.list_enrolments(conn, caller.organisation_id)
+        patients = patient_registry.list_patients(conn, caller.organisation_id)
+        enrolments = enrolment_registry.list_enrolments(conn, caller.organisation_id)
         ids = [p.id for p in patients]
         audit_read(conn, caller, "Patient", "GET /api/v1/patients", ids, results=len(ids))
     by_patient: dict[UUID, list[schemas.Enrolment]] = {}
@@ -103,10 +110,10 @@ def get_patient(
     caller: ProviderDep, patient_id: PatientIdDep, context: ContextDep
 ) -> schemas.Patient:
     with context.transaction() as conn:
-        patient = registry.get_patient(conn, patient_id, caller.organisation_id)
+        patient = patient_registry.get_patient(conn, patient_id, caller.organisation_id)
         if patient is None:
             raise NotFoundError("no such patient among yours")
-        enrolments = registry.list_enrolments(conn, caller.organisation_id, [patient_id])
+        enrolments = enrolment_registry.list_enrolments(conn, caller.organisation_id, [patient_id])
         audit_read(
             conn, caller, "Patient", "GET /api/v1/patients/{id}", [patient.id],
             resource_id=patient.id,
@@ -136,21 +143,23 @@ def enrol(
     caller: ProviderDep, body: schemas.EnrolmentCreate, context: ContextDep
 ) -> schemas.EnrolmentCreated:
     with context.transaction() as conn:
-        if registry.get_patient(conn, body.patient_id, caller.organisation_id) is None:
+        if patient_registry.get_patient(conn, body.patient_id, caller.organisation_id) is None:
             raise NotFoundError(f"no patient {body.patient_id} among yours")
-        device = registry.get_device(conn, body.device_id)
+        device = device_registry.get_device(conn, body.device_id)
         if device is None:
             raise NotFoundError(f"no device {body.device_id!r}")
         if device.revoked_at is not None:
             raise ConflictError(f"device {body.device_id!r} is revoked")
-        if device.simulated != registry.organisation_is_simulated(conn, caller.organisation_id):
+        if device.simulated != organisation_registry.organisation_is_simulated(
+            conn, caller.organisation_id
+        ):
             raise InvalidFieldError(
                 "device_id",
                 f"device {body.device_id!r} is "
                 + ("a simulator's: it serves simulated patients only" if device.simulated
                    else "a real device: a simulated provider's patients use simulated ones"),
             )  # fmt: skip
-        if not registry.municipality_exists(conn, body.municipality):
+        if not enrolment_registry.municipality_exists(conn, body.municipality):
             raise InvalidFieldError(
                 "municipality",
                 f"{body.municipality!r} is not the ISTAT code of a municipality of the "
@@ -165,7 +174,7 @@ def enrol(
                 f"measure {', '.join(unmeasured)}; it measures {', '.join(sorted(measured))}",
             )
         _serialise_with_ingest(conn, body.device_id)
-        enrolment = registry.insert_enrolment(
+        enrolment = enrolment_registry.insert_enrolment(
             conn,
             patient_id=body.patient_id,
             device_id=body.device_id,
@@ -200,7 +209,7 @@ def list_enrolments(
     patient_id: Annotated[UUID | None, Query(description="only this patient's")] = None,
 ) -> list[schemas.Enrolment]:
     with context.transaction() as conn:
-        rows = registry.list_enrolments(
+        rows = enrolment_registry.list_enrolments(
             conn, caller.organisation_id, None if patient_id is None else [patient_id]
         )
         request = "GET /api/v1/enrolments" + ("" if patient_id is None else "?patient_id=")
@@ -221,7 +230,7 @@ def get_enrolment(
     caller: ProviderDep, enrolment_id: EnrolmentIdDep, context: ContextDep
 ) -> schemas.Enrolment:
     with context.transaction() as conn:
-        row = registry.get_enrolment(conn, enrolment_id, caller.organisation_id)
+        row = enrolment_registry.get_enrolment(conn, enrolment_id, caller.organisation_id)
         if row is not None:
             audit_read(
                 conn, caller, "EpisodeOfCare", "GET /api/v1/enrolments/{id}", [row.patient_id],
@@ -248,7 +257,9 @@ def end_enrolment(
     context: ContextDep,
 ) -> schemas.Enrolment:
     with context.transaction() as conn:
-        enrolment = registry.get_enrolment(conn, enrolment_id, caller.organisation_id, lock=True)
+        enrolment = enrolment_registry.get_enrolment(
+            conn, enrolment_id, caller.organisation_id, lock=True
+        )
         if enrolment is None:
             raise NotFoundError("no such enrolment among yours")
         if body.end < enrolment.start_date:
@@ -256,6 +267,6 @@ def end_enrolment(
                 "end", f"end {body.end} is before the enrolment's start {enrolment.start_date}"
             )
         _serialise_with_ingest(conn, enrolment.device_id)
-        updated = registry.set_enrolment_end(conn, enrolment, body.end)
+        updated = enrolment_registry.set_enrolment_end(conn, enrolment, body.end)
         raise_alerts_for(conn, attribute_unassigned(conn, enrolment.id), context.alert_rules)
     return _enrolment_view(updated)

@@ -41,7 +41,7 @@ from pydantic import ValidationError
 from ehealthlab.contract.messages import StatusMessage
 from ehealthlab.contract.topics import STATUS_WILDCARD, TopicKind, parse_device_topic
 from ehealthlab.errors import EhealthlabError, PermissionDeniedError, ServiceUnavailableError
-from ehealthlab.gateway import broker_watch, registry
+from ehealthlab.gateway import broker_watch, device_registry
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.store.db import Connection
 
@@ -74,7 +74,7 @@ def record(conn: Connection, message: ReceivedMessage) -> bool:
         return False  # an empty retained payload only clears the topic
     status = status_of(message.payload)
     with conn.transaction():
-        return registry.record_status(
+        return device_registry.record_status(
             conn,
             topic.device_id,
             status.state if status is not None else None,

@@ -29,8 +29,8 @@ from ehealthlab.errors import (
     InvalidInputError,
     PermissionDeniedError,
 )
-from ehealthlab.gateway import registry
-from ehealthlab.gateway.registry import OrganisationKind
+from ehealthlab.gateway import organisation_registry, token_registry
+from ehealthlab.gateway.organisation_registry import OrganisationKind
 from ehealthlab.portal import forms, render
 from ehealthlab.portal.ended_sessions import is_ended
 from ehealthlab.portal.session import (
@@ -147,9 +147,11 @@ def current_user(request: Request, context: ContextDep) -> PortalUser:
     with context.transaction() as conn:
         if is_ended(conn, session.session_id):  # logged out, on whichever worker
             raise AuthenticationError("log in with your API token")
-        owner = registry.authenticate(conn, session.token_hash)
+        owner = token_registry.authenticate(conn, session.token_hash)
         organisation = (
-            None if owner is None else registry.get_organisation(conn, owner.organisation_id)
+            None
+            if owner is None
+            else organisation_registry.get_organisation(conn, owner.organisation_id)
         )
     if owner is None or organisation is None:
         raise AuthenticationError("the API token of this session is revoked; log in again")

@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from ehealthlab.api.auth import ApiContext, ContextDep
 from ehealthlab.api.problems import status_of
 from ehealthlab.errors import EhealthlabError, InvalidInputError, NotFoundError
-from ehealthlab.gateway import device_routes, registry
+from ehealthlab.gateway import device_routes, organisation_registry
 from ehealthlab.gateway.routes_common import DeviceIdDep
 from ehealthlab.portal import forms, render
 from ehealthlab.portal.routes_common import (
@@ -52,7 +52,7 @@ def _devices_page(
         latest = latest_readings(conn, ids, LAST_READINGS)
         rejected = rejection_counts(conn, ids, datetime.now(UTC) - REJECTS_SINCE)
         owners = (
-            {o.id: o.name for o in registry.list_organisations(conn)}
+            {o.id: o.name for o in organisation_registry.list_organisations(conn)}
             if user.kind == "operator" else {}
         )  # fmt: skip
     return render.page(

@@ -9,7 +9,8 @@ from dataclasses import replace
 from typing import Any
 
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import LocalStack, format_status
+from ehealthlab.stack.local import LocalStack
+from ehealthlab.stack.service_status import format_status
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -27,7 +27,7 @@ from ehealthlab.ingest.worker import IngestWorker
 from ehealthlab.ingest.worker_config import IngestConfig
 from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 
 
 def main(argv: list[str] | None = None) -> int:

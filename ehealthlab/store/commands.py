@@ -13,7 +13,7 @@ from ehealthlab.errors import ConfigurationError, InvalidInputError
 from ehealthlab.fhir.bulk.worker import exports_directory
 from ehealthlab.gateway.pseudonyms import patient_pseudonym
 from ehealthlab.settings import Settings
-from ehealthlab.stack.local import settings_with_stack
+from ehealthlab.stack.stack_settings import settings_with_stack
 from ehealthlab.store.db import connect
 from ehealthlab.store.erasure import erase_patient, find_patient
 from ehealthlab.store.migrate import migrate
