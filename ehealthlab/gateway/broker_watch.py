@@ -1,13 +1,14 @@
 """What the broker dropped, recorded: the one loss neither devices nor ingest can see.
 
-Mosquitto 2.0 keeps at most `max_queued_messages` per session. Past that it drops new QoS 1
-messages for an absent or stalled ingest session after it has PUBACKed them to the device, so
-the device never resends them and ingest never receives them. The broker only counts them,
-in `$SYS/broker/publish/messages/dropped` (republished every `sys_interval`, 10 s by default),
-and logs a NOTICE. The presence leader subscribes to that counter and records each change in
-`broker_drops` (migration 0034), logging an ERROR line when messages were dropped; the
-operations dashboard shows them. Without this the loss would surface only as seq gaps in the
-conformance check and the evaluation, blamed on the device.
+Mosquitto 2.0 keeps at most `max_queued_messages` (and `max_queued_bytes` of payload) per
+session. Past either it drops new QoS 1 messages for an absent or stalled ingest session
+after it has PUBACKed them to the device, so the device never resends them and ingest never
+receives them. The broker only counts them, in `$SYS/broker/publish/messages/dropped`
+(republished every `sys_interval`, 10 s by default), and logs a NOTICE. The presence leader
+subscribes to that counter and records each change in `broker_drops` (migration 0034),
+logging an ERROR line when messages were dropped; the operations dashboard shows them.
+Without this the loss would surface only as seq gaps in the conformance check and the
+evaluation, blamed on the device.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def record(conn: Connection, payload: bytes, observed_at: datetime) -> Drops | N
     if drops.new:
         log.error(
             "the broker dropped %d message(s) (%d since it started): a session's queue is full"
-            " (max_queued_messages); they were acknowledged to their devices and are lost."
+            " (max_queued_messages or max_queued_bytes); they were acknowledged to their"
+            " devices and are lost."
             " Is ingest running and keeping up? (docs/reliability-faults.md §3)",
             drops.new,
             drops.total,
