@@ -191,6 +191,26 @@ def test_a_presence_started_later_reads_the_retained_state(pool, database_url, p
     assert events_of(pool, device_id) == [("online", True)]
 
 
+def test_a_status_whose_user_property_holds_u_feff_is_recorded(pool, database_url, platform,
+                                                               device):  # fmt: skip
+    """U+FEFF is allowed in an MQTT 5 string; paho's own decoder refused it and dropped the
+    connection, and a retained status came again on every reconnection: one device's
+    status could stop presence for all. The platform's client decodes it (publish_decoder)."""
+    device_id, address = device
+    with MqttConnection(address, device_id) as connection:
+        connection.publish(
+            status_topic(device_id), ONLINE, retain=True, user_properties=[("fw", "\ufeff1.0")]
+        )
+        presence = Presence(platform, database_url).start()
+        try:
+            assert wait_until(lambda: state_of(pool, device_id)[0] == "online")
+            connection.publish(status_topic(device_id), OFFLINE, retain=True)
+            assert wait_until(lambda: state_of(pool, device_id)[0] == "offline")
+        finally:
+            presence.stop()
+    assert events_of(pool, device_id) == [("online", True), ("offline", False)]
+
+
 def test_presence_comes_back_after_a_broker_restart(
     pool, database_url, platform, device, mosquitto_broker
 ):

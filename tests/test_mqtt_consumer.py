@@ -206,3 +206,27 @@ def test_refusals_are_the_platforms_errors(admin, device):
             consumer.subscribe("ehl/v1/devices/+/readings", qos=1)
     finally:
         consumer.close()
+
+
+def test_a_user_property_holding_u_feff_is_delivered_and_does_not_break_the_connection(
+    admin, device
+):
+    """MQTT 5 allows U+FEFF in a string and says it must not be stripped ([MQTT-1.5.4-3]);
+    Mosquitto forwards it. paho's own decoder refuses it as malformed and drops the
+    connection, so such a message, never acknowledged, came again and again: one device
+    could stop ingest. The consumer's decoder takes it as the standard says."""
+    name = f"consumer-{uuid.uuid4().hex[:8]}"
+    address, where = device
+    consumer = MqttConsumer(admin, name, session_expiry_s=60, receive_maximum=20)
+    consumer.connect()
+    consumer.subscribe(where, qos=1)
+    with MqttConnection(address, address.username or "") as publisher:
+        publisher.publish(where, b"first", qos=1, user_properties=[("note", "\ufeffbom")])
+        publisher.publish(where, b"second", qos=1)
+    got = take(consumer, 2)
+    assert [m.payload for m in got] == [b"first", b"second"]
+    assert all(m.broker_stamped for m in got)
+    assert consumer.is_connected
+    for message in got:
+        consumer.ack(message)
+    consumer.close(end_session=True)

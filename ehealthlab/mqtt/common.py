@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from paho.mqtt import client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
+from ehealthlab.mqtt.publish_decoder import DecodedPublish, UnusualPacketError, decode_publish
 from ehealthlab.settings import Settings
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -136,14 +137,45 @@ class Will:
 MessageHandler = Callable[[ReceivedMessage], None]
 
 
+class DecodingClient(paho.Client):
+    """paho's client with a faster and more faithful PUBLISH decoder (`publish_decoder`).
+
+    When `on_decoded_publish` is set, QoS 0 and 1 PUBLISH packets go to it decoded by
+    `publish_decoder` instead of through paho's `MQTTMessage` and `Properties`: 38 of paho's
+    40 µs a message here, and a U+FEFF in a user property no longer drops the connection.
+    paho keeps no state for these packets; it acknowledges QoS 1 at once unless asked for
+    manual acknowledgement, and so does this. QoS 2 and unusual packets still go paho's way.
+    """
+
+    on_decoded_publish: Callable[[DecodedPublish], None] | None = None
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        header = self._in_packet["command"]
+        handler = self.on_decoded_publish
+        if (
+            handler is None
+            or header & 0x06 == 0x04  # QoS 2: paho keeps it until PUBREL
+            or self._protocol != MQTTProtocolVersion.MQTTv5
+        ):
+            return super()._handle_publish()
+        try:
+            decoded = decode_publish(header, self._in_packet["packet"])
+        except UnusualPacketError:
+            return super()._handle_publish()
+        handler(decoded)
+        if decoded.qos == 1 and not self._manual_ack:
+            return self._send_puback(decoded.mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
 def new_client(
     broker: BrokerAddress,
     client_id: str,
     *,
     manual_ack: bool,
     will: Will | None = None,
-    client_class: type[paho.Client] = paho.Client,
-) -> paho.Client:
+    client_class: type[DecodingClient] = DecodingClient,
+) -> DecodingClient:
     """A paho MQTT 5 client for `broker`, not yet connected, that never reconnects by itself
     (the owner decides when, and resubscribes)."""
     client = client_class(
@@ -182,16 +214,51 @@ def unreachable(broker: BrokerAddress, exc: OSError) -> ServiceUnavailableError:
 
 
 def received_message(msg: paho.MQTTMessage, trust_receive_stamp: bool) -> ReceivedMessage:
-    """paho's message as the platform's value, with its receive time: the broker's stamp when
-    it is trusted and present, else now."""
-    user_properties = getattr(msg.properties, "UserProperty", None)
-    stamped = broker_receive_time(user_properties) if trust_receive_stamp else None
-    return ReceivedMessage(
-        topic=msg.topic,
-        payload=bytes(msg.payload),
+    """paho's message as the platform's value (see `received`); for what `DecodingClient`
+    leaves to paho."""
+    return received(
+        msg.topic,
+        bytes(msg.payload),
         qos=msg.qos,
         retain=bool(msg.retain),
         mid=msg.mid,
+        user_properties=getattr(msg.properties, "UserProperty", None),
+        trust_receive_stamp=trust_receive_stamp,
+    )
+
+
+def received_publish(publish: DecodedPublish, trust_receive_stamp: bool) -> ReceivedMessage:
+    """A decoded PUBLISH as the platform's value (see `received`)."""
+    return received(
+        publish.topic,
+        publish.payload,
+        qos=publish.qos,
+        retain=publish.retain,
+        mid=publish.mid,
+        user_properties=publish.user_properties,
+        trust_receive_stamp=trust_receive_stamp,
+    )
+
+
+def received(
+    topic: str,
+    payload: bytes,
+    *,
+    qos: int,
+    retain: bool,
+    mid: int,
+    user_properties: list[tuple[str, str]] | None,
+    trust_receive_stamp: bool,
+) -> ReceivedMessage:
+    """A delivered message as the platform's value, with its receive time: the broker's
+    stamp when it is trusted and present, else now."""
+    stamped = broker_receive_time(user_properties) if trust_receive_stamp else None
+    return ReceivedMessage(
+        topic=topic,
+        payload=payload,
+        qos=qos,
+        retain=retain,
+        mid=mid,
         received_at=stamped or datetime.now(UTC),
         broker_stamped=stamped is not None,
         simulated_received_at=simulated_receive_time(user_properties),

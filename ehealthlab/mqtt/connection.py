@@ -30,8 +30,10 @@ from ehealthlab.mqtt.common import (
     new_client,
     publish_packet_size,
     received_message,
+    received_publish,
     unreachable,
 )
+from ehealthlab.mqtt.publish_decoder import DecodedPublish
 
 _MAX_MESSAGE_IDS = 65_535
 
@@ -88,6 +90,7 @@ class MqttConnection:
         client.on_subscribe = self._handle_subscribe
         client.on_publish = self._handle_publish
         client.on_message = self._handle_message
+        client.on_decoded_publish = self._handle_decoded
         client.on_unsubscribe = self._handle_unsubscribe
         self._client = client
 
@@ -323,6 +326,11 @@ class MqttConnection:
         if self._on_message is None:
             return
         self._on_message(received_message(msg, self._trust_receive_stamp))
+
+    def _handle_decoded(self, publish: DecodedPublish) -> None:
+        if self._on_message is None:
+            return
+        self._on_message(received_publish(publish, self._trust_receive_stamp))
 
     # -- bookkeeping ---------------------------------------------------------------------
 

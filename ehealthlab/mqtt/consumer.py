@@ -35,13 +35,16 @@ from ehealthlab.errors import AuthenticationError, PermissionDeniedError
 from ehealthlab.mqtt.common import (
     DEFAULT_TIMEOUT_S,
     BrokerAddress,
+    DecodingClient,
     MqttError,
     ReceivedMessage,
     connect_properties,
     new_client,
     received_message,
+    received_publish,
     unreachable,
 )
+from ehealthlab.mqtt.publish_decoder import DecodedPublish
 
 #: what one recv() asks the kernel for
 _READ_SIZE = 256 * 1024
@@ -125,8 +128,8 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
-class _BufferedClient(paho.Client):
-    """paho's client over a `_BufferedSocket`. `_create_socket` is paho's own (2.x) seam
+class _BufferedClient(DecodingClient):
+    """A `DecodingClient` over a `_BufferedSocket`. `_create_socket` is paho's own (2.x) seam
     between connecting and talking; the consumer's tests run it against a real broker."""
 
     def _create_socket(self) -> Any:
@@ -171,6 +174,7 @@ class MqttConsumer:
         client.on_subscribe = self._handle_answer
         client.on_unsubscribe = self._handle_answer
         client.on_message = self._handle_message
+        client.on_decoded_publish = self._handle_decoded
         # an external loop: paho then queues what it sends instead of writing it at once
         client.on_socket_register_write = lambda *_: None
         self._client = client
@@ -378,3 +382,6 @@ class MqttConsumer:
 
     def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         self._received.append(received_message(msg, self._trust_receive_stamp))
+
+    def _handle_decoded(self, publish: DecodedPublish) -> None:
+        self._received.append(received_publish(publish, self._trust_receive_stamp))
