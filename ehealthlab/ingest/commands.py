@@ -24,6 +24,7 @@ from typing import Any
 
 from ehealthlab.errors import ConfigurationError
 from ehealthlab.gateway.dynsec import DynamicSecurity
+from ehealthlab.gc_tuning import tune_garbage_collector
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.ingest.metrics import WorkerMetrics, report_every_minute, serve_metrics
 from ehealthlab.ingest.stamp_check import require_receive_stamp
@@ -257,6 +258,7 @@ def run_worker(
     server = serve_metrics(metrics, metrics_port) if metrics_port is not None else None
     reporter = threading.Thread(target=report_every_minute, args=(metrics, stop), daemon=True)
     reporter.start()
+    tune_garbage_collector()
     try:
         worker.run(stop)
     finally:
