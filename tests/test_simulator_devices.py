@@ -22,7 +22,7 @@ import pytest
 from api_fixtures import template_copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ingest import Pilot, RunningWorker
+from ingest_fixtures import Pilot, RunningWorker
 
 from ehealthlab.contract.catalogue import DEVICE_TYPES, METRICS
 from ehealthlab.contract.messages import MAX_PAYLOAD_BYTES, ReasonCode
