@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import psycopg
 from conftest import create_database, with_database
-from test_ingest import Pilot, message
+from ingest_fixtures import Pilot, message
 
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.ingest.pipeline import partition_of

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import create_database, with_database
-from test_ingest import Pilot, RunningWorker, publish_all, stream
+from ingest_fixtures import Pilot, RunningWorker, publish_all, stream
 
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.ingest.pipeline import partition_of

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 from api_fixtures import template_copy
 from hostile import hostile_messages
-from test_ingest import Pilot, RunningWorker, message
+from ingest_fixtures import Pilot, RunningWorker, message
 
 from ehealthlab.contract.messages import MAX_PACKET_BYTES
 from ehealthlab.contract.topics import readings_topic

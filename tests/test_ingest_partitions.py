@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from test_ingest import T0, Pilot, RunningWorker, bp, message, pilot_on, publish_all, stream
+from ingest_fixtures import T0, Pilot, RunningWorker, bp, message, pilot_on, publish_all, stream
 
 from ehealthlab import cli
 from ehealthlab.contract.topics import (

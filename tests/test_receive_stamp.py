@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from test_ingest import T0, Pilot, RunningWorker, bp, message, pilot_on
+from ingest_fixtures import T0, Pilot, RunningWorker, bp, message, pilot_on
 
 from ehealthlab.contract.topics import PLATFORM_PROBE_PREFIX, readings_topic
 from ehealthlab.errors import MissingDependencyError

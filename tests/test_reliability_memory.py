@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from ingest_fixtures import Pilot
 from reliability_fixtures import (
     IngestCommand,
     blast,
@@ -32,7 +33,6 @@ from reliability_fixtures import (
     stored_readings,
     wait_until_subscribed,
 )
-from test_ingest import Pilot
 from test_ingest_faults import own_broker, own_postgres
 
 from ehealthlab.gateway.presence import Presence

@@ -3,7 +3,8 @@
 The same readings are sent twice, by two cuffs of one start-up enrolled with two patients of
 one provider: over MQTT, through a running ingest worker, and as a FHIR Bundle. What the store
 then holds for each — readings, dead letters, message log, alerts — must be the same. Then
-duplicates, redeliveries, bad entries, other tenants' devices and malformed Bundles.
+duplicates, redeliveries, a conflicting value, a wrong device clock, and bad entries (dead
+letters answered one by one, other tenants' and revoked devices).
 """
 
 from __future__ import annotations
@@ -18,41 +19,24 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
-from hypothesis import HealthCheck, given
-from hypothesis import settings as hypothesis_settings
-from hypothesis import strategies as st
-from test_gateway_api import Cast, bearer, enrol, register_patient, run_admin
+from fhir_bundles import LOINC, bundle, cast, coding, observation, panel, post, statuses
+from test_gateway_api import enrol, register_patient
 
-from ehealthlab.contract.messages import MAX_READINGS, ReasonCode
 from ehealthlab.contract.topics import readings_topic
-from ehealthlab.contract.validation import validate_message
 from ehealthlab.fhir.mapping.ids import observation_id
-from ehealthlab.fhir.transaction.bundle import MAX_ENTRIES, BundleError, read_bundle
-from ehealthlab.fhir.transaction.entry import READING_SEQ_SYSTEM
-from ehealthlab.fhir.transaction.messages import contract_messages, message_id_base
 from ehealthlab.fhir.transaction.response import REJECTION_REASON_SYSTEM
 from ehealthlab.ingest.worker import IngestWorker
 from ehealthlab.ingest.worker_config import IngestConfig
 from ehealthlab.mqtt import BrokerAddress, MqttConnection
 from ehealthlab.settings import Settings
 
-LOINC = "http://loinc.org"
-MDC = "urn:iso:std:iso:11073:10101"
-UCUM = "http://unitsofmeasure.org"
-CODES = {  # metric -> (system, code) as a device would send it
-    "bp_systolic": (LOINC, "8480-6"),
-    "bp_diastolic": (LOINC, "8462-4"),
-    "heart_rate": (MDC, "149546"),
-    "spo2": (LOINC, "59408-5"),
-    "body_weight": (LOINC, "29463-7"),
-}
-FHIR = {"Content-Type": "application/fhir+json"}
+__all__ = ["cast"]
+
 DEADLINE_S = 30.0
 
 
-# -- the application, a running ingest worker, and the cast ----------------------------------
+# -- the application, a running ingest worker, and devices --------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -66,22 +50,6 @@ def ingest(client, settings) -> Iterator[IngestWorker]:
     yield worker
     stop.set()
     thread.join(30)
-
-
-@pytest.fixture(scope="module")
-def cast(client, settings) -> Cast:
-    boot = run_admin(settings, "admin", "bootstrap")
-    cast = Cast(operator=boot["token"])
-    for who, kind in (("a", "startup"), ("b", "startup"), ("p", "provider")):
-        answer = client.post(
-            "/api/v1/organisations",
-            json={"kind": kind, "name": f"{kind} {who} {uuid.uuid4().hex[:6]}"},
-            headers=bearer(cast.operator),
-        )
-        assert answer.status_code == 201, answer.text
-        cast.tokens[who] = answer.json()["token"]
-        cast.organisations[who] = answer.json()["id"]
-    return cast
 
 
 def new_device(client, cast, who: str = "a", device_type: str = "blood_pressure_monitor") -> dict:
@@ -103,97 +71,6 @@ def enrolled_cuff(client, cast) -> str:
 def query(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(settings.require_database_url()) as conn:
         return conn.execute(sql, params).fetchall()
-
-
-# -- building Bundles ---------------------------------------------------------------------------
-
-
-def quantity(value: Any, unit: str) -> dict:
-    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
-
-
-def coding(metric: str) -> dict:
-    system, code = CODES[metric]
-    return {"coding": [{"system": system, "code": code}]}
-
-
-def observation(
-    device_id: str,
-    seq: int,
-    at: str,
-    *,
-    metric: str | None = None,
-    value: Any = None,
-    unit: str = "",
-    components: list | None = None,
-    **extra: Any,
-) -> dict:
-    """A vital-signs Observation as a FHIR-speaking device would send it."""
-    resource: dict[str, Any] = {
-        "resourceType": "Observation",
-        "identifier": [{"system": READING_SEQ_SYSTEM, "value": str(seq)}],
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": LOINC, "code": "85354-9"}]}
-        if components
-        else coding(metric),
-        "effectiveDateTime": at,
-        "device": {"reference": f"Device/{device_id}"},
-    }
-    if components:
-        resource["component"] = components
-    else:
-        resource["valueQuantity"] = quantity(value, unit)
-    resource.update(extra)
-    return resource
-
-
-def panel(
-    device_id: str,
-    seq: int,
-    at: str,
-    systolic: Any,
-    diastolic: Any,
-    *,
-    unit: str = "mm[Hg]",
-    **extra: Any,
-) -> dict:
-    components = [
-        {"code": coding("bp_systolic"), "valueQuantity": quantity(systolic, unit)},
-        {"code": coding("bp_diastolic"), "valueQuantity": quantity(diastolic, unit)},
-    ]
-    return observation(device_id, seq, at, components=components, **extra)
-
-
-def bundle(*resources: dict, kind: str = "transaction", **extra: Any) -> dict:
-    return {
-        "resourceType": "Bundle",
-        "type": kind,
-        "entry": [
-            {"resource": r, "request": {"method": "POST", "url": "Observation"}} for r in resources
-        ],
-        **extra,
-    }
-
-
-def post(client, headers: dict[str, str], body: dict | bytes) -> Any:
-    content = body if isinstance(body, bytes) else orjson.dumps(body)
-    return client.post("/fhir", content=content, headers={**headers, **FHIR})
-
-
-def statuses(answer) -> list[str]:
-    assert answer.status_code == 200, answer.text
-    Bundle.model_validate(answer.json())  # the response is valid FHIR
-    return [entry["response"]["status"] for entry in answer.json()["entry"]]
 
 
 def issues(answer, index: int) -> list[dict]:
@@ -542,305 +419,3 @@ def test_a_bundle_whose_every_reading_is_refused_is_still_logged(client, cast, s
         "SELECT readings, accepted, rejected FROM device_messages WHERE device_id = %s",
         d,
     ) == [(1, 0, 1)]
-
-
-# -- who may post --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("who", "status"), [("p", 403), ("operator", 403), ("nobody", 401)])
-def test_only_start_ups_deliver_bundles(client, cast, who, status):
-    headers = {} if who == "nobody" else cast.h(who)
-    answer = post(client, headers, bundle())
-    assert answer.status_code == status
-    assert answer.headers["content-type"].startswith("application/fhir+json")
-    OperationOutcome.model_validate(answer.json())
-
-
-def test_an_empty_bundle_is_an_empty_response(client, cast):
-    assert statuses(post(client, cast.h("a"), bundle())) == []
-
-
-# -- malformed Bundles: 400 with an OperationOutcome, never 500 --------------------------------
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "code"),
-    [
-        (b"", 400, "structure"),
-        (b"{", 400, "structure"),
-        (b"\xff\xfe", 400, "structure"),
-        (b"[]", 400, "structure"),
-        (b'{"resourceType": "Observation"}', 400, "structure"),
-        (b'{"resourceType": "Bundle", "type": "searchset"}', 400, "not-supported"),
-        (b'{"resourceType": "Bundle", "type": "transaction", "entry": {}}', 400, "structure"),
-        (b'{"resourceType": "Bundle", "type": "batch", "timestamp": "yesterday"}', 400, "value"),
-        (
-            b'{"resourceType": "Bundle", "type": "batch", "identifier": {"value": 1}}',
-            400,
-            "structure",
-        ),
-        (orjson.dumps(bundle(*[{}] * (MAX_ENTRIES + 1))), 413, "too-costly"),
-        (
-            b'{"resourceType": "Bundle", "type": "batch", "x": "' + b"a" * (5 << 20) + b'"}',
-            413,
-            "too-costly",
-        ),
-    ],
-)
-def test_malformed_bundles_are_refused_whole(client, cast, body, status, code):
-    answer = post(client, cast.h("a"), body)
-    assert answer.status_code == status, answer.text
-    assert OperationOutcome.model_validate(answer.json()).issue[0].code == code
-
-
-def test_a_bundle_in_another_media_type_is_415(client, cast):
-    answer = client.post(
-        "/fhir",
-        content=b"<Bundle/>",
-        headers={**cast.h("a"), "Content-Type": "application/fhir+xml"},
-    )
-    assert answer.status_code == 415
-    OperationOutcome.model_validate(answer.json())
-
-
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=12,
-)
-FIELDS = (
-    "resourceType",
-    "identifier",
-    "status",
-    "code",
-    "effectiveDateTime",
-    "device",
-    "valueQuantity",
-    "component",
-    "subject",
-)
-
-
-@st.composite
-def mangled_bundles(draw) -> bytes:
-    """Bundles whose parts are replaced, at random, by arbitrary JSON."""
-    d = draw(st.sampled_from(["bpm-0000000000000001", "bpm-x"]))
-    resource = observation(
-        d,
-        draw(st.integers(0, 10**6)),
-        "2026-03-01T08:00:00Z",
-        metric="heart_rate",
-        value=70,
-        unit="/min",
-    )
-    for name in draw(st.sets(st.sampled_from(FIELDS), max_size=3)):
-        resource[name] = draw(JSON)
-    entry: Any = {"resource": resource, "request": {"method": "POST", "url": "Observation"}}
-    if draw(st.booleans()):
-        entry = draw(st.sampled_from([entry, {"resource": entry["resource"]}, draw(JSON)]))
-    document: Any = bundle(kind=draw(st.sampled_from(["transaction", "batch", "collection"])))
-    document["entry"] = [entry]
-    if draw(st.booleans()):
-        document[draw(st.sampled_from(["type", "entry", "timestamp", "identifier"]))] = draw(JSON)
-    if draw(st.integers(0, 9)) == 0:
-        document = draw(JSON)
-    return orjson.dumps(document)
-
-
-@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=mangled_bundles())
-def test_no_bundle_makes_the_server_fail(client, cast, body):
-    answer = post(client, cast.h("b"), body)
-    assert answer.status_code in (200, 400, 413), answer.text
-    document = answer.json()
-    if answer.status_code == 200:
-        Bundle.model_validate(document)
-    else:
-        OperationOutcome.model_validate(document)
-
-
-# -- the pure mapping ----------------------------------------------------------------------------
-
-D = "bpm-0000000000000001"
-AT = "2026-03-01T08:00:00+01:00"
-
-
-@pytest.mark.parametrize(
-    ("resource", "items"),
-    [
-        (
-            observation(D, 5, AT, metric="heart_rate", value=72, unit="/min"),
-            [{"seq": 5, "metric": "heart_rate", "value": 72, "unit": "/min", "at": AT}],
-        ),
-        (
-            observation(D, 5, AT, metric="body_weight", value=80.25, unit="[lb_av]"),
-            [{"seq": 5, "metric": "body_weight", "value": 80.25, "unit": "[lb_av]", "at": AT}],
-        ),
-        (
-            observation(
-                D,
-                7,
-                AT,
-                metric="spo2",
-                value=97,
-                unit="%",
-                code={
-                    "coding": [
-                        {"system": MDC, "code": "150456"},
-                        {"system": LOINC, "code": "2708-6"},
-                    ]
-                },
-            ),
-            [{"seq": 7, "metric": "spo2", "value": 97, "unit": "%", "at": AT}],
-        ),
-        (
-            panel(D, 9, AT, 120, 80),
-            [
-                {"seq": 9, "metric": "bp_systolic", "value": 120, "unit": "mm[Hg]", "at": AT},
-                {"seq": 10, "metric": "bp_diastolic", "value": 80, "unit": "mm[Hg]", "at": AT},
-            ],
-        ),
-        (
-            panel(D, 9, AT, 120, 80, code={"coding": [{"system": MDC, "code": "150020"}]}),
-            [
-                {"seq": 9, "metric": "bp_systolic", "value": 120, "unit": "mm[Hg]", "at": AT},
-                {"seq": 10, "metric": "bp_diastolic", "value": 80, "unit": "mm[Hg]", "at": AT},
-            ],
-        ),
-        (
-            {
-                **observation(
-                    D, 5, AT, metric="heart_rate", value=72, unit="/min", effectiveInstant=AT
-                ),
-                "effectiveDateTime": None,
-            },
-            [{"seq": 5, "metric": "heart_rate", "value": 72, "unit": "/min", "at": AT}],
-        ),
-    ],
-)
-def test_observations_become_contract_readings(resource, items):
-    resource = {k: v for k, v in resource.items() if v is not None}
-    plan = read_bundle(orjson.dumps(bundle(resource)))
-    [entry] = plan.entries
-    assert entry.refusal is None and entry.faults == ()
-    assert [draft.item for draft in entry.drafts] == items
-
-
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [
-        ({"identifier": [{"system": READING_SEQ_SYSTEM, "value": "-1"}]}, "schema_violation"),
-        # more digits than int() takes: refused, not a crash
-        ({"identifier": [{"system": READING_SEQ_SYSTEM, "value": "9" * 5000}]}, "schema_violation"),
-        ({"identifier": [{"system": READING_SEQ_SYSTEM, "value": str(2**63)}]}, "schema_violation"),
-        (
-            {
-                "identifier": [
-                    {"system": READING_SEQ_SYSTEM, "value": "1"},
-                    {"system": READING_SEQ_SYSTEM, "value": "2"},
-                ]
-            },
-            "schema_violation",
-        ),
-        ({"identifier": [{"system": READING_SEQ_SYSTEM, "value": str(2**63)}]}, "schema_violation"),
-        (
-            {
-                "code": {
-                    "coding": [
-                        {"system": LOINC, "code": "8867-4"},
-                        {"system": LOINC, "code": "2708-6"},
-                    ]
-                }
-            },
-            "schema_violation",
-        ),
-        ({"code": {"text": "pulse"}}, "unknown_metric"),
-        (
-            {"valueQuantity": {"value": 72, "code": "/min", "system": "http://example.org"}},
-            "unit_mismatch",
-        ),
-        (
-            {"effectiveDateTime": None, "effectivePeriod": {"start": "2026-03-01T08:00:00Z"}},
-            "schema_violation",
-        ),
-        ({"valueQuantity": None, "valueString": "72"}, "schema_violation"),
-    ],
-)
-def test_what_cannot_be_a_reading_is_a_fault_with_a_reason(change, reason):
-    resource = observation(D, 5, AT, metric="heart_rate", value=72, unit="/min") | change
-    resource = {k: v for k, v in resource.items() if v is not None}
-    [entry] = read_bundle(orjson.dumps(bundle(resource))).entries
-    assert entry.drafts == () and [f.reason for f in entry.faults] == [ReasonCode(reason)]
-
-
-def test_a_panel_gives_seq_and_seq_plus_one_and_skips_absent_components():
-    resource = panel(D, 20, AT, 120, 80)
-    resource["component"][1] = {
-        "code": coding("bp_diastolic"),
-        "dataAbsentReason": {"text": "cuff error"},
-    }
-    [entry] = read_bundle(orjson.dumps(bundle(resource))).entries
-    assert [(d.metric, d.item["seq"]) for d in entry.drafts] == [("bp_systolic", 20)]
-    assert any("absent" in note.diagnostics for note in entry.notes)
-
-
-def test_large_bundles_are_cut_into_contract_sized_messages():
-    resources = [
-        observation(D, i, AT, metric="heart_rate", value=60 + i % 50, unit="/min")
-        for i in range(MAX_ENTRIES)
-    ]
-    plan = read_bundle(orjson.dumps(bundle(*resources)))
-    messages = contract_messages(plan, {D}, msg_id="m", sent_at=AT)
-    assert [m.msg_id for m in messages] == ["m/1", "m/2"]
-    assert sum(len(m.sources) for m in messages) == MAX_ENTRIES
-    received = datetime.fromisoformat(AT)
-    for message in messages:
-        assert len(message.sources) <= MAX_READINGS
-        outcome = validate_message(
-            message.payload, device_type="blood_pressure_monitor", received_at=received
-        )
-        assert outcome.message_rejection is None
-        assert len(outcome.accepted) == len(message.sources)
-
-
-@pytest.mark.parametrize(
-    ("identifier", "expected"),
-    [
-        (None, "fallback"),
-        ({"value": "bundle-42"}, "bundle-42"),
-        ({"system": "urn:x", "value": "bundle-42"}, None),
-        ({"value": "x" * 64}, None),
-        ({"value": "a\nb"}, None),
-    ],
-)
-def test_message_ids_come_from_the_bundle_identifier(identifier, expected):
-    document = bundle() | ({"identifier": identifier} if identifier else {})
-    got = message_id_base(read_bundle(orjson.dumps(document)), "fallback")
-    if expected is not None:
-        assert got == expected
-    else:  # a stable name of the identifier, within the contract's 64 characters
-        assert len(got) == 32 and got == message_id_base(
-            read_bundle(orjson.dumps(document)), "other"
-        )
-
-
-@given(st.binary(max_size=200) | mangled_bundles())
-def test_reading_a_bundle_raises_nothing_but_bundle_error(body):
-    try:
-        plan = read_bundle(body)
-    except BundleError:
-        return
-    for message in contract_messages(plan, plan.device_ids(), msg_id="m", sent_at=AT):
-        if message.payload:
-            outcome = validate_message(
-                message.payload,
-                device_type="multiparameter_monitor",
-                received_at=datetime.fromisoformat(AT),
-            )
-            assert outcome.message_rejection is None
