@@ -25,9 +25,9 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.organization import Organization
 from fhir.resources.R4B.patient import Patient
+from gateway_fixtures import Cast, bearer, enrol, register_patient, run_admin
 from hypothesis import given
 from hypothesis import strategies as st
-from test_gateway_api import Cast, bearer, enrol, register_patient, run_admin
 
 from ehealthlab.errors import InvalidInputError
 from ehealthlab.fhir.bulk import routes, store

@@ -21,9 +21,9 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.questionnaire import Questionnaire
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
+from gateway_fixtures import bearer
 from hypothesis import given
 from hypothesis import strategies as st
-from test_gateway_api import bearer
 
 from ehealthlab.cli import OneLineParser
 from ehealthlab.errors import InvalidInputError
