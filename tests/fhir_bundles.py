@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from gateway_fixtures import Cast, bearer, run_admin
 from hypothesis import strategies as st
-from test_gateway_api import Cast, bearer, run_admin
 
 from ehealthlab.fhir.transaction.entry import READING_SEQ_SYSTEM
 

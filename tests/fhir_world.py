@@ -24,8 +24,8 @@ import pytest
 from api_fixtures import served
 from conftest import drop_database, migrated_store, settings_for, with_database
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from gateway_fixtures import run_admin
 from hypothesis import strategies as st
-from test_gateway_api import run_admin
 
 from ehealthlab.fhir.mapping import fast
 from ehealthlab.fhir.mapping.rows import BloodPressureReadings, ReadingRecord, group_measurements

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from api_fixtures import served, template_copy
 from conftest import settings_for
+from gateway_fixtures import run_admin
 from ingest_fixtures import RunningWorker
-from test_gateway_api import run_admin
 
 from ehealthlab import cli
 from ehealthlab.contract.topics import readings_topic, status_topic

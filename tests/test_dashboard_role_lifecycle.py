@@ -14,9 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import create_database, drop_database, with_database
+from dashboard_roles_world import is_denied, login, revoke_all
 from psycopg import sql
 from pydantic import SecretStr
-from test_dashboard_roles import is_denied, login, revoke_all
 
 from ehealthlab.dashboards.roles import (
     RoleCredentials,

@@ -114,7 +114,7 @@ def test_the_capability_statement_declares_exactly_what_answers(world):
         for operation in resource.get("operation", []):
             if (kind, operation["name"]) == ("Observation", "lastn"):
                 world.ok("operator", "/Observation/$lastn", {"patient": world.patients["P1"]})
-            else:  # bulk export (tests/test_fhir_bulk.py walks it through)
+            else:  # bulk export (tests/test_fhir_bulk_export.py walks it through)
                 assert (kind, operation["name"]) == ("Patient", "export")
                 kicked = world.get("operator", "/Patient/$export",
                                    headers={"Prefer": "respond-async"})  # fmt: skip

@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from gateway_fixtures import run_admin
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from test_gateway_api import run_admin
 
 from ehealthlab.fhir.search.parameters import PARAMETERS, SORTS
 from ehealthlab.store.readings import ReadingRow, ReadingWriter

@@ -22,7 +22,7 @@ from fhir.resources.R4B.group import Group
 from fhir.resources.R4B.measure import Measure
 from fhir.resources.R4B.measurereport import MeasureReport
 from fhir.resources.R4B.operationoutcome import OperationOutcome
-from test_gateway_api import bearer
+from gateway_fixtures import bearer
 
 from ehealthlab.evaluation.registry import BY_ID, INDICATORS
 from ehealthlab.fhir.mapping.rows import MeasureReportRecord

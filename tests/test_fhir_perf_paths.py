@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from gateway_fixtures import run_admin
 from hypothesis import given
 from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
-from test_gateway_api import run_admin
 
 from ehealthlab.api.auth import TokenCache
 from ehealthlab.fhir.audit import AuditEntry, AuditWriter

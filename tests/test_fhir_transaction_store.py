@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir_bundles import LOINC, bundle, cast, coding, observation, panel, post, statuses
-from test_gateway_api import enrol, register_patient
+from gateway_fixtures import enrol, register_patient
 
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.fhir.mapping.ids import observation_id

@@ -12,7 +12,7 @@ from datetime import date
 
 import psycopg
 import pytest
-from test_gateway_api import assert_problem, bearer
+from gateway_fixtures import assert_problem, bearer
 
 from ehealthlab.errors import ConflictError, InvalidFieldError
 from ehealthlab.evaluation.mini_pilots import (

@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from api_fixtures import make_settings, served, template_copy
+from gateway_fixtures import run_admin
 from ingest_fixtures import RunningWorker
-from test_gateway_api import run_admin
 
 from ehealthlab.api.client import GatewayClient
 from ehealthlab.simulators.measurement_stream import pilot_measurements

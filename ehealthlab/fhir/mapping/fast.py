@@ -3,8 +3,8 @@
 Building and validating an R4B model costs far more than the resource's JSON (see
 bench/fhir_mapping.py). Each function here returns exactly
 `r4b.<same name>(record).model_dump(mode="json")`, keys in the same order, so
-`dumps(...)` gives the bytes of `model_dump_json()`; tests/test_fhir_mapping.py proves it
-over generated rows. Sub-dicts that never vary (codes, categories) are shared between
+`dumps(...)` gives the bytes of `model_dump_json()`; tests/test_fhir_mapping_fast.py proves
+it over generated rows. Sub-dicts that never vary (codes, categories) are shared between
 results: treat what these functions return as read-only.
 
 Observations are built for every row of every search, so that path avoids what it can: the

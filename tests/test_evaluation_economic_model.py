@@ -1,20 +1,24 @@
 """The economic model against figures worked out by hand here, from the coordinates of the
-shipped reference data written into the test and the formulas of indicators.md."""
+shipped reference data written into the test and the formulas of indicators.md: one group's
+indicators (compute_economics) and the projection of a scale-up by SNAI class."""
 
 from __future__ import annotations
 
 import math
 import re
-import tomllib
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from economics_fixtures import (
+    ALA_DI_STURA,
+    COLLEGNO,
+    PANCALIERI,
+    SAVIGLIANO,
+    great_circle_km,
+    inputs,
+    params,
+)
 
-from ehealthlab.contract.catalogue import DEVICE_TYPES
 from ehealthlab.errors import InvalidInputError
 from ehealthlab.evaluation.economic_parameters import EconomicParameters, load_parameters
 from ehealthlab.evaluation.economics import INDICATOR_IDS, EconomicInputs, compute_economics
@@ -22,300 +26,10 @@ from ehealthlab.evaluation.scale_up import ClassObservation, scale_up_projection
 from ehealthlab.evaluation.snai_reference import (
     EARTH_RADIUS_KM,
     Municipality,
-    Pole,
     build_pole_distances,
-    haversine_km,
-    outside_poles,
     pole_distances,
     reference_municipalities,
 )
-
-# (latitude, longitude) as in cmto_municipalities.csv / snai_reference_poles_outside_cmto.csv
-ALA_DI_STURA = (45.31515, 7.305909)  # 001003, class E, pole Collegno, 58 min
-COLLEGNO = (45.077547, 7.572426)  # 001090, its own pole
-TORINO = (45.067755, 7.682489)  # 001272, its own pole
-PANCALIERI = (44.833441, 7.585924)  # 001178, pole Savigliano, 25 min
-VILLAFRANCA = (44.778939, 7.500424)  # 001300, pole Savigliano, 21.8 min
-SAVIGLIANO = (44.644037, 7.655929)  # 004215, province of Cuneo
-MILANO = (45.4642, 9.1900)  # city centre, approximately (not in the reference data)
-
-
-def great_circle_km(a: tuple[float, float], b: tuple[float, float]) -> float:
-    """The haversine formula written out, independently of the module."""
-    phi1, phi2 = math.radians(a[0]), math.radians(b[0])
-    dphi, dlam = phi2 - phi1, math.radians(b[1] - a[1])
-    h = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlam / 2) ** 2
-    return 2 * 6371.0088 * math.asin(math.sqrt(h))
-
-
-def params(**changes: object) -> EconomicParameters:
-    """Round parameters for hand arithmetic, independent of the shipped defaults."""
-    document: dict[str, object] = {
-        "visits_per_month": 1.0,
-        "road_factor": 1.3,
-        "co2_kg_per_km": 0.170,
-        "amortisation_months": 36,
-        "connectivity_eur_per_patient_month": 5.0,
-        "staff_minutes_per_alert": 12.0,  # x 30 EUR/h = 6 EUR an alert
-        "staff_eur_per_hour": 30.0,
-        "platform_eur_per_month": 900.0,
-        "visit_tariff_eur": 25.0,
-        "public_travel_eur_per_km": 0.0,
-        "device_price_eur": dict.fromkeys(DEVICE_TYPES, 72.0),  # 72 / 36 = 2 EUR a month
-    }
-    document.update(changes)
-    return EconomicParameters.model_validate(document)
-
-
-def inputs(
-    days: list[float],
-    municipalities: list[str],
-    device_days: dict[str, float] | None = None,
-    *,
-    alerts: int = 0,
-    period_days: float = 30.0,
-    platform_share: float = 1.0,
-) -> EconomicInputs:
-    return EconomicInputs(
-        patient_days=np.array(days, dtype=np.float64),
-        municipalities=municipalities,
-        device_days=device_days or {},
-        alerts=alerts,
-        period_days=period_days,
-        platform_share=platform_share,
-    )
-
-
-# --- Parameters ---------------------------------------------------------------------------
-
-
-def test_every_default_loads_with_the_spec_values() -> None:
-    p = load_parameters()
-    assert (p.visits_per_month, p.road_factor, p.co2_kg_per_km, p.amortisation_months) == (
-        1.0,
-        1.3,
-        0.170,
-        36,
-    )
-    assert set(p.device_price_eur) == set(DEVICE_TYPES)
-    assert all(v > 0 for v in p.device_price_eur.values())
-    assert 60 <= p.device_price_eur["blood_pressure_monitor"] <= 120
-    shipped = resources.files("ehealthlab.evaluation") / "economics.toml"
-    assert set(tomllib.loads(shipped.read_text(encoding="utf-8"))) == set(
-        EconomicParameters.model_fields
-    )
-    assert load_parameters() is p  # read once
-
-
-def test_every_shipped_value_says_whether_the_spec_gives_it() -> None:
-    text = (resources.files("ehealthlab.evaluation") / "economics.toml").read_text("utf-8")
-    comment: list[str] = []
-    previous_was_comment = False
-    for line in text.splitlines():
-        if line.startswith("#"):
-            comment = [*comment, line] if previous_was_comment else [line]
-            previous_was_comment = True
-            continue
-        previous_was_comment = False
-        if re.match(r"^\w+ = ", line):
-            key = line.split(" = ")[0]
-            assert re.search(r"\b(SPEC|ASSUMPTION)\b", " ".join(comment)), key
-
-
-def shipped_text() -> str:
-    return (resources.files("ehealthlab.evaluation") / "economics.toml").read_text("utf-8")
-
-
-def edited(pattern: str, replacement: str) -> str:
-    text, count = re.subn(pattern, replacement, shipped_text(), count=1, flags=re.MULTILINE)
-    assert count == 1, pattern
-    return text
-
-
-BAD_FILES = [
-    ("missing", edited(r"^road_factor = .*\n", ""), "road_factor is missing"),
-    (
-        "negative",
-        edited(r"^co2_kg_per_km = .*$", "co2_kg_per_km = -0.1"),
-        "co2_kg_per_km: input should be greater than or equal to 0 (got -0.1)",
-    ),
-    (
-        "negative price",
-        edited(r"^thermometer = .*$", "thermometer = -40.0"),
-        "device_price_eur.thermometer: input should be greater than or equal to 0",
-    ),
-    (
-        "road factor below 1",
-        edited(r"^road_factor = .*$", "road_factor = 0.9"),
-        "road_factor: input should be greater than or equal to 1",
-    ),
-    (
-        "no months",
-        edited(r"^amortisation_months = .*$", "amortisation_months = 0"),
-        "amortisation_months: input should be greater than 0",
-    ),
-    (
-        "string",
-        edited(r"^visits_per_month = .*$", 'visits_per_month = "1"'),
-        "visits_per_month: input should be a valid number (got '1')",
-    ),
-    (
-        "boolean",
-        edited(r"^staff_eur_per_hour = .*$", "staff_eur_per_hour = true"),
-        "staff_eur_per_hour: input should be a valid number (got True)",
-    ),
-    (
-        "fractional months",
-        edited(r"^amortisation_months = .*$", "amortisation_months = 36.5"),
-        "amortisation_months: input should be a valid integer",
-    ),
-    (
-        "infinite",
-        edited(r"^platform_eur_per_month = .*$", "platform_eur_per_month = inf"),
-        "platform_eur_per_month: input should be a finite number",
-    ),
-    (
-        "unknown key",
-        edited(r"^visit_tariff_eur = .*$", "visit_tariff_eur = 20.0\nvisit_tarif_eur = 20.0"),
-        "visit_tarif_eur is not a parameter of the economic model",
-    ),
-    (
-        "unknown device type",
-        edited(r"^glucometer = .*$", "glucometer = 50.0\ntoaster = 10.0"),
-        "device_price_eur: toaster is not a device type of the catalogue",
-    ),
-    (
-        "device type without price",
-        edited(r"^glucometer = .*\n", ""),
-        "device_price_eur: no price for glucometer",
-    ),
-    ("not TOML", "road_factor = = 1.3\n", "not valid TOML"),
-]
-
-
-@pytest.mark.parametrize(("case", "text", "expected"), BAD_FILES, ids=[c[0] for c in BAD_FILES])
-def test_a_bad_file_is_one_line_naming_the_parameter_and_the_file(
-    tmp_path: Path, case: str, text: str, expected: str
-) -> None:
-    path = tmp_path / "economics.toml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(InvalidInputError) as caught:
-        load_parameters(path)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert str(path) in message
-    assert expected in message
-
-
-def test_a_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInputError, match=r"nowhere\.toml: cannot read"):
-        load_parameters(tmp_path / "nowhere.toml")
-
-
-def test_the_shipped_file_copied_elsewhere_loads_the_same(tmp_path: Path) -> None:
-    path = tmp_path / "economics.toml"
-    path.write_text(shipped_text(), encoding="utf-8")
-    assert load_parameters(path) == load_parameters()
-
-
-# --- Haversine ----------------------------------------------------------------------------
-
-latitudes = st.floats(min_value=-90, max_value=90, allow_nan=False)
-longitudes = st.floats(min_value=-180, max_value=180, allow_nan=False)
-points = st.tuples(latitudes, longitudes)
-PROPERTIES = settings(max_examples=300, deadline=None)
-
-
-def test_known_distances() -> None:
-    assert 125 <= haversine_km(*TORINO, *MILANO) <= 127
-    # one degree along a meridian is a 360th of the circumference
-    assert haversine_km(45.0, 7.0, 46.0, 7.0) == pytest.approx(2 * math.pi * EARTH_RADIUS_KM / 360)
-    assert haversine_km(*ALA_DI_STURA, *COLLEGNO) == pytest.approx(33.677, abs=1e-3)
-
-
-@PROPERTIES
-@given(points, points)
-def test_haversine_is_symmetric_and_bounded(a: tuple[float, float], b: tuple[float, float]) -> None:
-    d = haversine_km(*a, *b)
-    assert d == pytest.approx(haversine_km(*b, *a), abs=1e-6)
-    assert 0 <= d <= math.pi * EARTH_RADIUS_KM + 1e-6
-    assert d == pytest.approx(great_circle_km(a, b), abs=1e-6)
-
-
-@PROPERTIES
-@given(points)
-def test_haversine_is_zero_on_the_diagonal(a: tuple[float, float]) -> None:
-    assert haversine_km(*a, *a) == 0.0
-
-
-@PROPERTIES
-@given(points, points, points)
-def test_haversine_triangle_inequality(
-    a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]
-) -> None:
-    assert haversine_km(*a, *c) <= haversine_km(*a, *b) + haversine_km(*b, *c) + 1e-6
-
-
-@PROPERTIES
-@given(st.lists(st.tuples(points, points), min_size=1, max_size=20))
-def test_haversine_on_arrays_equals_it_point_by_point(
-    pairs: list[tuple[tuple[float, float], tuple[float, float]]],
-) -> None:
-    a = np.array([p[0] for p in pairs])
-    b = np.array([p[1] for p in pairs])
-    got = haversine_km(a[:, 0], a[:, 1], b[:, 0], b[:, 1])
-    assert isinstance(got, np.ndarray)
-    assert got.shape == (len(pairs),)
-    np.testing.assert_allclose(got, [haversine_km(*p, *q) for p, q in pairs], atol=1e-9)
-
-
-# --- Distances to the poles ---------------------------------------------------------------
-
-
-def test_distances_for_every_shipped_municipality() -> None:
-    d = pole_distances()
-    assert d.istat_codes.size == 312 == len(reference_municipalities())
-    assert bool(np.all(np.isfinite(d.km) & (d.km >= 0)))
-    assert pole_distances() is d  # computed once
-
-
-@pytest.mark.parametrize(
-    ("code", "place", "pole", "minutes"),
-    [
-        ("001003", ALA_DI_STURA, COLLEGNO, 58.0),
-        ("001178", PANCALIERI, SAVIGLIANO, 25.0),  # a pole outside CMTo
-        ("001300", VILLAFRANCA, SAVIGLIANO, 21.8),
-        ("001272", TORINO, TORINO, 0.0),  # its own pole
-        ("001090", COLLEGNO, COLLEGNO, 0.0),
-    ],
-)
-def test_distance_to_the_pole(
-    code: str, place: tuple[float, float], pole: tuple[float, float], minutes: float
-) -> None:
-    km, travel = pole_distances().lookup([code])
-    assert km[0] == pytest.approx(great_circle_km(place, pole), abs=1e-9)
-    assert travel[0] == minutes
-
-
-def test_savigliano_comes_from_the_file_of_poles_outside_cmto() -> None:
-    assert outside_poles() == (Pole("004215", "Savigliano", *SAVIGLIANO),)
-
-
-def test_a_pole_found_nowhere_is_named() -> None:
-    with pytest.raises(InvalidInputError, match=r"004215, pole of 001178, 001300") as caught:
-        build_pole_distances(reference_municipalities(), ())
-    assert "\n" not in str(caught.value)
-    lone = Municipality("009001", "Nowhere", 10, "E", 45.0, 7.0, 30.0, "009999")
-    with pytest.raises(InvalidInputError, match="009999, pole of 009001"):
-        build_pole_distances([lone], [Pole("004215", "Savigliano", *SAVIGLIANO)])
-
-
-def test_an_unknown_municipality_is_named() -> None:
-    with pytest.raises(InvalidInputError, match="not in the reference data: 009999, 1272"):
-        pole_distances().lookup(["001272", "009999", "1272"])
-    with pytest.raises(InvalidInputError, match="999999"):
-        compute_economics(params(), pole_distances(), inputs([30.0], ["999999"]))
-
 
 # --- One group ----------------------------------------------------------------------------
 
