@@ -1,10 +1,12 @@
-"""What the tests of FHIR Bulk Data export share: the pilot's cast (operator, start-ups a and b,
-providers p and q) and a small store (`world`): p's patient measured by a's cuff, q's patient
-by b's oximeter, and a's scale that nobody is enrolled with (unassigned readings); a Bulk Data
-client of the HTTP API (`kick_off`, `wait`, `export`, `download`); and what the store holds,
-mapped by the already-validated fast path (`expected`, `expected_observations`).
+"""What the tests of FHIR Bulk Data export share: a small store (`world`) made with the pilot's
+cast of tests/gateway_fixtures.py (operator, start-ups a and b, providers p and q): p's patient
+measured by a's cuff, q's patient by b's oximeter, and a's scale that nobody is enrolled with
+(unassigned readings); a Bulk Data client of the HTTP API (`kick_off`, `wait`, `export`,
+`download`); and what the store holds, mapped by the already-validated fast path (`expected`,
+`expected_observations`).
 
-The `cast` and `world` fixtures are imported by the test modules that use them.
+The `world` fixture (and gateway_fixtures' `cast`, which it uses) are imported by the test
+modules that use them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.organization import Organization
 from fhir.resources.R4B.patient import Patient
-from gateway_fixtures import Cast, bearer, enrol, register_patient, run_admin
+from gateway_fixtures import enrol, register_patient
 
 from ehealthlab.fhir.mapping.fast import (
     device_json,
@@ -57,22 +59,6 @@ DEADLINE_S = 60.0
 
 
 # -- the application, the cast and the store -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cast(client, settings) -> Cast:
-    boot = run_admin(settings, "admin", "bootstrap")
-    cast = Cast(operator=boot["token"])
-    for who, kind in (("a", "startup"), ("b", "startup"), ("p", "provider"), ("q", "provider")):
-        answer = client.post(
-            "/api/v1/organisations",
-            json={"kind": kind, "name": f"{kind} {who} {uuid.uuid4().hex[:6]}"},
-            headers=bearer(cast.operator),
-        )
-        assert answer.status_code == 201, answer.text
-        cast.tokens[who] = answer.json()["token"]
-        cast.organisations[who] = answer.json()["id"]
-    return cast
 
 
 def device(client, cast, who: str, device_type: str) -> str:

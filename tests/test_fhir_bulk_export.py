@@ -19,7 +19,6 @@ from fhir_bulk_fixtures import (
     ALL_ORGANISATIONS,
     ALL_PATIENTS,
     T0,
-    cast,
     device,
     download,
     expected,
@@ -33,7 +32,7 @@ from fhir_bulk_fixtures import (
     world,
     write,
 )
-from gateway_fixtures import enrol, register_patient
+from gateway_fixtures import cast, enrol, register_patient
 
 __all__ = ["cast", "world"]
 

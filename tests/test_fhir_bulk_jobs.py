@@ -17,14 +17,13 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir_bulk_fixtures import (
     ALL_LOCATIONS,
     DEADLINE_S,
-    cast,
     expected,
     expected_observations,
     kick_off,
     wait,
     world,
 )
-from gateway_fixtures import Cast
+from gateway_fixtures import Cast, cast
 
 from ehealthlab.fhir.bulk import routes, store
 from ehealthlab.fhir.bulk.export import ExportRequest
