@@ -1,8 +1,8 @@
 """System Usability Scale responses stored, over a real PostgreSQL and the API of conftest:
 `ehealthlab sus import` (all or nothing, populations, bad arguments; both store forms) and SUS
 as FHIR (the Questionnaire, QuestionnaireResponses posted, read and searched through /fhir
-with the same access rules as the other resources). One module, as the FHIR searches find
-responses the import stored.
+with the same access rules as the other resources). One module: both kinds of test share
+the module's cast and store, and each test stores what it reads.
 """
 
 from __future__ import annotations
@@ -283,7 +283,9 @@ def test_a_provider_posts_its_patients_response_and_reads_it_back(client, people
     outcome(fhir_get(client, people["a"], f"/QuestionnaireResponse/{created['id']}"), 403)
 
 
-def test_searches_by_patient_authored_and_questionnaire_see_only_ones_own(client, people):
+def test_searches_by_patient_authored_and_questionnaire_see_only_ones_own(
+    client, people, settings, tmp_path
+):
     for day, items in (("2026-04-01", (5, 1) * 5), ("2026-04-15", (3,) * 10)):
         body = response_body(f"Patient/{people['Q']}", items=items, authored=day)
         assert fhir_post(client, people["q"], body).status_code == 201
@@ -317,6 +319,8 @@ def test_searches_by_patient_authored_and_questionnaire_see_only_ones_own(client
         and following["entry"][0]["resource"]["id"] != first["entry"][0]["resource"]["id"]
     )
     # responses imported without a patient are about their municipality: the operator's
+    run_sus(settings, "sus", "import",
+            str(write_csv(tmp_path, f"2026-04-20,professional,,001003,{NEUTRAL}")))  # fmt: skip
     about_place = fhir_get(
         client, people["operator"], "/QuestionnaireResponse", {"subject": "Location/001003"}
     ).json()
