@@ -34,8 +34,9 @@ from ingest_messages import COMMITTED, NOT_PROBE, encode_message, one, reading_i
 
 from ehealthlab.contract.topics import READINGS_WILDCARD, readings_topic
 
-if TYPE_CHECKING:  # the bench script, which imports this module
-    from ingest import Outcome, Run
+if TYPE_CHECKING:  # the bench script's run, which imports this module
+    from ingest_run import Run
+    from ingest_scenarios import Outcome
 
 #: devices of the user's load (one mosquitto_pub each), as in the issue's own trial
 LOAD_DEVICES = 20

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from ingest import fill_pilot
 from ingest_messages import DEVICE_TYPE, TEMPLATE, encode_message, reading_items
+from ingest_stack import fill_pilot
 from psycopg import sql
 
 from ehealthlab.ingest.alerts import DEFAULT_RULES
