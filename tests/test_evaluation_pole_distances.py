@@ -71,7 +71,10 @@ def test_haversine_is_zero_on_the_diagonal(a: tuple[float, float]) -> None:
 def test_haversine_triangle_inequality(
     a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]
 ) -> None:
-    assert haversine_km(*a, *c) <= haversine_km(*a, *b) + haversine_km(*b, *c) + 1e-6
+    # near antipodal points haversine's asin(sqrt(h)) keeps only about sqrt(machine epsilon)
+    # of the angle: about 0.1 m on the Earth's radius (a case off by 6.6 mm was found), so
+    # the three distances are compared to a metre, far below what a travel time can tell
+    assert haversine_km(*a, *c) <= haversine_km(*a, *b) + haversine_km(*b, *c) + 1e-3
 
 
 @PROPERTIES
