@@ -1,18 +1,15 @@
 """What the tests of `POST /fhir` share: transaction and batch Bundles of vital-signs
-Observations as a FHIR-speaking device sends them (and, generated, mangled ones), posting
-them, and the module-scoped `cast` of two start-ups and a provider, imported by the test
-modules that post.
+Observations as a FHIR-speaking device sends them (and, generated, mangled ones), and
+posting them. The modules that post import gateway_fixtures' `cast` (start-ups a and b,
+providers p and q).
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import orjson
-import pytest
 from fhir.resources.R4B.bundle import Bundle
-from gateway_fixtures import Cast, bearer, run_admin
 from hypothesis import strategies as st
 
 from ehealthlab.fhir.transaction.entry import READING_SEQ_SYSTEM
@@ -28,25 +25,6 @@ CODES = {  # metric -> (system, code) as a device would send it
     "body_weight": (LOINC, "29463-7"),
 }
 FHIR = {"Content-Type": "application/fhir+json"}
-
-
-# -- the cast --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cast(client, settings) -> Cast:
-    boot = run_admin(settings, "admin", "bootstrap")
-    cast = Cast(operator=boot["token"])
-    for who, kind in (("a", "startup"), ("b", "startup"), ("p", "provider")):
-        answer = client.post(
-            "/api/v1/organisations",
-            json={"kind": kind, "name": f"{kind} {who} {uuid.uuid4().hex[:6]}"},
-            headers=bearer(cast.operator),
-        )
-        assert answer.status_code == 201, answer.text
-        cast.tokens[who] = answer.json()["token"]
-        cast.organisations[who] = answer.json()["id"]
-    return cast
 
 
 # -- building Bundles ---------------------------------------------------------------------------

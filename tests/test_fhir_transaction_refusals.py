@@ -8,7 +8,8 @@ import orjson
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
-from fhir_bundles import bundle, cast, mangled_bundles, post, statuses
+from fhir_bundles import bundle, mangled_bundles, post, statuses
+from gateway_fixtures import cast
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 

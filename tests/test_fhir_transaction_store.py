@@ -20,8 +20,8 @@ import orjson
 import psycopg
 import pytest
 from fhir.resources.R4B.operationoutcome import OperationOutcome
-from fhir_bundles import LOINC, bundle, cast, coding, observation, panel, post, statuses
-from gateway_fixtures import enrol, register_patient
+from fhir_bundles import LOINC, bundle, coding, observation, panel, post, statuses
+from gateway_fixtures import cast, enrol, register_patient
 
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.fhir.mapping.ids import observation_id
