@@ -222,7 +222,7 @@ def run(server: PostgresServer, level: str, plan: Plan, processes: int) -> tuple
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--messages", type=int, default=8_000,
