@@ -38,6 +38,7 @@ from ehealthlab.ingest.pipeline import (
     refuse,
 )
 from ehealthlab.ingest.store_batch import store_judged
+from ehealthlab.ingest.watchdog import BatchWatchdog
 from ehealthlab.ingest.worker_config import IngestConfig, WorkerStats
 from ehealthlab.mqtt import BrokerAddress, MqttConsumer, ReceivedMessage
 from ehealthlab.settings import Settings
@@ -70,6 +71,7 @@ class IngestWorker:
         self._mqtt: MqttConsumer | None = None
         self._db: Connection | None = None
         self._writer: ReadingWriter | None = None
+        self._watchdog: BatchWatchdog[Connection] | None = None
         self._devices: dict[str, KnownDevice] = {}
         #: set once the worker is subscribed (again, after a reconnect): from then on what
         #: devices publish is kept for the ingest group, whatever happens to this worker
@@ -274,7 +276,7 @@ class IngestWorker:
         return settled
 
     def _cut(self, conn: Connection) -> None:
-        """The watchdog's move when a batch is overdue: shut the connection's socket down, so
+        """The batch watchdog's move when a batch is overdue: shut the connection's socket down, so
         the call waiting on it fails at once and the batch is retried on a new connection."""
         log.warning(
             "%s: the database has not answered a batch in %.0f s; cutting the connection "
@@ -331,9 +333,12 @@ class IngestWorker:
     ) -> list[tuple[JudgedMessage, Settled]]:
         conn, writer = self._ensure_database()
         started = time.monotonic()
-        watchdog = threading.Timer(self.config.batch_timeout_s, self._cut, args=(conn,))
-        watchdog.daemon = True
-        watchdog.start()
+        if self._watchdog is None:
+            self._watchdog = BatchWatchdog(
+                self.config.batch_timeout_s, self._cut, name=f"{self.name}-watchdog"
+            )
+        watchdog = self._watchdog
+        watchdog.arm(conn)
         try:
             if refused is None:
                 judged = [judge(d.message, self._device) for d in batch]
@@ -343,7 +348,7 @@ class IngestWorker:
                 ]
             stored = store_judged(conn, writer, judged, self.config.rules)
         finally:
-            watchdog.cancel()
+            watchdog.disarm()
         elapsed = time.monotonic() - started
         oldest = min(d.message.received_at for d in batch)
         lag = (datetime.now(UTC) - oldest).total_seconds()
@@ -450,6 +455,9 @@ class IngestWorker:
         connection.flush()  # the batch's acknowledgements and feedback, in one write
 
     def _close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
         if self._mqtt is not None:
             self._mqtt.close()
             self._mqtt = None
