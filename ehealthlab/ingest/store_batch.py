@@ -221,7 +221,12 @@ def _count_deliveries(
 
 def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
     """Each device's last-seen time, in a short transaction of its own after the batch, rows
-    updated in device order (no deadlock between workers updating the same devices)."""
+    updated in device order (no deadlock between workers updating the same devices).
+
+    Committed asynchronously (set in the same statement: no extra round trip), so the worker
+    does not wait a second time per batch for the WAL to reach the disk: a database crash
+    may lose the last fraction of a second of these times, which the device's next message
+    sets again. The readings themselves were committed durably just before."""
     last_seen: dict[str, datetime] = {}
     for item in judged:
         seen = last_seen.get(item.device_id, item.outcome.received_at)
@@ -231,7 +236,9 @@ def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
         conn.execute(
             "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
             " FROM (SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS u(device_id, seen)"
-            " ORDER BY device_id) AS s WHERE d.device_id = s.device_id",
+            " ORDER BY device_id) AS s,"
+            " (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit"
+            " WHERE d.device_id = s.device_id",
             (devices, [last_seen[d] for d in devices]),
         )
 
