@@ -319,6 +319,31 @@ def test_duplicates_collapse_to_one_row_and_are_counted(store_url):
     assert rows == 21 and dups == 10
 
 
+def test_batches_sharing_a_transaction_each_see_only_their_own_readings(store_url):
+    """The session's staging table is emptied after each batch, so a batch never takes (or
+    classifies against) a previous batch's readings, and its pages go at each commit."""
+    first = [reading(seq=i, at=T0 + timedelta(minutes=i), value=100 + i) for i in range(3)]
+    second = [reading(seq=9, at=T0 + timedelta(hours=1)), first[0]]
+    with psycopg.connect(store_url) as conn:
+        writer = ReadingWriter(conn)
+        writer.prepare(first + second)
+        with conn.transaction():
+            one = writer.write_in_transaction(first)
+            two = writer.write_in_transaction(second)
+            in_transaction = conn.execute("SELECT count(*) FROM staging_readings").fetchone()
+        # and its pages are given back at commit, not left to dead rows (no autovacuum
+        # visits a session's temporary table)
+        emptied = conn.execute("SELECT pg_relation_size('staging_readings')").fetchone()
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+            writer.write_in_transaction([reading(seq=10, at=T0 + timedelta(hours=2))])
+            conn.execute("SELECT 1 / 0")
+        staged = conn.execute("SELECT count(*) FROM staging_readings").fetchone()
+        rows = conn.execute("SELECT count(*) FROM readings").fetchone()
+    assert (one.inserted, one.duplicates) == (3, [])
+    assert (two.inserted, two.duplicates, two.conflicts) == (1, [1], [])
+    assert in_transaction == staged == (0,) and rows == (4,) and emptied == (0,)
+
+
 def test_same_key_twice_in_one_batch_is_one_reading_and_one_duplicate(store_url):
     with psycopg.connect(store_url) as conn:
         result = ReadingWriter(conn).write([reading(msg="a"), reading(msg="b")])
