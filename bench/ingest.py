@@ -85,6 +85,10 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--batch-max-rate", type=float, default=1_300, help="msg/s, above it")
     parser.add_argument("--latency-rate", type=float, default=5_000, help="msg/s for latency")
     parser.add_argument(
+        "--bare-rate", type=float, default=30_000,
+        help="msg/s offered to bare MQTT and the paho-only client (above their capacity)",
+    )  # fmt: skip
+    parser.add_argument(
         "--profile", type=Path, default=None, metavar="DIR",
         help="py-spy the ingest workers during scenarios 1 and 2 (raw stacks into DIR)",
     )  # fmt: skip
@@ -101,6 +105,11 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "--workers", type=int, default=2,
         help="ingest workers (ehealthlab ingest --workers N; 2 as deployed)",
     )  # fmt: skip
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=None, metavar="MS",
+        help="ingest's longest wait to fill a batch (ehealthlab ingest --batch-wait-ms; "
+        "default: ingest's own)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     duration = args.duration or (5.0 if args.quick else 20.0)
     return Options(
@@ -115,11 +124,13 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         batch_rate=args.batch_rate,
         batch_max_rate=args.batch_max_rate,
         latency_rate=args.latency_rate,
+        bare_rate=args.bare_rate,
         profile_dir=args.profile,
         quick=args.quick,
         no_load=args.no_load,
         only=frozenset(name for name in args.only.split(",") if name),
         workers=max(1, args.workers),
+        batch_wait_ms=args.batch_wait_ms,
     )
 
 

@@ -169,11 +169,11 @@ class Run:
         }
         log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in run_ingest
         offset = log_size(stack.broker.log_file)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ehealthlab.cli", "ingest", "--workers", str(n), "--name",
-             prefix],
-            env=env, stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
+        argv = [sys.executable, "-m", "ehealthlab.cli", "ingest", "--workers", str(n),
+                "--name", prefix]  # fmt: skip
+        if self.options.batch_wait_ms is not None:
+            argv += ["--batch-wait-ms", str(self.options.batch_wait_ms)]
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log)
         self.children.append(process)
         try:
             self.wait_subscribed(process, log, url, names, offset)
