@@ -168,10 +168,10 @@ class IngestWorker:
             len(batch) < self.config.batch_max_messages
             and readings < self.config.batch_max_readings
         ):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            delivery = self._next(remaining)
+            # past the deadline, what has already arrived still joins the batch: no waiting
+            # for more, but no batch of one while messages are queued (a wait of 0 is then
+            # pure natural batching: a batch is what came while the last one was stored)
+            delivery = self._next(max(0.0, deadline - time.monotonic()))
             if delivery is None:
                 break
             batch.append(delivery)
