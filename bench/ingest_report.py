@@ -42,6 +42,12 @@ def report(outcomes: list[Outcome], options: Options) -> list[str]:
                 extra.append(
                     f"p99.9 {_ms(o.p999_ms)}, max {_ms(o.max_ms)} over {o.latency_n:,} msgs"
                 )
+            if o.to_broker_ms is not None and o.in_platform_ms is not None:
+                extra.append(
+                    f"p50/p99 sent_at->broker stamp {_ms(o.to_broker_ms[0])}/"
+                    f"{_ms(o.to_broker_ms[1])}, broker stamp->commit {_ms(o.in_platform_ms[0])}/"
+                    f"{_ms(o.in_platform_ms[1])}"
+                )
             if o.rejected:
                 extra.append(f"{o.rejected} readings REJECTED")
         if o.refused:

@@ -37,6 +37,10 @@ class Outcome:
     p999_ms: float | None = None
     max_ms: float | None = None
     latency_n: int = 0
+    #: p50 and p99 of the two legs: sent_at to the broker's receive stamp (publishers and
+    #: broker), and the stamp to the commit (ingest and the database)
+    to_broker_ms: tuple[float, float] | None = None
+    in_platform_ms: tuple[float, float] | None = None
     rejected: int = 0
     cpu: dict[str, float] = field(default_factory=dict)
     threads: dict[str, float] = field(default_factory=dict)
