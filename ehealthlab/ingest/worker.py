@@ -3,11 +3,12 @@
 Messages come from an MQTT 5 subscription (partitioned or shared) with a persistent session
 and manual acknowledgement, read by the worker's own thread (`MqttConsumer`: no network
 thread, no hand-over queue). A batch is validated, written in one transaction (readings,
-rejections, duplicates, message log; devices' last-seen just after) and only then acknowledged, so a worker killed at
-any point loses nothing: the broker redelivers what was not acknowledged and the store's
-idempotency key collapses what had been committed. The broker never has more than
-`receive_maximum` unacknowledged messages out to a worker, which bounds memory while the
-database is away; the worker retries with backoff and resumes by itself.
+rejections, duplicates, message log; devices' last-seen just after) and only then
+acknowledged, so a worker killed at any point loses nothing: the broker redelivers what was
+not acknowledged and the store's idempotency key collapses what had been committed. The
+broker never has more than `receive_maximum` unacknowledged messages out to a worker, which
+bounds memory while the database is away; the worker retries with backoff and resumes by
+itself.
 """
 
 from __future__ import annotations
