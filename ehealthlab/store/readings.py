@@ -19,11 +19,14 @@ from uuid import UUID
 from ehealthlab.store.db import Connection
 
 # The patient is the one whose enrolment with the device covers the reading's pilot day
-# (its clock-corrected time, in Europe/Rome); none yet means unassigned, not dropped.
+# (its clock-corrected time, in Europe/Rome); none yet means unassigned, not dropped. The batch
+# is sorted in byte order (COLLATE "C"): the same rows compare equal in any deterministic
+# collation, and a locale's order (C.UTF-8 included) compares through strcoll without
+# abbreviated keys, several times slower on a batch of 10,000.
 _INSERT_NEW = """
     INSERT INTO readings (device_id, metric, at, value, measured_at, received_at, seq, msg_id,
                           clock_offset_s, clock_corrected, reported_unit, patient_id)
-    SELECT DISTINCT ON (s.device_id, s.metric, s.at)
+    SELECT DISTINCT ON (s.device_id COLLATE "C", s.metric COLLATE "C", s.at)
            s.device_id, s.metric, s.at, s.value, s.measured_at, s.received_at, s.seq, s.msg_id,
            s.clock_offset_s, s.clock_corrected, s.reported_unit, e.patient_id
     FROM staging_readings s
@@ -32,7 +35,7 @@ _INSERT_NEW = """
       ON e.device_id = s.device_id
      AND ehl_pilot_day(s.measured_at) >= e.start_date
      AND (e.end_date IS NULL OR ehl_pilot_day(s.measured_at) <= e.end_date)
-    ORDER BY s.device_id, s.metric, s.at, s.ord
+    ORDER BY s.device_id COLLATE "C", s.metric COLLATE "C", s.at, s.ord
     ON CONFLICT DO NOTHING
     RETURNING device_id, metric, at, value, measured_at, received_at, patient_id
 """
