@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -123,7 +123,16 @@ class IngestWorker:
         is then kept. A partitioned worker keeps its session (nobody else takes its
         partition) unless `end_session` says otherwise."""
         connection = self._mqtt
-        if connection is None or not connection.is_connected:
+        if connection is None:
+            return
+        if not connection.is_connected:
+            # lost at this very moment: store what it had delivered before stopping, as a
+            # reconnection does (the broker may have forgotten it: see
+            # _keep_what_was_delivered); the session is kept, for whatever was not stored
+            with self._giving_up_after(self.config.drain_timeout_s) as give_up:
+                self._keep_what_was_delivered(give_up)
+            connection.close()
+            self._mqtt = None
             return
         if end_session is None:
             end_session = self.config.subscription == "shared"
@@ -138,17 +147,25 @@ class IngestWorker:
         except EhealthlabError as exc:
             log.warning("%s: could not unsubscribe (%s); the session is kept", self.name, exc)
             return
-        give_up = threading.Event()
-        timer = threading.Timer(self.config.drain_timeout_s, give_up.set)
-        timer.start()
         stored_all = True
-        try:
+        with self._giving_up_after(self.config.drain_timeout_s) as give_up:
             while batch := self._collect(give_up, wait_s=0.3):
                 stored_all = self._store(batch, give_up) and stored_all
-        finally:
-            timer.cancel()
         connection.close(end_session=stored_all)
         self._mqtt = None
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _giving_up_after(seconds: float) -> Iterator[threading.Event]:
+        """An event set once `seconds` have passed: a stop's bound on storing what is held."""
+        give_up = threading.Event()
+        timer = threading.Timer(seconds, give_up.set)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield give_up
+        finally:
+            timer.cancel()
 
     @property
     def held_messages(self) -> int:
