@@ -144,6 +144,14 @@ def test_workers_on_several_machines_must_name_the_number_of_partitions(capsys):
     )
 
 
+@pytest.mark.parametrize("wait_ms", ["-1", "10001"])
+def test_a_wait_to_fill_a_batch_out_of_range_is_refused_in_one_line(capsys, wait_ms):
+    assert cli.main(["ingest", "--batch-wait-ms", wait_ms]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ehealthlab: --batch-wait-ms must be between 0 and 10000 milliseconds"
+    )
+
+
 def test_a_retired_worker_stores_what_waited_for_it_and_its_session_ends(pilot: Pilot):
     config = IngestConfig(subscription="partitioned", partition=0, partitions=1)
     name = f"ingest-{uuid.uuid4().hex[:6]}"

@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=float,
         default=20.0,
         metavar="MS",
-        help="longest wait to fill a batch (default 20)",
+        help="longest wait to fill a batch (default 20); messages already read join it "
+        "after that too, so 0 stores what came while the last batch was being stored",
     )
     parser.add_argument(
         "--batch-timeout",
@@ -118,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= args.batch_timeout <= 3600:
         raise ConfigurationError("--batch-timeout must be between 1 and 3600 seconds")
+    if not 0 <= args.batch_wait_ms <= 10_000:
+        raise ConfigurationError("--batch-wait-ms must be between 0 and 10000 milliseconds")
     if args.workers < 1 or args.workers > 64:
         raise ConfigurationError("--workers must be between 1 and 64")
     if args.subscription == "partitioned" and args.partitions is None:

@@ -5,8 +5,9 @@ answering would hold a worker for ever. So a batch is armed with a deadline, and
 still running past it gets `on_overdue` called with its connection (the worker then shuts
 the socket down, and the batch is retried on a new connection).
 
-One long-lived thread instead of a `threading.Timer` a batch: a timer starts a thread and
-wakes it for every batch, which cost about 5 % of a worker at capacity. Arming and disarming
+One long-lived thread instead of a `threading.Timer` a batch, which started a thread for
+every batch (about 5 % of a worker at capacity in a profile; below the noise end to end,
+docs/benchmarks.md 2026-12-07). Arming and disarming
 here only set a field under a lock; the thread never needs waking early, because it sleeps
 at most until the earliest deadline it could have missed (see `_run`).
 """

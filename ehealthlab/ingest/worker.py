@@ -351,7 +351,7 @@ class IngestWorker:
     ) -> list[tuple[JudgedMessage, Settled]]:
         conn, writer = self._ensure_database()
         started = time.monotonic()
-        if self._watchdog is None:
+        if self._watchdog is None:  # a new one after _close, should the worker go on
             self._watchdog = BatchWatchdog(
                 self.config.batch_timeout_s, self._cut, name=f"{self.name}-watchdog"
             )

@@ -22,7 +22,8 @@ from ehealthlab.store.db import Connection
 # (its clock-corrected time, in Europe/Rome); none yet means unassigned, not dropped. The batch
 # is sorted in byte order (COLLATE "C"): the same rows compare equal in any deterministic
 # collation, and a locale's order (C.UTF-8 included) compares through strcoll without
-# abbreviated keys, several times slower on a batch of 10,000.
+# abbreviated keys: the sort of a batch of 10,000 took 26-65 ms that way against 13-41 ms
+# (one loaded machine, four batches each).
 _INSERT_NEW = """
     INSERT INTO readings (device_id, metric, at, value, measured_at, received_at, seq, msg_id,
                           clock_offset_s, clock_corrected, reported_unit, patient_id)
