@@ -1,14 +1,15 @@
-"""The store's ceiling for readings in messages of 50: what PostgreSQL takes on this machine
-with no broker, no publishers and no validation, beside what ingest's transaction makes of
-the same readings.
+"""The store's ceiling for readings in messages of 50 (or of N): what PostgreSQL takes on this
+machine with no broker, no publishers and no validation, beside what ingest's transaction
+makes of the same readings.
 
-Run:  .venv/bin/python bench/store_ceiling.py [--seconds S] [--processes P]
+Run:  .venv/bin/python bench/store_ceiling.py [--seconds S] [--processes P] [--per-message N]
 
 A private PostgreSQL as bench/ingest.py starts it (fsync on), a migrated template database
 with the same pilot (a start-up's blood-pressure monitors, each enrolled to a patient), and
 a fresh copy of it for each level. P processes (2: ingest's two workers) each write their own
-devices' readings, all prepared before the clock starts, for S seconds; each commits every
-10,000 readings (ingest's `batch_max_readings`, 200 messages of 50). Levels, in one run:
+devices' readings, all prepared before the clock starts, for S seconds; each commits a batch
+as full as a worker's can be (`batch_max_readings`, 10,000: 200 messages of 50; or
+`batch_max_messages`, 1,000 single-reading messages). Levels, in one run:
 1. bare COPY: the rows into a table of the readings' columns with no key, index or trigger
    (what the disk and the WAL take);
 2. COPY into `readings` itself: its primary key, its patient index and its hourly roll-up
@@ -16,7 +17,8 @@ devices' readings, all prepared before the clock starts, for S seconds; each com
 3. ingest's transaction (`store_judged`, as a worker runs it): staging COPY, deduplication,
    attribution, message claims and log, alerts, last-seen, on messages judged beforehand.
 Readings/s = readings committed by all processes / the longest process's time. The goal of
-issue 13 (50,000 readings/s in messages of 50) is printed beside each.
+issue 13 (50,000 readings/s in messages of 50) is printed beside each, and so is the CPU the
+writing processes spent a message (Python and psycopg: the client's share of a batch).
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from ingest_messages import DEVICE_TYPE, TEMPLATE, encode_message, reading_items
 from ingest_stack import fill_pilot
 from psycopg import sql
 
+from ehealthlab.gc_tuning import tune_garbage_collector
 from ehealthlab.ingest.alerts import DEFAULT_RULES
 from ehealthlab.ingest.pipeline import JudgedMessage, KnownDevice, judge
 from ehealthlab.ingest.store_batch import store_judged
+from ehealthlab.ingest.worker_config import IngestConfig
 from ehealthlab.mqtt import ReceivedMessage
 from ehealthlab.stack.ports import start_on_free_port
 from ehealthlab.stack.postgres import PostgresServer
@@ -51,8 +55,7 @@ from ehealthlab.store.readings import ReadingRow, ReadingWriter
 from ehealthlab.store.reference import load_municipalities
 
 GOAL = 50_000
-PER_MESSAGE = 50
-MESSAGES_PER_BATCH = 200  # 10,000 readings: ingest's batch_max_readings
+DEFAULTS = IngestConfig()
 DEVICES_PER_PROCESS = 40
 _COLUMNS = ("device_id", "metric", "at", "value", "measured_at", "received_at", "seq",
             "msg_id", "clock_offset_s", "clock_corrected", "reported_unit")  # fmt: skip
@@ -63,8 +66,11 @@ _BARE_DDL = (
 )
 
 
-def messages_for(devices: list[str], count: int, base_epoch: int) -> list[JudgedMessage]:
-    """`count` messages of 50 readings, spread over `devices`, judged as ingest judges them."""
+def messages_for(
+    devices: list[str], count: int, base_epoch: int, per_message: int
+) -> list[JudgedMessage]:
+    """`count` messages of `per_message` readings, spread over `devices`, judged as ingest
+    judges them."""
     received_at = datetime.now(UTC)
     known = KnownDevice(DEVICE_TYPE)
     judged = []
@@ -72,8 +78,8 @@ def messages_for(devices: list[str], count: int, base_epoch: int) -> list[Judged
     for m in range(count):
         device = devices[m % len(devices)]
         index = int(device.rsplit("-", 1)[1])
-        items = reading_items(next_reading[device], PER_MESSAGE, index, base_epoch)
-        next_reading[device] += PER_MESSAGE
+        items = reading_items(next_reading[device], per_message, index, base_epoch)
+        next_reading[device] += per_message
         message = ReceivedMessage(
             topic=f"ehl/v1/devices/{device}/readings",
             payload=encode_message(f"{device}:{m}", items),
@@ -81,7 +87,7 @@ def messages_for(devices: list[str], count: int, base_epoch: int) -> list[Judged
             broker_stamped=True,
         )  # fmt: skip
         outcome = judge(message, lambda _: known)
-        if len(outcome.readings) != PER_MESSAGE:
+        if len(outcome.readings) != per_message:
             raise SystemExit(f"a bench message was not accepted whole: {outcome.rejections}")
         judged.append(outcome)
     return judged
@@ -119,15 +125,26 @@ class Plan:
     count: int
     base_epoch: int
     seconds: float
+    per_message: int
+
+    @property
+    def batch_messages(self) -> int:
+        """As many messages as a worker's fullest batch holds."""
+        by_readings = DEFAULTS.batch_max_readings // self.per_message
+        return max(1, min(DEFAULTS.batch_max_messages, by_readings))
 
 
 def run_level(plan: Plan, ready: Any, go: Any, results: Any) -> None:
     """One process of a level: prepare, wait for the start, write batches until the time is
-    up or the messages run out; report (readings committed, seconds, ran out)."""
+    up or the messages run out; report (readings committed, seconds, ran out, CPU seconds)."""
     level, url, devices, count = plan.level, plan.url, plan.devices, plan.count
-    base_epoch, seconds = plan.base_epoch, plan.seconds
-    judged = messages_for(devices, count, base_epoch)
-    batches = [judged[i : i + MESSAGES_PER_BATCH] for i in range(0, count, MESSAGES_PER_BATCH)]
+    base_epoch, seconds, per_message = plan.base_epoch, plan.seconds, plan.per_message
+    judged = messages_for(devices, count, base_epoch, per_message)
+    # as a worker does once started; here also after the prepared messages, which a worker
+    # never holds and which every full collection would otherwise walk
+    tune_garbage_collector()
+    size = plan.batch_messages
+    batches = [judged[i : i + size] for i in range(0, count, size)]
     with psycopg.connect(url) as conn:
         patients: dict[str, uuid.UUID] = dict(conn.execute(
             "SELECT device_id, patient_id FROM enrolments WHERE device_id = ANY(%s)", (devices,)
@@ -155,15 +172,16 @@ def run_level(plan: Plan, ready: Any, go: Any, results: Any) -> None:
 
         ready.put(True)
         go.wait()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         deadline = start + seconds
         written = 0
         for batch in batches:
             step(batch)
-            written += len(batch) * PER_MESSAGE
+            written += len(batch) * per_message
             if time.perf_counter() >= deadline:
                 break
-        results.put((written, time.perf_counter() - start, written == count * PER_MESSAGE))
+        results.put((written, time.perf_counter() - start, written == count * per_message,
+                     time.process_time() - cpu_start))  # fmt: skip
 
 
 LEVELS = (
@@ -187,8 +205,16 @@ def make_template(server: PostgresServer, devices: list[str], base_epoch: int) -
         conn.execute("SELECT ehl_ensure_reading_partitions(%s)", (months,))
 
 
-def run(server: PostgresServer, level: str, plan: Plan, processes: int) -> tuple[float, bool]:
-    """(readings/s, ran out of messages) of one level, on a fresh copy of the template."""
+@dataclass(frozen=True)
+class LevelResult:
+    readings_per_s: float
+    ran_out: bool
+    client_cpu_s: float  # all writing processes
+    readings: int
+
+
+def run(server: PostgresServer, level: str, plan: Plan, processes: int) -> LevelResult:
+    """What one level made of its readings, on a fresh copy of the template."""
     database = f"ehl_bench_{level}"
     with psycopg.connect(server.admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
@@ -218,16 +244,24 @@ def run(server: PostgresServer, level: str, plan: Plan, processes: int) -> tuple
         raise SystemExit(f"{level}: {stored} readings stored, {readings} written")
     if level in {"readings", "ingest"} and (rolled is None or rolled[0] != readings):
         raise SystemExit(f"{level}: the roll-up counts {rolled}, {readings} written")
-    return readings / max(o[1] for o in outcomes), any(o[2] for o in outcomes)
+    return LevelResult(readings / max(o[1] for o in outcomes), any(o[2] for o in outcomes),
+                       sum(o[3] for o in outcomes), readings)  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--messages", type=int, default=8_000,
-                        help="messages of 50 prepared per process (a bound)")  # fmt: skip
+    parser.add_argument("--per-message", type=int, default=50, metavar="N",
+                        help="readings a message (1..10000)")  # fmt: skip
+    parser.add_argument("--messages", type=int, default=None,
+                        help="messages prepared per process (a bound; default 400,000 "
+                        "readings' worth, at most 60,000)")  # fmt: skip
     options = parser.parse_args()
+    per_message = options.per_message
+    if not 1 <= per_message <= DEFAULTS.batch_max_readings:
+        parser.error(f"--per-message must be 1..{DEFAULTS.batch_max_readings}")
+    messages = options.messages or max(1, min(60_000, 400_000 // per_message))
     scratch = Path(tempfile.mkdtemp(prefix="ehl-bench-store-"))
     server = PostgresServer(place_for(ServiceAccount.for_server("postgres"), scratch / "pg"),
                             fsync=True)  # fmt: skip
@@ -237,17 +271,21 @@ def main() -> int:
         now = int(time.time())
         base_epoch = now - now % 60 - 30 * 86400  # in the past: never "in the future"
         make_template(server, devices, base_epoch)
+        plan = Plan("", "", devices, messages, base_epoch, options.seconds, per_message)
         print(f"{options.processes} processes, {DEVICES_PER_PROCESS} devices each, messages of "
-              f"{PER_MESSAGE} readings, a commit every {MESSAGES_PER_BATCH * PER_MESSAGE:,} "
-              f"readings, {options.seconds:.0f} s per level, PostgreSQL with fsync on")  # fmt: skip
-        print("| level | readings/s | against 50,000 | messages of 50/s |")
-        print("|---|---:|---:|---:|")
-        plan = Plan("", "", devices, options.messages, base_epoch, options.seconds)
+              f"{per_message} readings, a commit every {plan.batch_messages:,} messages, "
+              f"{options.seconds:.0f} s per level, PostgreSQL with fsync on")  # fmt: skip
+        print(f"| level | readings/s | against 50,000 | messages of {per_message}/s"
+              " | writers' CPU a message |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|")
         for level, label in LEVELS:
-            rate, ran_out = run(server, level, replace(plan, level=level), options.processes)
-            note = " (ran out of messages: raise --messages)" if ran_out else ""
-            print(f"| {label} | {rate:,.0f} | {rate / GOAL:.2f}x | {rate / PER_MESSAGE:,.0f} |"
-                  f"{note}")  # fmt: skip
+            got = run(server, level, replace(plan, level=level), options.processes)
+            note = " (ran out of messages: raise --messages)" if got.ran_out else ""
+            cpu_us = got.client_cpu_s / (got.readings / per_message) * 1e6
+            print(
+                f"| {label} | {got.readings_per_s:,.0f} | {got.readings_per_s / GOAL:.2f}x"
+                f" | {got.readings_per_s / per_message:,.0f} | {cpu_us:,.1f} µs |{note}"
+            )
     finally:
         server.remove()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -6,6 +6,10 @@ In one transaction: a share lock on the batch's devices (an enrolment being reco
 or is waited for, never missed), the message claims (a message delivered again is stored
 once), readings (deduplicated, attributed), rejections and conflicts, the message log and
 alerts. Devices' last-seen times follow in a short transaction of their own.
+
+Arrays go to the server as binary parameters (`%b`): psycopg quotes and escapes a text array
+element by element in Python, which cost 10-14 µs of CPU a message for the claim's four
+arrays, against 2.4 µs in binary (measured, 200 messages a query).
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ def store_judged(
 def _share_lock_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
     devices = sorted({item.device_id for item in judged})
     conn.execute(
-        "SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id FOR KEY SHARE",
+        "SELECT 1 FROM devices WHERE device_id = ANY(%b) ORDER BY device_id FOR KEY SHARE",
         (devices,),
     )
 
@@ -153,14 +157,14 @@ def _claim_messages(
         conn.execute(
             "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT"
             " hashtext(device_id || '/' || msg_id) AS h"
-            " FROM unnest(%s::text[], %s::text[]) AS k(device_id, msg_id)) AS s ORDER BY h",
+            " FROM unnest(%b::text[], %b::text[]) AS k(device_id, msg_id)) AS s ORDER BY h",
             (_MESSAGE_LOCK_CLASS, [k[0] for k in distinct], [k[1] for k in distinct]),
         )
     named = [k for k in distinct if k[1] != NO_MSG_ID]
     if named:
         found = conn.execute(
             "SELECT k.device_id, k.msg_id, k.digest FROM device_messages m"
-            " JOIN unnest(%s::text[], %s::text[], %s::bytea[], %s::bytea[])"
+            " JOIN unnest(%b::text[], %b::text[], %b::bytea[], %b::bytea[])"
             " AS k(device_id, msg_id, digest, payload_digest)"
             " ON m.device_id = k.device_id AND m.msg_id = k.msg_id"
             " AND (m.content_digest = k.digest"
@@ -173,7 +177,7 @@ def _claim_messages(
     if unnamed:
         found = conn.execute(
             "SELECT k.device_id, k.digest FROM device_messages m"
-            " JOIN unnest(%s::text[], %s::bytea[]) AS k(device_id, digest)"
+            " JOIN unnest(%b::text[], %b::bytea[]) AS k(device_id, digest)"
             " ON m.device_id = k.device_id AND m.msg_id IS NULL AND m.content_digest = k.digest",
             ([k[0] for k in unnamed], [k[2] for k in unnamed]),
         ).fetchall()
@@ -200,7 +204,7 @@ def _count_deliveries(
     if named:
         conn.execute(
             "UPDATE device_messages m SET deliveries = m.deliveries + k.n"
-            " FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::bytea[], %s::int[])"
+            " FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::bytea[], %b::int[])"
             " AS k(device_id, msg_id, digest, payload_digest, n)"
             " WHERE m.device_id = k.device_id AND m.msg_id = k.msg_id"
             " AND (m.content_digest = k.digest"
@@ -212,7 +216,7 @@ def _count_deliveries(
     if unnamed:
         conn.execute(
             "UPDATE device_messages m SET deliveries = m.deliveries + k.n"
-            " FROM unnest(%s::text[], %s::bytea[], %s::int[]) AS k(device_id, digest, n)"
+            " FROM unnest(%b::text[], %b::bytea[], %b::int[]) AS k(device_id, digest, n)"
             " WHERE m.device_id = k.device_id AND m.msg_id IS NULL"
             " AND m.content_digest = k.digest",
             ([k[0] for k in unnamed], [k[2] for k in unnamed], [repeats[k] for k in unnamed]),
@@ -235,7 +239,7 @@ def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
     with conn.transaction():
         conn.execute(
             "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
-            " FROM (SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS u(device_id, seen)"
+            " FROM (SELECT * FROM unnest(%b::text[], %b::timestamptz[]) AS u(device_id, seen)"
             " ORDER BY device_id) AS s,"
             " (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit"
             " WHERE d.device_id = s.device_id",
@@ -243,8 +247,17 @@ def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
         )
 
 
+#: the types of `device_messages`' columns, in the order `_write_message_logs` copies them
+_MESSAGE_LOG_TYPES = (
+    "text", "timestamptz", "text", "int2", "int4", "int4", "int4", "int4", "int4", "float4",
+    "timestamptz", "timestamptz", "bytea",
+)  # fmt: skip
+
+
 def _write_message_logs(conn: Connection, logs: Sequence[tuple[MessageLog, MessageKey]]) -> None:
-    """One row per message (COPY: at thousands of messages a second, row by row is slow)."""
+    """One row per message, by binary COPY: at thousands of messages a second, row by row is
+    slow, and so is COPY's text format, which psycopg writes field by field in Python (the
+    digest escaped byte by byte): 13 µs of CPU a message against 2 in binary (measured)."""
     if not logs:
         return
     with (
@@ -252,9 +265,10 @@ def _write_message_logs(conn: Connection, logs: Sequence[tuple[MessageLog, Messa
         cur.copy(
             "COPY device_messages (device_id, received_at, msg_id, qos, payload_bytes, readings,"
             " accepted, duplicates, rejected, clock_offset_s, oldest_at, newest_at,"
-            " content_digest) FROM STDIN"
+            " content_digest) FROM STDIN (FORMAT BINARY)"
         ) as copy,
     ):
+        copy.set_types(list(_MESSAGE_LOG_TYPES))
         for entry, key in logs:
             copy.write_row(
                 (entry.device_id, entry.received_at, entry.msg_id, entry.qos,

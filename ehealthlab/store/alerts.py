@@ -34,8 +34,8 @@ def raise_alerts(conn: Connection, alerts: Sequence[AlertRow]) -> int:
     cur = conn.execute(
         "INSERT INTO alerts (patient_id, rule, day, device_id, metric, at, value, measured_at,"
         " raised_at)"
-        " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::date[], %s::text[], %s::text[],"
-        " %s::timestamptz[], %s::float8[], %s::timestamptz[], %s::timestamptz[])"
+        " SELECT * FROM unnest(%b::uuid[], %b::text[], %b::date[], %b::text[], %b::text[],"
+        " %b::timestamptz[], %b::float8[], %b::timestamptz[], %b::timestamptz[])"
         " ON CONFLICT (patient_id, rule, day) DO NOTHING",
         (
             [a.patient_id for a in alerts], [a.rule for a in alerts], [a.day for a in alerts],
@@ -55,7 +55,7 @@ def lock_patients(conn: Connection, patient_ids: Sequence[UUID]) -> None:
     """Transaction-scoped locks on these patients' alert evaluation, taken in one order."""
     conn.execute(
         "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(p::text) AS h"
-        " FROM unnest(%s::uuid[]) AS p) AS s ORDER BY h",
+        " FROM unnest(%b::uuid[]) AS p) AS s ORDER BY h",
         (_PATIENT_LOCK_CLASS, list(patient_ids)),
     )
 
@@ -69,7 +69,7 @@ def weight_history(
         return history
     rows = conn.execute(
         "SELECT patient_id, device_id, metric, at, value, measured_at, received_at FROM readings"
-        " WHERE patient_id = ANY(%s) AND metric = 'body_weight'"
+        " WHERE patient_id = ANY(%b) AND metric = 'body_weight'"
         " AND measured_at BETWEEN %s AND %s",
         (list(patient_ids), since, until),
     ).fetchall()
