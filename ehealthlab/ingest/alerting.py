@@ -5,6 +5,7 @@ new readings and by the gateway when an enrolment attributes earlier ones."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from uuid import UUID
 
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertCandidate, AlertRules, alert_candidates
@@ -16,7 +17,7 @@ from ehealthlab.store.alerts import (
     weight_window,
 )
 from ehealthlab.store.db import Connection
-from ehealthlab.store.readings import AttributedRow
+from ehealthlab.store.readings import AlertScope, AttributedRow
 
 
 def raise_alerts_for(
@@ -52,3 +53,19 @@ def alert_row(candidate: AlertCandidate) -> AlertRow:
         measured_at=reading.measured_at,
         raised_at=candidate.raised_at,
     )
+
+
+@lru_cache(maxsize=16)
+def alert_scope(rules: AlertRules) -> AlertScope:
+    """The readings `rules` may act on, for the store to send back from a batch: a threshold
+    rule's metric at or past its threshold (the lowest of a metric's `>=` rules, the highest
+    of its `<=` rules), and every weight (the weight-gain rule compares weights with each
+    other, whatever their values)."""
+    at_least: dict[str, float] = {}
+    at_most: dict[str, float] = {}
+    for rule in rules.thresholds:
+        if rule.op == ">=":
+            at_least[rule.metric] = min(rule.threshold, at_least.get(rule.metric, rule.threshold))
+        else:
+            at_most[rule.metric] = max(rule.threshold, at_most.get(rule.metric, rule.threshold))
+    return AlertScope(at_least, at_most, frozenset({rules.weight_gain.metric}))

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from ehealthlab.ingest.alerting import raise_alerts_for
+from ehealthlab.ingest.alerting import alert_scope, raise_alerts_for
 from ehealthlab.ingest.alerts import AlertRules
 from ehealthlab.ingest.pipeline import JudgedMessage, MessageLog, Settled, settle
 from ehealthlab.store.db import Connection
@@ -66,7 +66,7 @@ def store_judged(
             if again[m] is None:  # a message delivered again was stored before
                 rows.extend(item.readings)
                 owners.extend((m, r) for r in range(len(item.readings)))
-        result = writer.write_in_transaction(rows)
+        result = writer.write_in_transaction(rows, alert_scope(rules))
         duplicates: list[set[int]] = [set() for _ in judged]
         for index in result.duplicates:
             m, r = owners[index]
