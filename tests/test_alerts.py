@@ -193,3 +193,11 @@ def test_rules_are_configurable_from_a_toml_file(tmp_path):
     path.write_text('[thresholds.x]\nmetric = "spo2"\nop = "<"\nthreshold = 1\n')
     with pytest.raises(ConfigurationError, match="op must be"):
         load_rules(path)
+
+
+@pytest.mark.parametrize("threshold", ["nan", "inf", "-inf"])
+def test_a_rule_file_threshold_must_be_a_finite_number(tmp_path, threshold):
+    path = tmp_path / "rules.toml"
+    path.write_text(f'[thresholds.x]\nmetric = "spo2"\nop = "<="\nthreshold = {threshold}\n')
+    with pytest.raises(ConfigurationError, match="threshold must be a finite number"):
+        load_rules(path)

@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 import psycopg
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from store_fixtures import T0, enrol, reading, register_device
 
@@ -65,6 +65,13 @@ def test_a_scope_holds_exactly_the_readings_its_rules_breach_and_every_weight(
     rules = AlertRules(tuple(thresholds), WeightGainRule())
     breached = any(r.metric == metric and r.breached_by(value) for r in thresholds)
     assert alert_scope(rules).covers(metric, value) is (breached or metric == "body_weight")
+
+
+def test_a_rule_breached_by_nothing_does_not_narrow_the_scope_of_the_others() -> None:
+    never = ThresholdRule("never", "bp_systolic", ">=", float("nan"))
+    rules = AlertRules((*DEFAULT_RULES.thresholds, never), WeightGainRule())
+    assert alert_scope(rules).covers("bp_systolic", 200.0)
+    assert not alert_scope(rules).covers("bp_systolic", 150.0)
 
 
 # --- what a batch sends back, from the store ------------------------------------------------
@@ -133,3 +140,34 @@ def test_unless_told_a_batch_sends_back_every_attributed_reading(store_url: str)
             (r.metric, r.value) for r in batch if r.device_id == "cuff-0001"
         )
         assert EVERY_ATTRIBUTED.covers("steps", 0.0)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(thresholds=_thresholds)
+def test_the_store_sends_back_what_the_scope_covers_for_any_rules(
+    store_url: str, thresholds: list[ThresholdRule]
+) -> None:
+    """The scope's SQL and `covers` agree on readings of random values, for random rules (each
+    example in a transaction rolled back)."""
+    rules = AlertRules(tuple(thresholds), WeightGainRule())
+    scope = alert_scope(rules)
+    values = [-2000.0, -1.5, 0.0, 1.0, 89.0, 90.0, 180.0, 1e5, -1e6, 1e6]
+    values += [t.threshold for t in thresholds]
+    batch = [
+        reading("cuff-0001", metric, at=T0 + timedelta(minutes=i), value=float(value), seq=i)
+        for i, (metric, value) in enumerate((m, v) for m in _METRICS for v in values)
+    ]
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        if conn.execute("SELECT count(*) FROM devices").fetchone() == (0,):
+            register_device(conn, "cuff-0001")
+            enrol(conn, "cuff-0001", date(2026, 3, 1))
+        writer = ReadingWriter(conn)
+        writer.prepare(batch)
+        with conn.transaction(force_rollback=True):
+            result = writer.write_in_transaction(batch, scope)
+    assert result.inserted == len(batch)
+    assert sorted((r.metric, r.value) for r in result.attributed) == sorted(
+        (r.metric, r.value) for r in batch if scope.covers(r.metric, r.value)
+    )

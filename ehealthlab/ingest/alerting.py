@@ -4,8 +4,10 @@ new readings and by the gateway when an enrolment attributes earlier ones."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
+from types import MappingProxyType
 from uuid import UUID
 
 from ehealthlab.ingest.alerts import DEFAULT_RULES, AlertCandidate, AlertRules, alert_candidates
@@ -64,8 +66,12 @@ def alert_scope(rules: AlertRules) -> AlertScope:
     at_least: dict[str, float] = {}
     at_most: dict[str, float] = {}
     for rule in rules.thresholds:
+        if math.isnan(rule.threshold):  # breached by nothing; as a bound it would hide others
+            continue
         if rule.op == ">=":
             at_least[rule.metric] = min(rule.threshold, at_least.get(rule.metric, rule.threshold))
         else:
             at_most[rule.metric] = max(rule.threshold, at_most.get(rule.metric, rule.threshold))
-    return AlertScope(at_least, at_most, frozenset({rules.weight_gain.metric}))
+    return AlertScope(
+        MappingProxyType(at_least), MappingProxyType(at_most), frozenset({rules.weight_gain.metric})
+    )

@@ -9,6 +9,7 @@ from which the provider's response is measured.
 
 from __future__ import annotations
 
+import math
 import operator
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -216,6 +217,10 @@ def load_rules(path: Path) -> AlertRules:
             raise ConfigurationError(f"alert rules {path}: rule {rule_id!r}: {exc}") from None
         if rule.op not in _OPERATORS:
             raise ConfigurationError(f"alert rules {path}: rule {rule_id!r}: op must be >= or <=")
+        if not math.isfinite(rule.threshold):
+            raise ConfigurationError(
+                f"alert rules {path}: rule {rule_id!r}: threshold must be a finite number"
+            )
         thresholds[rule_id] = rule
     weight = document.get("weight_gain", {})
     weight_rule = WeightGainRule(

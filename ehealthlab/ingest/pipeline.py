@@ -77,7 +77,7 @@ class Settled:
     feedback: FeedbackMessage | None
 
 
-@lru_cache(maxsize=16_384)  # a SHA-256 a message was 3 % of a worker's CPU
+@lru_cache(maxsize=65_536)  # a SHA-256 a message was 3 % of a worker's CPU
 def partition_of(topic: str, partitions: int) -> int:
     """Which of `partitions` workers owns a message, by its device (a SHA-256 of the id: the
     same in every process and evenly spread — crc32's low bits are not, for ids that differ
