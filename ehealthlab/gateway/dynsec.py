@@ -12,6 +12,7 @@ import contextlib
 import json
 import operator
 import threading
+import time
 import uuid
 from functools import partial
 from typing import Any
@@ -65,6 +66,12 @@ def platform_acls() -> list[dict[str, Any]]:
         {"acltype": "publishClientSend", "topic": f"{PLATFORM_PROBE_PREFIX}/+", "allow": True},
         {"acltype": "subscribePattern", "topic": f"{PLATFORM_PROBE_PREFIX}/+", "allow": True},
     ]
+
+
+#: attempts at giving the platform role while other processes may be giving it too, and the
+#: pause before the next (times the attempt): a change of roles is over in milliseconds
+_ROLE_ATTEMPTS = 5
+_ROLE_RETRY_S = 0.1
 
 
 class DynamicSecurity:
@@ -123,7 +130,26 @@ class DynamicSecurity:
     # -- the platform's own client ------------------------------------------------------
 
     def ensure_platform_role(self, username: str) -> None:
-        """Give the platform's client (the administrative one) the platform role; idempotent."""
+        """Give the platform's client (the administrative one) the platform role; idempotent.
+
+        Other processes of the platform may be doing the same at the same moment (an API's
+        workers starting together, ingest beside them): the broker then disconnects this
+        connection too when one of them changes the client's roles, or refuses a role one of
+        them has just created. Each such attempt is made again on a new connection, which
+        finds what the others did."""
+        for attempt in range(1, _ROLE_ATTEMPTS + 1):
+            try:
+                self._ensure_platform_role_once(username)
+                return
+            except (MqttError, DynsecError):
+                if attempt == _ROLE_ATTEMPTS:
+                    raise
+            time.sleep(_ROLE_RETRY_S * attempt)
+            with contextlib.suppress(MqttError):
+                self._connection.close()
+            self._connection = self._connect()
+
+    def _ensure_platform_role_once(self, username: str) -> None:
         role = self.get_role(PLATFORM_ROLE)
         if role is None:
             self.execute(

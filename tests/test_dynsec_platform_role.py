@@ -1,0 +1,63 @@
+"""Several of the platform's processes giving its client the platform role at once, on a
+broker that has no such role yet: the API's workers starting together, ingest beside them.
+
+The broker disconnects every connection of a client whose roles change (so that its new
+rights apply), the other processes' included, and refuses a role that another process has
+just created; each process must still end with the role given, not fail its start.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ehealthlab.gateway.dynsec import PLATFORM_ROLE, DynamicSecurity
+from ehealthlab.mqtt import BrokerAddress
+from ehealthlab.stack.mosquitto import MosquittoBroker
+from ehealthlab.stack.ports import start_on_free_port
+from ehealthlab.stack.programs import ServiceAccount, place_for
+
+PROCESSES = 4
+WAIT_S = 60.0  # bounds a failure only
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A broker of its own: no platform role until a test gives it."""
+    broker = MosquittoBroker(place_for(ServiceAccount.for_server("mosquitto"), tmp_path / "mq"))
+    start_on_free_port(broker)
+    yield broker
+    broker.remove()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_processes_giving_the_platform_role_at_once_all_succeed(
+    fresh_broker: MosquittoBroker, attempt: int
+) -> None:
+    b = fresh_broker
+    address = BrokerAddress(b.host, b.port, b.admin_username, b.admin_password)
+    together = threading.Barrier(PROCESSES)
+    failures: list[BaseException] = []
+
+    def start_one() -> None:
+        try:
+            with DynamicSecurity(address) as dynsec:
+                together.wait(WAIT_S)
+                dynsec.ensure_platform_role(b.admin_username)
+        except BaseException as exc:
+            failures.append(exc)
+
+    starts = [threading.Thread(target=start_one) for _ in range(PROCESSES)]
+    for start in starts:
+        start.start()
+    for start in starts:
+        start.join(WAIT_S)
+    assert not any(start.is_alive() for start in starts)
+    assert failures == []
+    with DynamicSecurity(address) as dynsec:
+        client = dynsec.get_client(b.admin_username) or {}
+        assert PLATFORM_ROLE in {r.get("rolename") for r in client.get("roles", [])}
+        assert dynsec.get_role(PLATFORM_ROLE) is not None
