@@ -257,7 +257,7 @@ _MESSAGE_LOG_TYPES = (
 def _write_message_logs(conn: Connection, logs: Sequence[tuple[MessageLog, MessageKey]]) -> None:
     """One row per message, by binary COPY: at thousands of messages a second, row by row is
     slow, and so is COPY's text format, which psycopg writes field by field in Python (the
-    digest escaped byte by byte): 13 µs of CPU a message against 2 in binary (measured)."""
+    digest escaped byte by byte): about 14 µs of CPU a message against 3 in binary (py-spy)."""
     if not logs:
         return
     with (
