@@ -118,7 +118,8 @@ def test_the_panels_sql_is_the_reference(
 # -- the rollups the writer keeps ------------------------------------------------------------
 
 DAY = date(2026, 5, 4)
-LATENCIES = (0.4, 1.5, 30.0, 45.0, 7200.0, -20.0, 300000.0)  # seconds, one of each kind
+# seconds, one of each kind: at a bound, a microsecond past one, a clock ahead, past them all
+LATENCIES = (0.4, 1.5, 30.0, 45.0, 7200.0, 0.0, 1.000001, -20.0, 300000.0)
 
 
 def _at(day: date, hour: int, minute: int = 0) -> datetime:
@@ -289,9 +290,18 @@ def test_the_triggers_roll_up_each_stored_reading_once_as_a_rebuild_does(store_u
             last = min(mine, key=lambda r: (-r.measured_at.timestamp(), r.metric))
             expected_newest[device] = [last.measured_at, last.metric, last.received_at]
         assert newest == expected_newest
+        judging = "SELECT day, patient_id, adherent, taken FROM readings_patient_daily ORDER BY 1,2"
+        judged = conn.execute(judging).fetchall()
+        # the cuff's patient: systolic planned twice a day; the oximeter's: spo2 once
+        assert {(d, p): (a, t) for d, p, a, t in judged} == {
+            (DAY + timedelta(1), patients[0]): (True, 2),
+            (DAY + timedelta(2), patients[0]): (True, 2),
+            (DAY + timedelta(2), patients[1]): (True, 1),
+        }
         rebuilt = conn.execute("SELECT ehl_dashboard_rollups_rebuild()").fetchone()
         assert rebuilt == (len(cuff) + len(oxi),)
         assert _snapshot(conn) == incremental
+        assert conn.execute(judging).fetchall() == judged
 
 
 # -- each patient-day judged against its care plans (migration 0023) ---------------------------
@@ -339,7 +349,11 @@ def test_each_patient_day_is_judged_against_the_plans_covering_it_and_again_when
                     at = _at(day, 8 + i)
                     rows.append(ReadingRow("cuff", metric, at, 100.0, at, at, seq, f"m{seq}",
                                            0.0, False))  # fmt: skip
-        ReadingWriter(conn).write(rows)
+        # day 1's two first systolic readings alone, then the rest: a stored day's counts
+        # grow, and it is judged on them
+        ReadingWriter(conn).write(rows[:2])
+        assert _judged(conn) == {days[0]: (False, 2)}
+        ReadingWriter(conn).write(rows[2:])
         assert _judged(conn) == {days[0]: (True, 3), days[1]: (False, 1), days[2]: (True, 3)}
 
         # an oximeter enrolled from day 2 asks for spo2, which nobody measured
