@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +73,11 @@ class Settings(BaseSettings):
     #: it; docs/reliability-privacy.md); unset: retention runs only with --older-than
     retention_days: int | None = Field(default=None, ge=1)
 
+    #: where the operator is paged (gateway/pager.py): an http(s) URL taking a JSON POST, such
+    #: as a chat's incoming webhook; a secret, since such URLs carry their own key. Unset:
+    #: pages are kept and shown on the operations dashboard, and nobody is paged
+    operator_webhook_url: SecretStr | None = None
+
     #: key signing the web portal's session cookies and CSRF tokens; unset: derived from the
     #: patient key (so every API worker agrees without another secret to distribute)
     portal_secret: SecretStr | None = None
@@ -113,6 +119,22 @@ class Settings(BaseSettings):
         host, port = self.require_mqtt()
         tls = self.mqtt_tls if self.mqtt_public_tls is None else self.mqtt_public_tls
         return self.mqtt_public_host or host, self.mqtt_public_port or port, tls
+
+    def operator_webhook(self) -> str | None:
+        """The operator's webhook URL, or None when none is set (or it is empty, as a
+        deployment's unset variable arrives); an URL that is not http(s) with a host is
+        refused, naming the variable (never printing the URL: it is a key)."""
+        if self.operator_webhook_url is None:
+            return None
+        url = self.operator_webhook_url.get_secret_value().strip()
+        if not url:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(
+                "EHEALTHLAB_OPERATOR_WEBHOOK_URL must be an http:// or https:// URL with a host"
+            )
+        return url
 
     def require_patient_key(self) -> bytes:
         if self.patient_key is None:

@@ -118,6 +118,7 @@ def test_every_panel_runs_as_the_lab_over_the_demo_week(
         ("Dead letters (whole messages kept)", "A"),
         ("Silent devices", "A"),
         ("Messages the broker dropped (lost)", "A"),
+        ("Pages for the operator", "A"),
     }
 
 
@@ -324,6 +325,13 @@ def test_rejects_duplicates_dead_letters_and_clocks_equal_counts_by_hand(
     assert [(_epoch(row[0]), row[1], row[2]) for row in lost] == [
         (datetime(2026, 3, 10, 10, 10, tzinfo=UTC).timestamp(), 7, 7)
     ]
+    # each drop raised a page; none is sent (no pager here), so the one after the week shows too
+    pages = results[("Pages for the operator", "A")].rows
+    assert [(_epoch(row[0]), row[1], row[3], row[4]) for row in pages] == [
+        (datetime(2026, 4, 9, 10, 0, tzinfo=UTC).timestamp(), "broker_drops", None, 0),
+        (datetime(2026, 3, 10, 10, 10, tzinfo=UTC).timestamp(), "broker_drops", None, 0),
+    ]
+    assert "dropped 7 message(s)" in pages[1][2]
 
     assert duplicates == (2,)
     series = results[("Duplicates and redeliveries", "A")].rows

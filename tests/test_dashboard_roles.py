@@ -149,9 +149,10 @@ def test_the_views_filter_before_the_callers_conditions(world: World) -> None:
             " AND c.relnamespace::regnamespace::text = ANY (%s)",
             (list(SCHEMAS.values()),),
         ).fetchone()[0]
-    # provider 8 + 1 + 1, start-up 10 + 2 + 1, lab 17 + 1 + 1 + 1 + 1 (0019; messages_hourly
-    # of 0021; the rollups of 0022; device_last_readings of 0024 and 0025; broker_drops of 0034)
-    assert len(views) == 10 + 13 + 21
+    # provider 8 + 1 + 1, start-up 10 + 2 + 1, lab 17 + 1 + 1 + 1 + 1 + 1 (0019; messages_hourly
+    # of 0021; the rollups of 0022; device_last_readings of 0024 and 0025; broker_drops of 0034;
+    # operator_pages of 0036)
+    assert len(views) == 10 + 13 + 22
     assert [v for v in views if "security_barrier=true" not in v[2]] == []
     assert others == 0  # nothing but views in the dashboard schemas
 

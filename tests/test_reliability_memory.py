@@ -34,7 +34,9 @@ from reliability_fixtures import (
     wait_until_subscribed,
 )
 from test_ingest_faults import own_broker, own_postgres
+from webhook_receiver import webhook_receiver
 
+from ehealthlab.gateway.pager import Pager, Webhook
 from ehealthlab.gateway.presence import Presence
 from ehealthlab.mqtt import MqttConnection
 from ehealthlab.stack.mosquitto import MosquittoBroker
@@ -199,12 +201,17 @@ def test_past_the_queue_limit_the_broker_drops_and_the_platform_records_it(
     own_postgres, limited_broker, caplog
 ):
     published = 6 * LIMIT
-    with fresh_pilot(own_postgres, limited_broker) as pilot:
+    with (
+        fresh_pilot(own_postgres, limited_broker) as pilot,
+        webhook_receiver() as operator,
+    ):
         device_id, password = pilot.register("multiparameter_monitor")
         ingest = IngestCommand(pilot, workers=1)
         log_offset = limited_broker.log_file.stat().st_size
-        # what every API process runs: its leader records presence and the broker's drops
+        # what every API process runs: its leader records presence and the broker's drops,
+        # and its pager sends the pages they raise to the operator's webhook
         presence = Presence(pilot.admin, pilot.database_url, retry_interval_s=0.5).start()
+        pager = Pager(pilot.database_url, Webhook(operator.url), interval_s=0.5).start()
         try:
             assert presence.leading
             seqs = _drop_past_the_limit(pilot, ingest, device_id, password, published)
@@ -213,7 +220,9 @@ def test_past_the_queue_limit_the_broker_drops_and_the_platform_records_it(
             # the broker republishes its counter every 10 s: the leader records the change
             recorded = eventually(lambda: _recorded_drops(pilot)[0] >= dropped_sys, 60)
             recorded_drops = _recorded_drops(pilot)
+            paged = eventually(lambda: _paged(operator.pages()) >= recorded_drops[1], 30)
         finally:
+            pager.stop()
             presence.stop()
     log = limited_broker.log_file.read_bytes()[log_offset:].decode(errors="replace")
     gaps = [(a, b) for a, b in itertools.pairwise(seqs) if b != a + 1]
@@ -227,6 +236,8 @@ def test_past_the_queue_limit_the_broker_drops_and_the_platform_records_it(
         "seq_gaps": gaps[:5],
         "broker_log_says_dropping": "Outgoing messages are being dropped" in log,
         "recorded_in_broker_drops": recorded_drops,
+        "paged": _paged(operator.pages()),
+        "pages": len(operator.pages()),
     }
     print("FIGURES promise-3-queue-limit", json.dumps(figures))
     assert missing > 0 and len(seqs) >= LIMIT
@@ -236,6 +247,10 @@ def test_past_the_queue_limit_the_broker_drops_and_the_platform_records_it(
     assert recorded, recorded_drops
     total, new = recorded_drops
     assert total == new >= dropped_sys
+    # the operator was paged, once for each change recorded, with what it said was lost
+    assert paged, operator.pages()
+    assert _paged(operator.pages()) == new
+    assert {page["event"] for page in operator.pages()} == {"broker_drops"}
     assert any(
         r.levelname == "ERROR" and "the broker dropped" in r.getMessage() for r in caplog.records
     )
@@ -271,6 +286,11 @@ def _drop_past_the_limit(
     return [row[0] for row in pilot.query(
         "SELECT seq FROM readings WHERE device_id = %s AND seq BETWEEN 2 AND %s ORDER BY seq",
         device_id, published + 1)]  # fmt: skip
+
+
+def _paged(pages: list[dict]) -> int:
+    """The messages the operator was told were dropped, over every page received."""
+    return sum(page["details"]["dropped"] for page in pages)
 
 
 def _recorded_drops(pilot: Pilot) -> tuple[int, int]:

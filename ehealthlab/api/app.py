@@ -8,6 +8,7 @@ return type (FastAPI's fast path); problem details are written with orjson.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,12 +38,15 @@ from ehealthlab.gateway import (
     patient_routes,
 )
 from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
+from ehealthlab.gateway.pager import Pager, Webhook
 from ehealthlab.gateway.presence import Presence
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError
 from ehealthlab.portal import routes as portal_routes
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection, connect
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 The E-health Territorial LAB of the Metropolitan City of Turin.
@@ -66,13 +70,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pager = _pager(settings)  # a wrong webhook URL is refused before anything opens
         context = _open(settings)
         presence = Presence(context.broker, settings.require_database_url())
         try:
             presence.start()
+            if pager is not None:
+                pager.start()
             app.state.context = context
             yield
         finally:
+            if pager is not None:
+                pager.stop()
             presence.stop()
             context.pool.close()
 
@@ -135,6 +144,18 @@ def _platform_broker(settings: Settings) -> tuple[BrokerAddress, str]:
             "EHEALTHLAB_MQTT_PASSWORD or start the local stack with `ehealthlab stack up`"
         )
     return broker, broker.username
+
+
+def _pager(settings: Settings) -> Pager | None:
+    """The pager for the operator's webhook; None, with one warning, when none is set."""
+    url = settings.operator_webhook()
+    if url is None:
+        log.warning(
+            "no EHEALTHLAB_OPERATOR_WEBHOOK_URL: pages for the operator (the broker's drops) are"
+            " kept in the store and shown on the operations dashboard, and nobody is paged"
+        )
+        return None
+    return Pager(settings.require_database_url(), Webhook(url))
 
 
 def _open(settings: Settings) -> ApiContext:

@@ -145,6 +145,20 @@ ORDER BY b.observed_at DESC, b.id DESC
 LIMIT 100
 """
 
+# pages not sent yet are shown whatever the range: they are what the operator has not heard
+OPERATOR_PAGES_SQL = """
+SELECT p.raised_at AS "raised",
+       p.event AS "event",
+       p.summary AS "page",
+       p.sent_at AS "sent",
+       p.attempts AS "tries",
+       p.last_error AS "last failure"
+FROM operator_pages p
+WHERE $__timeFilter(p.raised_at) OR p.sent_at IS NULL
+ORDER BY p.raised_at DESC, p.id DESC
+LIMIT 100
+"""
+
 DEVICES_SQL = """
 SELECT o.name AS "start-up",
        count(*) FILTER (WHERE d.status = 'online') AS "online",
@@ -406,6 +420,19 @@ def operations_dashboard() -> Dashboard:
             "a row means ingest was away or too slow for that long (docs/reliability-faults.md "
             "§3). Newest 100.",
             BROKER_DROPS_SQL,
+        ),
+        w=24,
+        h=6,
+    )
+    grid.place(
+        _table(
+            "Pages for the operator",
+            "Raise time, and every page not sent yet whatever the range. What the platform "
+            "pages the operator about (today the broker's drops) and whether the operator's "
+            "webhook (EHEALTHLAB_OPERATOR_WEBHOOK_URL) took it: 'sent' empty means not yet, "
+            "'last failure' says why; with no webhook set nothing is sent and this panel is "
+            "the page. Newest 100.",
+            OPERATOR_PAGES_SQL,
         ),
         w=24,
         h=6,

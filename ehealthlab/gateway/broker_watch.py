@@ -6,7 +6,8 @@ after it has PUBACKed them to the device, so the device never resends them and i
 receives them. The broker only counts them, in `$SYS/broker/publish/messages/dropped`
 (republished every `sys_interval`, 10 s by default), and logs a NOTICE. The presence leader
 subscribes to that counter and records each change in `broker_drops` (migration 0034),
-logging an ERROR line when messages were dropped; the operations dashboard shows them.
+logging an ERROR line and raising a page for the operator (pager.py) when messages were
+dropped; the operations dashboard shows them.
 Without this the loss would surface only as seq gaps in the conformance check and the
 evaluation, blamed on the device.
 """
@@ -17,6 +18,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from ehealthlab.gateway.operator_pages import broker_drops_page
+from ehealthlab.gateway.pager import raise_page
 from ehealthlab.store.db import Connection
 
 log = logging.getLogger(__name__)
@@ -57,8 +60,9 @@ def drops_since(previous_total: int | None, total: int) -> Drops | None:
 
 
 def record(conn: Connection, payload: bytes, observed_at: datetime) -> Drops | None:
-    """Record the counter a $SYS message carries when it changed; log an ERROR line when the
-    broker dropped messages since the last value recorded."""
+    """Record the counter a $SYS message carries when it changed; when the broker dropped
+    messages since the last value recorded, raise a page for the operator in the same
+    transaction and log an ERROR line."""
     total = counter_value(payload)
     if total is None:
         log.warning("broker watch: %s carried %r, not a count", DROPPED_TOPIC, payload[:40])
@@ -75,6 +79,8 @@ def record(conn: Connection, payload: bytes, observed_at: datetime) -> Drops | N
             "INSERT INTO broker_drops (observed_at, dropped_total, dropped) VALUES (%s, %s, %s)",
             (observed_at, drops.total, drops.new),
         )
+        if drops.new:
+            raise_page(conn, broker_drops_page(drops.new, drops.total), observed_at)
     if drops.new:
         log.error(
             "the broker dropped %d message(s) (%d since it started): a session's queue is full"
