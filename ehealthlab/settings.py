@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_url: str | None = None
+    #: worker processes of `ehealthlab api` (its --workers, which sets this for the workers it
+    #: starts): each keeps 1/N of the failed-token budget (api/ratelimit.py)
+    api_workers: int = Field(default=1, ge=1, le=64)
     #: an API token for commands that act through the HTTP API
     token: SecretStr | None = None
 

@@ -8,6 +8,7 @@ the server is a real process on a free loopback port.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from typing import IO, Any
 import pytest
 from conftest import API_PATIENT_KEY
 
+from ehealthlab.api.ratelimit import BURST, REFILL_PER_S
 from ehealthlab.errors import AuthenticationError
 from ehealthlab.gateway.admin import bootstrap_operator
 from ehealthlab.gateway.presence import RETRY_INTERVAL_S, lock_holder
@@ -279,3 +281,20 @@ def test_one_worker_records_presence_and_another_takes_over_when_it_is_killed(
     # each message once: none recorded by both workers, before or after the fail-over
     assert events() == [("online", False), ("online", True), ("offline", False)]
     assert took_over < FAILOVER_BOUND_S, f"took over after {took_over:.1f} s"
+
+
+def test_the_workers_share_one_budget_of_failed_token_checks(api_with_workers: ApiProcess) -> None:
+    """Each of the two workers keeps half the failed-token budget, so an address is answered
+    no more plain 401s in all than one process would give it, however the kernel spreads its
+    connections (urllib opens one per request), and then 429s. Last in the module: the
+    loopback address stays throttled for up to two minutes."""
+    wrong = {"Authorization": f"Bearer ehl_{uuid.uuid4().hex}{uuid.uuid4().hex}"}
+    started = time.monotonic()
+    answers = [_get(f"{api_with_workers.url}/api/v1/organisations", wrong)[0]
+               for _ in range(4 * BURST)]  # fmt: skip
+    earned = (time.monotonic() - started) * REFILL_PER_S  # what the address earned back meanwhile
+    assert set(answers) <= {401, 429}, answers
+    plain = answers.count(401)
+    assert plain >= math.ceil(BURST / 2)  # the worker that took most had its whole share
+    assert plain <= 2 * math.ceil(BURST / 2) + math.floor(earned), answers
+    assert answers[-1] == 429

@@ -19,8 +19,10 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ehealthlab.api.ratelimit import BURST, FailureLimiter, client_key
+from ehealthlab.api.ratelimit import BURST, REFILL_PER_S, FailureLimiter, client_key
 from ehealthlab.gateway import token_registry, tokens
 from ehealthlab.gateway.admin import bootstrap_operator
 
@@ -49,6 +51,32 @@ def test_a_burst_passes_then_failures_wait_and_earn_credit_back():
         wait = limiter.failed("192.0.2.1")
     assert wait == 8  # floor at -burst: (1 + 3) / 0.5
     assert limiter.failed(None) == 0  # no address: nothing to key by
+
+
+@pytest.mark.parametrize(
+    ("workers", "burst", "refill"),
+    [(1, BURST, REFILL_PER_S), (2, 5, REFILL_PER_S / 2), (3, 4, REFILL_PER_S / 3),
+     (4, 3, REFILL_PER_S / 4), (10, 1, REFILL_PER_S / 10), (64, 1, REFILL_PER_S / 64)],
+)  # fmt: skip
+def test_each_worker_keeps_its_share_of_the_budget(workers, burst, refill):
+    limiter = FailureLimiter.for_workers(workers)
+    assert (limiter.burst, limiter.refill_per_s) == (burst, pytest.approx(refill))
+
+
+@given(st.integers(min_value=1, max_value=64), st.integers(min_value=1, max_value=1000))
+def test_the_workers_shares_add_up_to_one_process_budget_or_a_little_more(workers, burst):
+    """Wherever an address's connections land, all workers together let through at least
+    `burst` plain failures and fewer than `burst + workers`, and earn back what one process
+    would."""
+    share = FailureLimiter.for_workers(workers, burst=burst, refill_per_s=1.0)
+    assert burst <= workers * share.burst < burst + workers
+    assert workers * share.refill_per_s == pytest.approx(1.0)
+    assert share.burst >= 1
+
+
+def test_no_workers_is_no_budget():
+    with pytest.raises(ValueError, match="at least 1"):
+        FailureLimiter.for_workers(0)
 
 
 def test_the_limiter_is_bounded():

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from ehealthlab import __version__
 from ehealthlab.api import problems
 from ehealthlab.api.auth import ApiContext
+from ehealthlab.api.ratelimit import FailureLimiter
 from ehealthlab.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -190,5 +191,10 @@ def _open(settings: Settings) -> ApiContext:
         raise
     rules = DEFAULT_RULES if settings.alert_rules is None else load_rules(settings.alert_rules)
     return ApiContext(
-        settings=settings, pool=pool, broker=broker, patient_key=patient_key, alert_rules=rules
+        settings=settings,
+        pool=pool,
+        broker=broker,
+        patient_key=patient_key,
+        alert_rules=rules,
+        failures=FailureLimiter.for_workers(settings.api_workers),
     )

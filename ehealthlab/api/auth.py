@@ -115,7 +115,8 @@ class ApiContext:
     alert_rules: AlertRules = DEFAULT_RULES
     #: tokens verified recently (CachedPrincipalDep); one per application, never shared
     tokens: TokenCache = field(default_factory=TokenCache, compare=False, repr=False)
-    #: failed token checks per client (ratelimit.py); one per application, never shared
+    #: failed token checks per client (ratelimit.py); one per application, never shared, with
+    #: this worker's share of the budget
     failures: FailureLimiter = field(default_factory=FailureLimiter, compare=False, repr=False)
 
     @contextmanager

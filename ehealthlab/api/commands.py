@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import uvicorn
@@ -43,10 +44,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     api.add_argument(
         "--workers",
         type=int,
-        default=1,
         metavar="N",
-        help="worker processes sharing the port, each with its own database pool and presence "
-        "thread (default 1: one process, as for development)",
+        help="worker processes sharing the port, each with its own database pool, presence "
+        "thread and 1/N of the failed-token budget (default: EHEALTHLAB_API_WORKERS, 1: one "
+        "process, as for development)",
     )
     api.set_defaults(handler=run_api)
 
@@ -57,19 +58,22 @@ def app_from_environment() -> FastAPI:
 
 
 def run_api(args: argparse.Namespace, settings: Settings) -> int:
-    if args.workers < 1 or args.workers > 64:
+    workers = settings.api_workers if args.workers is None else args.workers
+    if workers < 1 or workers > 64:
         raise ConfigurationError("--workers must be between 1 and 64")
-    settings = settings_with_stack(settings)
+    settings = settings_with_stack(settings.model_copy(update={"api_workers": workers}))
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
     check_services(settings)
-    if args.workers == 1:
+    if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
         return 0
     # several processes need the application by name: uvicorn's supervisor spawns each worker,
-    # which imports the factory and builds its app from the same environment as this process
+    # which imports the factory and builds its app from the same environment as this process,
+    # told how many they are (each takes its share of the failed-token budget)
+    os.environ["EHEALTHLAB_API_WORKERS"] = str(workers)
     uvicorn.run(
-        APP_FACTORY, factory=True, workers=args.workers, host=host, port=port, log_level="info",
+        APP_FACTORY, factory=True, workers=workers, host=host, port=port, log_level="info",
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )  # fmt: skip
     return 0

@@ -12,9 +12,14 @@ an attacker). API tokens carry no public identifying part (`ehl_` and 256 random
 there is no per-token key besides the address; guessing one is hopeless anyway, and what the
 limit protects is the database's time and the logs' signal.
 
-Each API process keeps its own limiter (`ehealthlab api --workers N`: up to N * BURST
-failures before every worker throttles); docs/reliability-security.md says why that is
-enough.
+Each API process keeps its own limiter in memory, and `ehealthlab api --workers N` gives each
+1/N of the budget (`for_workers`): ceil(BURST / N) failures at once and REFILL_PER_S / N
+earned back. The kernel spreads a client's connections over the workers as it likes, so
+however they land an address gets at most N * ceil(BURST / N) failures (BURST, or a few more)
+as plain 401s in all, and earns back no more than REFILL_PER_S, as one process would give it
+— without a database write per failure, the load the limit is there to shed. A client whose
+every request reaches one worker (one kept-alive connection) is throttled sooner, after
+ceil(BURST / N): stricter, never looser. docs/reliability-security.md.
 """
 
 from __future__ import annotations
@@ -69,6 +74,24 @@ class FailureLimiter:
         #: key -> (credit, when it was last computed)
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_workers(
+        cls,
+        workers: int,
+        *,
+        burst: int = BURST,
+        refill_per_s: float = REFILL_PER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> FailureLimiter:
+        """One worker's share of the budget when `workers` processes serve the API: the
+        burst and the refill divided between them (the burst rounded up, so one worker of
+        one keeps all of it and no worker gets none)."""
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        return cls(
+            burst=math.ceil(burst / workers), refill_per_s=refill_per_s / workers, clock=clock
+        )
 
     def _credit(self, key: str, now: float) -> float:
         entry = self._buckets.get(key)
