@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ehealthlab.errors import ConfigurationError
+from ehealthlab.gateway.operator_pages import webhook_url
 
 StoreForm = Literal["auto", "plain", "timescale"]
 
@@ -132,12 +132,10 @@ class Settings(BaseSettings):
         url = self.operator_webhook_url.get_secret_value().strip()
         if not url:
             return None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(
-                "EHEALTHLAB_OPERATOR_WEBHOOK_URL must be an http:// or https:// URL with a host"
-            )
-        return url
+        try:
+            return webhook_url(url)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"EHEALTHLAB_OPERATOR_WEBHOOK_URL: {exc}") from None
 
     def require_patient_key(self) -> bytes:
         if self.patient_key is None:

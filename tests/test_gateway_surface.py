@@ -161,6 +161,7 @@ def test_the_openapi_document_describes_the_routes(client):
         ({"database_url": SecretStr("postgresql://nobody@127.0.0.1:1/none")}, "PostgreSQL"),
         ({"mqtt_password": SecretStr("wrong")}, "EHEALTHLAB_MQTT_USERNAME"),
         ({"patient_key": None}, "EHEALTHLAB_PATIENT_KEY"),
+        ({"operator_webhook_url": SecretStr("chat.example.org/k")}, "EHEALTHLAB_OPERATOR_WEBHOOK"),
     ],
 )
 def test_the_api_command_names_what_is_missing_before_serving(settings, change, says):

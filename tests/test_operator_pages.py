@@ -16,8 +16,10 @@ from ehealthlab.gateway.operator_pages import (
     Page,
     QueuedPage,
     broker_drops_page,
+    merge_pages,
     retry_delay_s,
     webhook_body,
+    webhook_url,
 )
 from ehealthlab.settings import Settings
 
@@ -100,3 +102,47 @@ def test_the_webhook_setting(given: str | None, expected: str | type | None) -> 
         assert given not in str(error.value)
     else:
         assert settings.operator_webhook() == expected
+
+
+def test_drops_waiting_to_be_paged_add_up_and_the_count_is_the_newest() -> None:
+    merged = merge_pages(broker_drops_page(7, 7), broker_drops_page(5, 12))
+    assert merged == broker_drops_page(12, 12)
+    # the broker started again in between: its count is the new one's
+    assert merge_pages(broker_drops_page(7, 40), broker_drops_page(3, 3)) == broker_drops_page(
+        10, 3
+    )
+
+
+@pytest.mark.parametrize(
+    ("pending", "new"),
+    [
+        (Page("ingest_down", "a"), Page("ingest_down", "b")),  # not known how to add up
+        (broker_drops_page(1, 1), Page("ingest_down", "b")),  # another event
+        (Page("ingest_down", "b"), broker_drops_page(1, 1)),
+    ],
+)
+def test_pages_that_cannot_be_told_as_one_are_not_merged(pending: Page, new: Page) -> None:
+    assert merge_pages(pending, new) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("https://chat.example.org/hooks/abc", None),
+        ("http://127.0.0.1:9000/page?token=x", None),
+        ("ftp://chat.example.org/x", "http:// or https://"),
+        ("https:///no-host", "http:// or https://"),
+        ("https://zz-user:zz-pw@chat.example.org/x", "user or password"),
+        ("https://chat.example.org/ho oks/abc", "blank or control character"),
+        ("https://chat.example.org/hooks/\x00abc", "blank or control character"),
+        ("https://chat.example.org:99999/hooks/abc", "invalid port"),
+        ("https://chat.example.org:port/hooks/abc", "invalid port"),
+    ],
+)
+def test_a_webhook_url_the_pager_can_post_to(url: str, refused: str | None) -> None:
+    if refused is None:
+        assert webhook_url(url) == url
+        return
+    with pytest.raises(ConfigurationError, match=refused) as error:
+        webhook_url(url)
+    assert "abc" not in str(error.value) and "zz-" not in str(error.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,8 +18,9 @@ import orjson
 @dataclass
 class Receiver:
     """What the webhook was sent (`bodies`, parsed), and what it answers next: `answers`
-    are taken in order (an int status, or "redirect"), then 200 for ever. While `hold` is
-    clear, answers wait for it to be set."""
+    are taken in order (an int status; "redirect"; "garbage", a line that is not HTTP;
+    "trickle", a 200 whose headers come a byte every 0.1 s for 30 s), then 200 for ever.
+    While `hold` is clear, answers wait for it to be set."""
 
     url: str
     answers: list[int | str] = field(default_factory=list)
@@ -45,6 +47,19 @@ def webhook_receiver() -> Iterator[Receiver]:
                 answer = receiver.answers.pop(0) if receiver.answers else 200
             receiver.arrived.release()
             receiver.hold.wait(30)
+            if answer == "garbage":
+                self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+                return
+            if answer == "trickle":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(300):
+                    try:
+                        self.wfile.write(b"X")
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client gave up: as it should
+                    time.sleep(0.1)
+                return
             if answer == "redirect":
                 self.send_response(302)
                 self.send_header("Location", receiver.url + "/elsewhere")

@@ -125,6 +125,7 @@ def check_services(settings: Settings) -> None:
     a server starts, rather than with a traceback from inside its startup."""
     broker, _ = _platform_broker(settings)
     settings.require_patient_key()
+    settings.operator_webhook()
     connect(settings).close()
     probe = MqttConnection(broker, f"ehl-api-check-{uuid.uuid4().hex[:8]}")
     try:

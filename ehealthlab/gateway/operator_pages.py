@@ -7,7 +7,7 @@ the pager (pager.py) to one webhook, the operator's: a JSON body whose `text` is
 Slack, Mattermost or Rocket.Chat incoming webhooks show as it is, and whose `pages` carry
 the figures for a receiver that routes on them (an Alertmanager bridge, a ticketing hook).
 
-Pure: figures in, page and body out.
+Pure: figures in, page and body out; and whether a URL is one the pager can post to.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
+
+from ehealthlab.errors import ConfigurationError
 
 #: where a page tells the operator to look (a path in the platform's documentation)
 BROKER_DROPS_RUNBOOK = "docs/reliability-faults.md, section 3"
@@ -59,6 +62,18 @@ def broker_drops_page(dropped: int, dropped_since_start: int) -> Page:
     )
 
 
+def merge_pages(pending: Page, new: Page) -> Page | None:
+    """One page saying what both say, for a page raised while another of its event waits to
+    be sent; None when the two cannot be told as one (another event, or one this module does
+    not know how to add up)."""
+    if pending.event != new.event or new.event != "broker_drops":
+        return None
+    return broker_drops_page(
+        int(pending.details["dropped"]) + int(new.details["dropped"]),
+        int(new.details["dropped_since_broker_start"]),
+    )
+
+
 def webhook_body(pages: Sequence[QueuedPage], *, source: str = "ehealthlab") -> bytes:
     """One POST for the pages due together, oldest first: `text` for a chat's incoming
     webhook (one line for one page, a list for several), `pages` for a program."""
@@ -85,6 +100,27 @@ def webhook_body(pages: Sequence[QueuedPage], *, source: str = "ehealthlab") -> 
             ],
         }
     )
+
+
+def webhook_url(url: str) -> str:
+    """`url` when the pager can POST to it, else ConfigurationError saying why, without the
+    URL: http or https, a host, a valid port, no user or password (http.client would not
+    send them), no blank or control character."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise ConfigurationError("the operator's webhook URL has a blank or control character")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError("the operator's webhook must be an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            "the operator's webhook URL has a user or password: put the key in its path or "
+            "query, as incoming webhooks do"
+        )
+    try:
+        parts.port  # noqa: B018 (urlsplit checks the port when it is read)
+    except ValueError:
+        raise ConfigurationError("the operator's webhook URL has an invalid port") from None
+    return url
 
 
 def retry_delay_s(attempts: int, base_s: float, cap_s: float) -> float:

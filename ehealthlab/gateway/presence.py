@@ -43,7 +43,7 @@ from ehealthlab.contract.topics import STATUS_WILDCARD, TopicKind, parse_device_
 from ehealthlab.errors import EhealthlabError, PermissionDeniedError, ServiceUnavailableError
 from ehealthlab.gateway import broker_watch, device_registry
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
-from ehealthlab.store.db import Connection
+from ehealthlab.store.db import Connection, connect_kept_alive
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,6 @@ LOCK_KEY = 0x65686C2D70726573
 #: that lost the broker or PostgreSQL tries again: about the longest a fail-over takes
 RETRY_INTERVAL_S = 2.0
 CONNECT_TIMEOUT_S = 5
-#: keepalives on both ends of the lock's connection, in seconds: a silent network loss ends
-#: the session (and frees the lock) on the server, and fails the leader's next statement,
-#: within about IDLE + INTERVAL x COUNT
-KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 4, 2, 2
 
 
 def status_of(payload: bytes) -> StatusMessage | None:
@@ -180,27 +176,13 @@ class _LockSession:
             raise LockLostError(f"presence: lost PostgreSQL ({_first_line(exc)})") from None
 
     def _open(self) -> Connection:
-        conn = psycopg.connect(
+        # keepalives on both ends: a silent network loss ends the session (and frees the
+        # lock) on the server, and fails the leader's next statement, within seconds
+        return connect_kept_alive(
             self._url,
-            autocommit=True,
+            application_name(socket.gethostname(), os.getpid()),
             connect_timeout=CONNECT_TIMEOUT_S,
-            application_name=application_name(socket.gethostname(), os.getpid()),
-            keepalives=1,
-            keepalives_idle=KEEPALIVE_IDLE_S,
-            keepalives_interval=KEEPALIVE_INTERVAL_S,
-            keepalives_count=KEEPALIVE_COUNT,
-            tcp_user_timeout=1000 * (KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT),
         )
-        try:
-            conn.execute(
-                f"SET tcp_keepalives_idle = {KEEPALIVE_IDLE_S};"
-                f" SET tcp_keepalives_interval = {KEEPALIVE_INTERVAL_S};"
-                f" SET tcp_keepalives_count = {KEEPALIVE_COUNT}"
-            )
-        except psycopg.Error:
-            conn.close()
-            raise
-        return conn
 
 
 def _first_line(exc: BaseException) -> str:
