@@ -8,10 +8,14 @@ values, and sees broker refusals as the platform's own errors, never paho's retu
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -166,6 +170,56 @@ class DecodingClient(paho.Client):
         if decoded.qos == 1 and not self._manual_ack:
             return self._send_puback(decoded.mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+#: how long a close waits for the broker to close its side after ours, then closes anyway
+CLOSE_FLUSH_S = 2.0
+_DRAIN_SIZE = 256 * 1024
+
+
+def close_gracefully(sock: Any, pending: bytes = b"", timeout_s: float = CLOSE_FLUSH_S) -> None:
+    """Send `pending`, half-close, read until the broker closes its side (or `timeout_s`
+    passes), then close.
+
+    A socket closed while bytes from the peer wait unread in it is reset (RST), not closed,
+    and a reset throws away what this side had written and the peer had not received yet:
+    the DISCONNECT and the acknowledgements behind it when the broker is slow to read. paho
+    closes its socket right after writing DISCONNECT, whatever it has not read. Reading to
+    the end first leaves nothing unread, so the close is an orderly FIN after the data
+    (tests/test_mqtt_graceful_close.py shows both)."""
+    with contextlib.suppress(OSError, ValueError):
+        sock.settimeout(timeout_s)
+        if pending:
+            sock.sendall(pending)
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and sock.recv(_DRAIN_SIZE):
+            pass
+    sock.close()
+
+
+class GracefulSocket:
+    """paho's socket, closed by `close_gracefully`; everything else is the socket's own."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def close(self) -> None:
+        close_gracefully(self._sock)
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def __getattr__(self, name: str) -> Any:  # recv, send, setblocking, pending, shutdown...
+        return getattr(self._sock, name)
+
+
+class GracefulClient(DecodingClient):
+    """A `DecodingClient` whose socket closes gracefully (`close_gracefully`); `_create_socket`
+    is paho's own (2.x) seam between connecting and talking."""
+
+    def _create_socket(self) -> Any:
+        return GracefulSocket(super()._create_socket())
 
 
 def new_client(

@@ -21,6 +21,7 @@ from ehealthlab.errors import AuthenticationError, PermissionDeniedError
 from ehealthlab.mqtt.common import (
     DEFAULT_TIMEOUT_S,
     BrokerAddress,
+    GracefulClient,
     MessageHandler,
     MqttError,
     PacketTooLargeError,
@@ -82,7 +83,10 @@ class MqttConnection:
         self._untracked: set[int] = set()
         self.session_present = False
 
-        client = new_client(broker, client_id, manual_ack=manual_ack, will=will)
+        # closed gracefully: paho closes right after its DISCONNECT, whatever it has not read
+        client = new_client(
+            broker, client_id, manual_ack=manual_ack, will=will, client_class=GracefulClient
+        )
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(max_queued)
         client.on_connect = self._handle_connect
@@ -137,9 +141,10 @@ class MqttConnection:
         """
         sock = self._client.socket()
         if sock is not None:
-            if isinstance(sock, socket.socket):
+            shutdown = getattr(sock, "shutdown", None)  # a socket, or our GracefulSocket
+            if shutdown is not None:
                 with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                    shutdown(socket.SHUT_RDWR)
             sock.close()
         self._stop_network_thread()
 

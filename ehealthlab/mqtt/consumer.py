@@ -38,6 +38,7 @@ from ehealthlab.mqtt.common import (
     DecodingClient,
     MqttError,
     ReceivedMessage,
+    close_gracefully,
     connect_properties,
     new_client,
     received_message,
@@ -48,8 +49,6 @@ from ehealthlab.mqtt.publish_decoder import DecodedPublish
 
 #: what one recv() asks the kernel for
 _READ_SIZE = 256 * 1024
-#: how long close() waits for the last bytes (a DISCONNECT) to leave
-_CLOSE_FLUSH_S = 2.0
 
 
 class _BufferedSocket:
@@ -105,21 +104,11 @@ class _BufferedSocket:
             del self._out[:sent]
 
     def close(self) -> None:
-        """Send what is gathered, then close gracefully. A socket closed with unread bytes
-        from the peer is reset instead (RST): the broker then drops what it had received
-        and not yet read, acknowledgements included (measured: up to 286 of 300 messages
-        came again on the next connection). So: half-close, read until the broker closes
-        its side (bounded), then close."""
-        with contextlib.suppress(OSError):
-            self._sock.settimeout(_CLOSE_FLUSH_S)
-            if self._out:
-                self._sock.sendall(bytes(self._out))
-            self._out.clear()
-            self._sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + _CLOSE_FLUSH_S
-            while time.monotonic() < deadline and self._sock.recv(_READ_SIZE):
-                pass
-        self._sock.close()
+        """Send what is gathered, then close gracefully (`close_gracefully`: a reset would
+        make the broker drop what it had not read yet, acknowledgements included; measured:
+        up to 286 of 300 messages came again on the next connection)."""
+        pending, self._out = bytes(self._out), bytearray()
+        close_gracefully(self._sock, pending)
 
     def fileno(self) -> int:
         return int(self._sock.fileno())
