@@ -297,4 +297,4 @@ def test_the_workers_share_one_budget_of_failed_token_checks(api_with_workers: A
     plain = answers.count(401)
     assert plain >= math.ceil(BURST / 2)  # the worker that took most had its whole share
     assert plain <= 2 * math.ceil(BURST / 2) + math.floor(earned), answers
-    assert answers[-1] == 429
+    assert 429 in answers  # (not necessarily last: a worker started again may take the last)

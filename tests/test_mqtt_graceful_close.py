@@ -17,7 +17,6 @@ from ehealthlab.mqtt import BrokerAddress, MqttConnection
 from ehealthlab.mqtt.common import GracefulSocket, close_gracefully
 
 UNREAD = 50_000  # bytes the peer sends and the client never reads
-LATE_S = 1.0  # how long the peer waits before reading what the client wrote
 
 
 def _fill(sock: socket.socket) -> int:
@@ -34,17 +33,19 @@ def _fill(sock: socket.socket) -> int:
 
 
 @pytest.fixture
-def slow_peer() -> Iterator[tuple[socket.socket, Callable[[], tuple[int, str]]]]:
-    """A connected client socket, and a function telling what its peer — which wrote UNREAD
-    bytes to it and reads only after LATE_S — received, and how its reading ended."""
+def slow_peer() -> Iterator[tuple[socket.socket, threading.Event, Callable[[], tuple[int, str]]]]:
+    """A connected client socket; an event that lets its peer, which wrote UNREAD bytes to
+    it, start reading; and a function telling what the peer received and how its reading
+    ended."""
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
     peer, _ = server.accept()
     peer.sendall(b"x" * UNREAD)
+    go = threading.Event()
     received = [0, "nothing"]
 
-    def read_late() -> None:
-        time.sleep(LATE_S)
+    def read_when_told() -> None:
+        go.wait(60)
         try:
             while data := peer.recv(1 << 20):
                 received[0] += len(data)
@@ -54,25 +55,28 @@ def slow_peer() -> Iterator[tuple[socket.socket, Callable[[], tuple[int, str]]]]
         finally:
             peer.close()
 
-    reader = threading.Thread(target=read_late)
+    reader = threading.Thread(target=read_when_told)
     reader.start()
 
     def outcome() -> tuple[int, str]:
-        reader.join(30)
+        reader.join(60)
         return received[0], received[1]
 
     try:
-        yield client, outcome
+        yield client, go, outcome
     finally:
-        reader.join(30)
+        go.set()
+        reader.join(60)
         server.close()
 
 
 def test_a_plain_close_with_unread_bytes_resets_and_loses_what_was_written(slow_peer) -> None:
-    """The hazard itself, so that the test below means something."""
-    client, outcome = slow_peer
+    """The hazard itself, so that the test below means something: the peer reads only once
+    the client has closed."""
+    client, go, outcome = slow_peer
     written = _fill(client)
     client.close()
+    go.set()
     received, ended = outcome()
     print("FIGURES plain-close", {"written": written, "received": received, "ended": ended})
     assert ended == "ConnectionResetError"
@@ -80,9 +84,11 @@ def test_a_plain_close_with_unread_bytes_resets_and_loses_what_was_written(slow_
 
 
 def test_a_graceful_close_delivers_everything_written_and_ends_the_stream(slow_peer) -> None:
-    client, outcome = slow_peer
+    """The peer reads only once the client has begun to close (what a slow broker does)."""
+    client, go, outcome = slow_peer
     written = _fill(client)
-    close_gracefully(client, b"\xe0\x00")  # and a DISCONNECT after it
+    go.set()
+    close_gracefully(client, b"\xe0\x00", timeout_s=30)  # and a DISCONNECT after it
     received, ended = outcome()
     print("FIGURES graceful-close", {"written": written + 2, "received": received, "ended": ended})
     assert (received, ended) == (written + 2, "end of stream")

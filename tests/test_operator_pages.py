@@ -133,10 +133,13 @@ def test_pages_that_cannot_be_told_as_one_are_not_merged(pending: Page, new: Pag
         ("ftp://chat.example.org/x", "http:// or https://"),
         ("https:///no-host", "http:// or https://"),
         ("https://zz-user:zz-pw@chat.example.org/x", "user or password"),
-        ("https://chat.example.org/ho oks/abc", "blank or control character"),
-        ("https://chat.example.org/hooks/\x00abc", "blank or control character"),
-        ("https://chat.example.org:99999/hooks/abc", "invalid port"),
-        ("https://chat.example.org:port/hooks/abc", "invalid port"),
+        ("https://chat.example.org/ho oks/abc", "a blank, a control or a non-ASCII"),
+        ("https://chat.example.org/hooks/\x00abc", "a blank, a control or a non-ASCII"),
+        ("https://chat.example.org/hooks/\u00e9abc", "a blank, a control or a non-ASCII"),
+        ("https://chat.example.org:99999/hooks/abc", "invalid host or port"),
+        ("https://chat.example.org:port/hooks/abc", "invalid host or port"),
+        ("https://chat.example.org:0/hooks/abc", "invalid host or port"),
+        ("https://[abc/hooks/x", "invalid host or port"),
     ],
 )
 def test_a_webhook_url_the_pager_can_post_to(url: str, refused: str | None) -> None:

@@ -222,7 +222,8 @@ def test_past_the_queue_limit_the_broker_drops_and_the_platform_records_it(
             recorded_drops = _recorded_drops(pilot)
             # the first page goes out at once; drops recorded after it wait out COALESCE_S
             # (pager.py) in one page, which this test does not wait for
-            paged = eventually(lambda: bool(operator.pages()), 30)
+            paged = eventually(lambda: _pages_kept(pilot)[0] > 0, 30)  # sent and committed
+            pager.stop()
             kept = _pages_kept(pilot)
         finally:
             pager.stop()

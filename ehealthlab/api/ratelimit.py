@@ -4,7 +4,8 @@ Failed token checks are counted per client (its address; a whole IPv6 /64, which
 usually holds) in a token bucket: BURST failures pass as plain 401s, then the bucket refills
 at REFILL_PER_S, and a failure from an empty bucket is answered 429 with `Retry-After`.
 Failures while throttled still count (down to -BURST), so a client that ignores
-`Retry-After` stays throttled, for at most 2 * BURST / REFILL_PER_S seconds.
+`Retry-After` stays throttled, for at most 2 * burst / refill seconds of its worker's share
+(120 s for one worker; 6 * N * (ceil(BURST / N) + 1) s for N).
 
 Only failures are counted and a token is always checked, throttled or not: a correct token
 passes at once whatever its address did (no lockout of the real owner behind the same NAT as
@@ -15,9 +16,10 @@ limit protects is the database's time and the logs' signal.
 Each API process keeps its own limiter in memory, and `ehealthlab api --workers N` gives each
 1/N of the budget (`for_workers`): ceil(BURST / N) failures at once and REFILL_PER_S / N
 earned back. The kernel spreads a client's connections over the workers as it likes, so
-however they land an address gets at most N * ceil(BURST / N) failures (BURST, or a few more)
-as plain 401s in all, and earns back no more than REFILL_PER_S, as one process would give it
-— without a database write per failure, the load the limit is there to shed. A client whose
+however they land an address gets at most N * ceil(BURST / N) failures (BURST, or a few more;
+N itself past BURST workers, where each keeps one) as plain 401s in all, and earns back no
+more than REFILL_PER_S, as one process would give it — without a database write per
+failure, the load the limit is there to shed. A client whose
 every request reaches one worker (one kept-alive connection) is throttled sooner, after
 ceil(BURST / N): stricter, never looser. docs/reliability-security.md.
 """

@@ -105,21 +105,26 @@ def webhook_body(pages: Sequence[QueuedPage], *, source: str = "ehealthlab") -> 
 def webhook_url(url: str) -> str:
     """`url` when the pager can POST to it, else ConfigurationError saying why, without the
     URL: http or https, a host, a valid port, no user or password (http.client would not
-    send them), no blank or control character."""
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
-        raise ConfigurationError("the operator's webhook URL has a blank or control character")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    send them), only printable ASCII (percent-encode the rest)."""
+    if any(not 0x20 < ord(c) < 0x7F for c in url):
+        raise ConfigurationError(
+            "the operator's webhook URL has a blank, a control or a non-ASCII character"
+            " (percent-encode it)"
+        )
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port  # both checked when read
+    except ValueError:
+        raise ConfigurationError("the operator's webhook URL has an invalid host or port") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise ConfigurationError("the operator's webhook must be an http:// or https:// URL")
+    if port == 0:
+        raise ConfigurationError("the operator's webhook URL has an invalid host or port")
     if parts.username is not None or parts.password is not None:
         raise ConfigurationError(
             "the operator's webhook URL has a user or password: put the key in its path or "
             "query, as incoming webhooks do"
         )
-    try:
-        parts.port  # noqa: B018 (urlsplit checks the port when it is read)
-    except ValueError:
-        raise ConfigurationError("the operator's webhook URL has an invalid port") from None
     return url
 
 

@@ -27,6 +27,7 @@ import socket
 import ssl
 import threading
 from datetime import datetime
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import psycopg
@@ -120,6 +121,11 @@ class Webhook:
         deadline.daemon = True
         deadline.start()
         try:
+            # connecting first: a deadline that passed while there was no socket to cut
+            # (a slow name lookup or connect) must still end the try
+            connection.connect()
+            if cut.is_set():
+                raise TimeoutError
             connection.request(
                 "POST",
                 self._target,
@@ -127,7 +133,7 @@ class Webhook:
                 headers={"Content-Type": "application/json", "User-Agent": "ehealthlab-pager"},
             )
             response = connection.getresponse()
-            status, reason = response.status, response.reason
+            status = response.status
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise PageDeliveryError(_failure(exc, cut.is_set(), self.timeout_s)) from None
         finally:
@@ -136,8 +142,12 @@ class Webhook:
         if cut.is_set():  # cut mid-headers, http.client takes the end of input for their end
             raise PageDeliveryError(_failure(TimeoutError(), True, self.timeout_s))
         if not 200 <= status < 300:
-            reason = "".join(c for c in str(reason)[:80] if c.isprintable())
-            raise PageDeliveryError(f"the webhook answered HTTP {status} {reason}".rstrip())
+            # the standard phrase, not the server's (a proxy may echo the path, and its key)
+            try:
+                phrase = HTTPStatus(status).phrase
+            except ValueError:
+                phrase = ""
+            raise PageDeliveryError(f"the webhook answered HTTP {status} {phrase}".rstrip())
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._https:
@@ -157,7 +167,9 @@ def _cut(connection: http.client.HTTPConnection, cut: threading.Event) -> None:
     sock = connection.sock
     if sock is not None:
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            # the plain socket's shutdown, also under TLS: SSLSocket.shutdown would first
+            # drop the TLS state another thread is using to write
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _failure(exc: BaseException, cut: bool, timeout_s: float) -> str:

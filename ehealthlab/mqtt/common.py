@@ -187,14 +187,16 @@ def close_gracefully(sock: Any, pending: bytes = b"", timeout_s: float = CLOSE_F
     closes its socket right after writing DISCONNECT, whatever it has not read. Reading to
     the end first leaves nothing unread, so the close is an orderly FIN after the data
     (tests/test_mqtt_graceful_close.py shows both)."""
+    deadline = time.monotonic() + timeout_s
     with contextlib.suppress(OSError, ValueError):
         sock.settimeout(timeout_s)
         if pending:
             sock.sendall(pending)
         sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and sock.recv(_DRAIN_SIZE):
-            pass
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(_DRAIN_SIZE):
+                break
     sock.close()
 
 
