@@ -42,7 +42,7 @@ from ehealthlab.gateway.operator_pages import (
     webhook_body,
     webhook_url,
 )
-from ehealthlab.store.db import Connection, connect_kept_alive
+from ehealthlab.store.db import Connection, connect_kept_alive, first_line
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ class Pager:
                 if sent == 0:
                     break
         except psycopg.Error as exc:
-            log.warning("pager: cannot read the operator's pages now: %s", _first_line(exc))
+            log.warning("pager: cannot read the operator's pages now: %s", first_line(exc))
             self._disconnect()
         except Exception:  # a pager that dies pages nobody: log it and go on
             log.exception("pager: unexpected failure; trying again in %.0f s", self._interval_s)
@@ -306,8 +306,3 @@ class Pager:
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

@@ -43,7 +43,7 @@ from ehealthlab.contract.topics import STATUS_WILDCARD, TopicKind, parse_device_
 from ehealthlab.errors import EhealthlabError, PermissionDeniedError, ServiceUnavailableError
 from ehealthlab.gateway import broker_watch, device_registry
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
-from ehealthlab.store.db import Connection, connect_kept_alive
+from ehealthlab.store.db import Connection, connect_kept_alive, first_line
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class _LockSession:
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
         except psycopg.Error as exc:
             self.close()
-            raise ServiceUnavailableError(f"cannot reach PostgreSQL ({_first_line(exc)})") from None
+            raise ServiceUnavailableError(f"cannot reach PostgreSQL ({first_line(exc)})") from None
         return bool(row and row[0])
 
     def check(self) -> None:
@@ -173,7 +173,7 @@ class _LockSession:
             if not (conn.broken or conn.closed):
                 raise
             self.close()
-            raise LockLostError(f"presence: lost PostgreSQL ({_first_line(exc)})") from None
+            raise LockLostError(f"presence: lost PostgreSQL ({first_line(exc)})") from None
 
     def _open(self) -> Connection:
         # keepalives on both ends: a silent network loss ends the session (and frees the
@@ -183,11 +183,6 @@ class _LockSession:
             application_name(socket.gethostname(), os.getpid()),
             connect_timeout=CONNECT_TIMEOUT_S,
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 class Presence:

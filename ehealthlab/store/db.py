@@ -13,16 +13,23 @@ from ehealthlab.settings import Settings
 Connection: TypeAlias = psycopg.Connection[tuple[Any, ...]]
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first non-blank line of an error's message (psycopg's run to several), for a
+    one-line report; `default`, or the error's class name, when it has none."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return default if default is not None else type(exc).__name__
+
+
 def connect(settings: Settings, *, autocommit: bool = False) -> Connection:
     """A connection to the configured database, or ServiceUnavailableError saying why not."""
     url = settings.require_database_url()
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[0] if lines else "no answer"
         raise ServiceUnavailableError(
-            f"cannot reach PostgreSQL ({reason}); start the local stack with "
+            f"cannot reach PostgreSQL ({first_line(exc, 'no answer')}); start the local stack with "
             "`ehealthlab stack up` or fix EHEALTHLAB_DATABASE_URL"
         ) from None
 
