@@ -53,9 +53,9 @@ class ApiProcess:
     url: str
     log: IO[bytes]
 
-    def log_text(self) -> str:
+    def log_text(self, last: int = 4000) -> str:
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
+        return self.log.read().decode(errors="replace")[-last:]
 
 
 def _environment(settings: Settings, state_dir: Path) -> dict[str, str]:
@@ -148,6 +148,18 @@ def api_with_workers(
             time.sleep(0.1)
         else:
             pytest.fail(f"the API did not answer:\n{api.log_text()}")
+        # the supervisor listens as soon as one worker has started: wait for the other too,
+        # and stop at once if one failed its start (uvicorn then stops the API on its next
+        # look at it, which the first worker's death prompts)
+        while process.poll() is None and time.monotonic() < deadline:
+            started = api.log_text(last=1 << 30)
+            if "Application startup failed" in started:
+                pytest.fail(f"a worker failed its start:\n{api.log_text()}")
+            if started.count("Application startup complete") >= 2:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"both workers did not start:\n{api.log_text()}")
         yield api
     finally:
         if process.poll() is None:
@@ -164,8 +176,8 @@ def test_two_worker_processes_serve_the_api(api_with_workers: ApiProcess) -> Non
     status, body = _get(f"{api_with_workers.url}/openapi.json")
     assert status == 200
     assert json.loads(body)["info"]["title"] == "ehealthlab API"
-    # both workers were spawned and are alive, each having built its app (the supervisor
-    # only listens once they started; a worker whose app failed to start would have exited)
+    # both workers were spawned and are alive, each having built its app (the fixture waits
+    # for both to say so)
     deadline = time.monotonic() + WAIT_S
     while True:
         workers = _workers(api_with_workers)

@@ -8,7 +8,9 @@ just created; each process must still end with the role given, not fail its star
 
 from __future__ import annotations
 
+import secrets
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,3 +63,53 @@ def test_processes_giving_the_platform_role_at_once_all_succeed(
         client = dynsec.get_client(b.admin_username) or {}
         assert PLATFORM_ROLE in {r.get("rolename") for r in client.get("roles", [])}
         assert dynsec.get_role(PLATFORM_ROLE) is not None
+
+
+KICKING_S = 0.4  # shorter than the administrative client's attempts to connect (about 1 s)
+
+
+def test_a_connection_dropped_as_it_is_made_is_made_again(fresh_broker: MosquittoBroker) -> None:
+    """Another process giving the platform client a role drops every connection of that
+    client, one being made included: the API's second worker failed its start that way
+    (its subscription to the answers lost), and uvicorn then stopped the whole API."""
+    b = fresh_broker
+    address = BrokerAddress(b.host, b.port, b.admin_username, b.admin_password)
+    kicker = BrokerAddress(b.host, b.port, "kicker", secrets.token_hex(8))
+    with DynamicSecurity(address) as dynsec:
+        dynsec.execute(
+            {"command": "createRole", "rolename": "nothing", "acls": []},
+            {
+                "command": "createClient",
+                "username": kicker.username,
+                "password": kicker.password,
+                "roles": [{"rolename": "admin"}],
+            },
+        )
+    kicks = 0
+    stop = threading.Event()
+
+    def kick() -> None:
+        """Change the platform client's roles, which drops its connections, again and again."""
+        nonlocal kicks
+        with DynamicSecurity(kicker) as other:
+            deadline = time.monotonic() + KICKING_S
+            while time.monotonic() < deadline and not stop.is_set():
+                for command in ("addClientRole", "removeClientRole"):
+                    role = {"username": b.admin_username, "rolename": "nothing"}
+                    other.execute({"command": command, **role})
+                    kicks += 1
+
+    kicking = threading.Thread(target=kick)
+    kicking.start()
+    made = 0
+    try:
+        while kicks == 0 and kicking.is_alive():
+            time.sleep(0.001)
+        while kicking.is_alive():  # each made while the broker drops them
+            DynamicSecurity(address).__exit__(None, None, None)
+            made += 1
+    finally:
+        stop.set()
+        kicking.join(WAIT_S)
+    print(f"{made} connections made during {kicks} kicks")
+    assert kicks > 0 and made > 0

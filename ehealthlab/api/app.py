@@ -42,7 +42,7 @@ from ehealthlab.gateway.dynsec import DynamicSecurity, DynsecError
 from ehealthlab.gateway.pager import Pager, Webhook
 from ehealthlab.gateway.presence import Presence
 from ehealthlab.ingest.alerts import DEFAULT_RULES, load_rules
-from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError
+from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError, again_when_dropped
 from ehealthlab.portal import routes as portal_routes
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection, connect
@@ -127,14 +127,14 @@ def check_services(settings: Settings) -> None:
     settings.require_patient_key()
     settings.operator_webhook()
     connect(settings).close()
-    probe = MqttConnection(broker, f"ehl-api-check-{uuid.uuid4().hex[:8]}")
     try:
-        probe.connect()
+        again_when_dropped(
+            lambda: MqttConnection(broker, f"ehl-api-check-{uuid.uuid4().hex[:8]}").connect()
+        ).close()
     except AuthenticationError as exc:
         raise ConfigurationError(
             f"the MQTT broker refused EHEALTHLAB_MQTT_USERNAME/EHEALTHLAB_MQTT_PASSWORD ({exc})"
         ) from None
-    probe.close()
 
 
 def _platform_broker(settings: Settings) -> tuple[BrokerAddress, str]:

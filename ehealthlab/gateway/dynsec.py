@@ -28,7 +28,13 @@ from ehealthlab.contract.topics import (
     status_topic,
 )
 from ehealthlab.errors import EhealthlabError
-from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttError, ReceivedMessage
+from ehealthlab.mqtt import (
+    BrokerAddress,
+    MqttConnection,
+    MqttError,
+    ReceivedMessage,
+    again_when_dropped,
+)
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 PLATFORM_ROLE = "ehl-platform"
@@ -85,12 +91,23 @@ class DynamicSecurity:
         self._connection = self._connect()
 
     def _connect(self) -> MqttConnection:
-        connection = MqttConnection(
-            self._broker, f"ehl-gateway-{uuid.uuid4().hex[:8]}", on_message=self._receive
-        )
-        connection.connect()
-        connection.subscribe(RESPONSE_TOPIC)
-        return connection
+        """A new connection subscribed to the answers (made again while the broker drops it:
+        see `again_when_dropped`)."""
+
+        def attempt() -> MqttConnection:
+            connection = MqttConnection(
+                self._broker, f"ehl-gateway-{uuid.uuid4().hex[:8]}", on_message=self._receive
+            )
+            try:
+                connection.connect()
+                connection.subscribe(RESPONSE_TOPIC)
+            except MqttError:
+                with contextlib.suppress(MqttError):
+                    connection.close()
+                raise
+            return connection
+
+        return again_when_dropped(attempt)
 
     def __enter__(self) -> DynamicSecurity:
         return self

@@ -15,7 +15,7 @@ import uuid
 
 from ehealthlab.contract.topics import PLATFORM_PROBE_PREFIX
 from ehealthlab.errors import ConfigurationError, EhealthlabError
-from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
+from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage, again_when_dropped
 from ehealthlab.settings import Settings
 
 #: how long the probe may take to come back through the broker
@@ -27,16 +27,19 @@ def require_receive_stamp(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S
     ConfigurationError when it was declared to and does not."""
     if not settings.broker_receive_stamp:
         return
+    broker = BrokerAddress.from_settings(settings)
     client_id = f"ehl-stamp-probe-{uuid.uuid4().hex[:8]}"
     topic = f"{PLATFORM_PROBE_PREFIX}/{client_id}"
-    arrived: queue.Queue[ReceivedMessage] = queue.Queue()
-    try:
-        with MqttConnection(
-            BrokerAddress.from_settings(settings), client_id, on_message=arrived.put
-        ) as probe:
+
+    def probe_once() -> ReceivedMessage:
+        arrived: queue.Queue[ReceivedMessage] = queue.Queue()
+        with MqttConnection(broker, client_id, on_message=arrived.put) as probe:
             probe.subscribe(topic, qos=1)
             probe.publish(topic, b"does the broker stamp receive times?", qos=1)
-            message = arrived.get(timeout=timeout_s)
+            return arrived.get(timeout=timeout_s)
+
+    try:
+        message = again_when_dropped(probe_once)
     except queue.Empty:
         raise ConfigurationError(
             f"the broker's receive-stamp check got no answer on {topic} within "

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -37,6 +37,31 @@ SIMULATED_RECEIVE_PROPERTY = "ehl-simulated-received-at"
 
 class MqttError(EhealthlabError):
     """The broker did not do what was asked (timeout, lost connection, refusal)."""
+
+
+class ConnectionLostError(MqttError):
+    """The broker closed the connection before it answered: a kick (another connection
+    with the same client id, a change of the client's roles) or a broker going away."""
+
+
+_T = TypeVar("_T")
+
+#: how often, and how far apart, an operation the broker dropped is tried again
+DROPPED_ATTEMPTS = 5
+DROPPED_PAUSE_S = 0.1
+
+
+def again_when_dropped(operation: Callable[[], _T]) -> _T:
+    """`operation`, tried again (up to DROPPED_ATTEMPTS times, pausing 0.1, 0.2 … s) while
+    the broker drops its connection: another process of the platform giving the platform's
+    client its role disconnects every connection of that client (an API's workers and
+    ingest starting together do it), one being made included."""
+    for attempt in range(1, DROPPED_ATTEMPTS):
+        try:
+            return operation()
+        except ConnectionLostError:
+            time.sleep(DROPPED_PAUSE_S * attempt)
+    return operation()
 
 
 class PacketTooLargeError(MqttError):

@@ -21,6 +21,7 @@ from ehealthlab.errors import AuthenticationError, PermissionDeniedError
 from ehealthlab.mqtt.common import (
     DEFAULT_TIMEOUT_S,
     BrokerAddress,
+    ConnectionLostError,
     GracefulClient,
     MessageHandler,
     MqttError,
@@ -37,6 +38,8 @@ from ehealthlab.mqtt.common import (
 from ehealthlab.mqtt.publish_decoder import DecodedPublish
 
 _MAX_MESSAGE_IDS = 65_535
+#: paho's answers to an operation asked of a client whose connection is gone
+_LOST = frozenset({MQTTErrorCode.MQTT_ERR_NO_CONN, MQTTErrorCode.MQTT_ERR_CONN_LOST})
 
 
 class MqttConnection:
@@ -113,9 +116,11 @@ class MqttConnection:
         except OSError as exc:
             raise unreachable(self.broker, exc) from None
         self._client.loop_start()
-        self._connack_received.wait(timeout)
+        answered = self._connack_received.wait(timeout)
         if not self._connected.is_set():
             self.close()
+            if answered and (self._connack is None or not self._connack.is_failure):
+                raise ConnectionLostError(f"the broker closed {self.client_id!r} as it connected")
             if self._connack is not None:
                 raise AuthenticationError(
                     f"the broker refused {self.client_id!r}: {self._connack.getName()}"
@@ -361,11 +366,14 @@ class MqttConnection:
             self._acks.pop(mid, None)
             reason = self._ack_reasons.pop(mid, None)
         if reason is None:
-            state = "the connection was lost" if arrived else f"no answer within {timeout:.0f} s"
-            raise MqttError(f"{what}: {state}")
+            if arrived:
+                raise ConnectionLostError(f"{what}: the connection was lost")
+            raise MqttError(f"{what}: no answer within {timeout:.0f} s")
         return reason
 
     @staticmethod
     def _check(result: MQTTErrorCode, what: str) -> None:
+        if result in _LOST:
+            raise ConnectionLostError(f"{what}: {paho.error_string(result)}")
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttError(f"{what}: {paho.error_string(result)}")

@@ -35,6 +35,7 @@ from ehealthlab.errors import AuthenticationError, PermissionDeniedError
 from ehealthlab.mqtt.common import (
     DEFAULT_TIMEOUT_S,
     BrokerAddress,
+    ConnectionLostError,
     DecodingClient,
     MqttError,
     ReceivedMessage,
@@ -331,7 +332,7 @@ class MqttConsumer:
             self.pump(min(remaining, 0.1))
         reasons = self._answers.pop(mid, None)
         if reasons is None:
-            raise MqttError(f"{what}: the connection was lost")
+            raise ConnectionLostError(f"{what}: the connection was lost")
         return reasons
 
     # -- paho callbacks (called from within pump) ----------------------------------------
