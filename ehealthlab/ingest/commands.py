@@ -79,8 +79,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=float,
         default=20.0,
         metavar="MS",
-        help="longest wait to fill a batch (default 20); messages already read join it "
-        "after that too, so 0 stores what came while the last batch was being stored",
+        help="longest wait to fill a batch, counted from the broker's receipt of its first "
+        "message (default 20); messages already read join it after that too, so 0 stores "
+        "what came while the last batch was being stored",
     )
     parser.add_argument(
         "--batch-timeout",

@@ -181,7 +181,8 @@ class IngestWorker:
             return []
         batch = [first]
         readings = first.message.payload.count(b'"seq"')
-        deadline = time.monotonic() + self.config.batch_max_wait_s
+        wait_s = batch_wait_left(first.message, self.config.batch_max_wait_s, datetime.now(UTC))
+        deadline = time.monotonic() + wait_s
         while (
             len(batch) < self.config.batch_max_messages
             and readings < self.config.batch_max_readings
@@ -482,3 +483,14 @@ class IngestWorker:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def batch_wait_left(first: ReceivedMessage, wait_s: float, now: datetime) -> float:
+    """How long a batch begun with `first` may still wait to fill: the wait counts from when
+    the broker received that message, not from when this worker got to it, so that what came
+    while the last batch was being stored is not held a whole wait more. Within [0, wait_s]
+    (the broker's clock may not be quite ours); the whole wait without the broker's stamp."""
+    if not first.broker_stamped:
+        return wait_s
+    waited = (now - first.received_at).total_seconds()
+    return min(wait_s, max(0.0, wait_s - waited))
