@@ -327,7 +327,8 @@ class FleetDevice(threading.Thread):
         last_take = 0.0
         while not self.fleet.stopping.is_set():
             now = time.monotonic()
-            if self.taken < self.budget and now - last_take >= 1 / self.fleet.rate:
+            taking = self.taken < self.budget and not self.fleet.paused.is_set()
+            if taking and now - last_take >= 1 / self.fleet.rate:
                 # one reading a minute of device time: every key (device, metric, at) distinct
                 taken_at = base + timedelta(minutes=self.taken)
                 value = 36.0 + (self.taken % 20) / 10
@@ -363,6 +364,8 @@ class Fleet:
                  port: int, rate: float = 1.0, connect_timeout_s: float = 10,
                  ack_timeout_s: float = 30) -> None:  # fmt: skip
         self.stopping = threading.Event()
+        #: set: the devices take no new readings, and go on delivering what they hold
+        self.paused = threading.Event()
         self.rate = rate
         self._finished: set[str] = set()
         self._lock = threading.Lock()

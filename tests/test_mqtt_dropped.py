@@ -1,11 +1,15 @@
-"""`again_when_dropped`: an operation the broker dropped is tried again, nothing else is."""
+"""`again_when_dropped`: an operation the broker dropped is tried again, nothing else is; and
+what a connection raises, a drop, a refusal or silence, against a socket on loopback."""
 
 from __future__ import annotations
+
+import socket
+import threading
 
 import pytest
 
 from ehealthlab.errors import AuthenticationError
-from ehealthlab.mqtt import common
+from ehealthlab.mqtt import BrokerAddress, MqttConnection, common
 from ehealthlab.mqtt.common import (
     DROPPED_ATTEMPTS,
     ConnectionLostError,
@@ -65,3 +69,57 @@ def test_anything_but_a_drop_is_raised_at_once(failure: Exception) -> None:
     with pytest.raises(type(failure)):
         again_when_dropped(operation)
     assert operation.calls == 1
+
+
+# -- how MqttConnection tells a drop from a refusal and from silence, against a socket ------
+
+#: MQTT 5 CONNACK: no session present, reason 0x86 (bad user name or password), no properties
+CONNACK_BAD_PASSWORD = b"\x20\x03\x00\x86\x00"
+
+
+class FakeBroker:
+    """A loopback server that reads a client's CONNECT, then does one thing to it."""
+
+    def __init__(self, answer: bytes | None, *, close: bool) -> None:
+        self._answer, self._close = answer, close
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        client, _ = self._server.accept()
+        with client:
+            client.recv(1024)  # the CONNECT
+            if self._answer is not None:
+                client.sendall(self._answer)
+            if not self._close:
+                self._done.wait(30)  # silent until the test is over
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(10)
+        self._server.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "close", "raised"),
+    [
+        (None, True, ConnectionLostError),  # closed as it connected: a drop, tried again
+        (CONNACK_BAD_PASSWORD, True, AuthenticationError),  # refused, then closed
+        (None, False, MqttError),  # silent: no answer in time, never tried again
+    ],
+    ids=["dropped", "refused", "silent"],
+)
+def test_a_connection_says_why_it_failed(
+    answer: bytes | None, close: bool, raised: type[Exception]
+) -> None:
+    broker = FakeBroker(answer, close=close)
+    try:
+        connection = MqttConnection(BrokerAddress("127.0.0.1", broker.port), "probe")
+        with pytest.raises(raised) as caught:
+            connection.connect(timeout=1.0)
+    finally:
+        broker.stop()
+    assert type(caught.value) is raised, caught.value

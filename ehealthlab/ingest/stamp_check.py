@@ -11,11 +11,18 @@ to start, in one line, if it comes back unstamped.
 from __future__ import annotations
 
 import queue
+import time
 import uuid
 
 from ehealthlab.contract.topics import PLATFORM_PROBE_PREFIX
 from ehealthlab.errors import ConfigurationError, EhealthlabError
-from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage, again_when_dropped
+from ehealthlab.mqtt import (
+    BrokerAddress,
+    ConnectionLostError,
+    MqttConnection,
+    ReceivedMessage,
+    again_when_dropped,
+)
 from ehealthlab.settings import Settings
 
 #: how long the probe may take to come back through the broker
@@ -36,7 +43,17 @@ def require_receive_stamp(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S
         with MqttConnection(broker, client_id, on_message=arrived.put) as probe:
             probe.subscribe(topic, qos=1)
             probe.publish(topic, b"does the broker stamp receive times?", qos=1)
-            return arrived.get(timeout=timeout_s)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    return arrived.get(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    if not probe.is_connected:  # dropped before the probe came back
+                        raise ConnectionLostError(
+                            f"the probe on {topic}: the connection was lost"
+                        ) from None
+                    if time.monotonic() >= deadline:
+                        raise
 
     try:
         message = again_when_dropped(probe_once)

@@ -40,11 +40,15 @@ class MqttError(EhealthlabError):
 
 
 class ConnectionLostError(MqttError):
-    """The broker closed the connection before it answered: a kick (another connection
-    with the same client id, a change of the client's roles) or a broker going away."""
+    """The connection went before the broker answered: the broker closed it (a kick by
+    another connection with the same client id or a change of the client's roles, a broker
+    going away), or it was already closed when the operation was asked."""
 
 
 _T = TypeVar("_T")
+
+#: paho's answers to an operation asked of a client whose connection is gone
+LOST_CONNECTION = frozenset({MQTTErrorCode.MQTT_ERR_NO_CONN, MQTTErrorCode.MQTT_ERR_CONN_LOST})
 
 #: how often, and how far apart, an operation the broker dropped is tried again
 DROPPED_ATTEMPTS = 5

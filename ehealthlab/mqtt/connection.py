@@ -20,6 +20,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from ehealthlab.errors import AuthenticationError, PermissionDeniedError
 from ehealthlab.mqtt.common import (
     DEFAULT_TIMEOUT_S,
+    LOST_CONNECTION,
     BrokerAddress,
     ConnectionLostError,
     GracefulClient,
@@ -38,8 +39,6 @@ from ehealthlab.mqtt.common import (
 from ehealthlab.mqtt.publish_decoder import DecodedPublish
 
 _MAX_MESSAGE_IDS = 65_535
-#: paho's answers to an operation asked of a client whose connection is gone
-_LOST = frozenset({MQTTErrorCode.MQTT_ERR_NO_CONN, MQTTErrorCode.MQTT_ERR_CONN_LOST})
 
 
 class MqttConnection:
@@ -78,6 +77,8 @@ class MqttConnection:
         self._connected = threading.Event()
         self._connack_received = threading.Event()
         self._connack: ReasonCode | None = None
+        #: why the broker closed the connection last (its DISCONNECT's reason, or paho's)
+        self._lost_reason = "closed"
         #: the broker's Maximum Packet Size from its CONNACK (MQTT 5), None when it has none
         self.max_packet_size: int | None = None
         self._lock = threading.Lock()
@@ -120,8 +121,10 @@ class MqttConnection:
         if not self._connected.is_set():
             self.close()
             if answered and (self._connack is None or not self._connack.is_failure):
-                raise ConnectionLostError(f"the broker closed {self.client_id!r} as it connected")
-            if self._connack is not None:
+                raise ConnectionLostError(
+                    f"the broker closed {self.client_id!r} as it connected ({self._lost_reason})"
+                )
+            if self._connack is not None and self._connack.is_failure:
                 raise AuthenticationError(
                     f"the broker refused {self.client_id!r}: {self._connack.getName()}"
                 )
@@ -293,6 +296,7 @@ class MqttConnection:
         properties: Properties | None,
     ) -> None:
         was_connected = self._connected.is_set()
+        self._lost_reason = reason.getName()
         self._connected.clear()
         self._connack_received.set()  # a refusal may arrive as a disconnect
         with self._lock:
@@ -361,19 +365,22 @@ class MqttConnection:
     def _wait(self, mid: int, timeout: float, what: str) -> ReasonCode | list[ReasonCode]:
         with self._lock:
             event = self._acks.setdefault(mid, threading.Event())
+            if not self._connected.is_set() and mid not in self._ack_reasons:
+                # lost before this wait began: the disconnect woke only those waiting then
+                event.set()
         arrived = event.wait(timeout)
         with self._lock:
             self._acks.pop(mid, None)
             reason = self._ack_reasons.pop(mid, None)
         if reason is None:
             if arrived:
-                raise ConnectionLostError(f"{what}: the connection was lost")
+                raise ConnectionLostError(f"{what}: the connection was lost ({self._lost_reason})")
             raise MqttError(f"{what}: no answer within {timeout:.0f} s")
         return reason
 
     @staticmethod
     def _check(result: MQTTErrorCode, what: str) -> None:
-        if result in _LOST:
+        if result in LOST_CONNECTION:
             raise ConnectionLostError(f"{what}: {paho.error_string(result)}")
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttError(f"{what}: {paho.error_string(result)}")

@@ -34,6 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from ehealthlab.errors import AuthenticationError, PermissionDeniedError
 from ehealthlab.mqtt.common import (
     DEFAULT_TIMEOUT_S,
+    LOST_CONNECTION,
     BrokerAddress,
     ConnectionLostError,
     DecodingClient,
@@ -190,6 +191,8 @@ class MqttConsumer:
             self.pump(min(remaining, 0.1))
         if not self._connected:
             self.close()
+            if self._connack is not None and not self._connack.is_failure:
+                raise ConnectionLostError(f"the broker closed {self.client_id!r} as it connected")
             if self._connack is not None:
                 raise AuthenticationError(
                     f"the broker refused {self.client_id!r}: {self._connack.getName()}"
@@ -322,6 +325,8 @@ class MqttConsumer:
     def _answer(
         self, result: MQTTErrorCode, mid: int | None, timeout: float, what: str
     ) -> list[ReasonCode]:
+        if result in LOST_CONNECTION:
+            raise ConnectionLostError(f"{what}: {paho.error_string(result)}")
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise MqttError(f"{what}: {paho.error_string(result)}")
         deadline = time.monotonic() + timeout
