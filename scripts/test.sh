@@ -14,5 +14,8 @@ if [ "$#" -eq 0 ]; then  # the whole suite: linters first, so pytest's summary c
   echo "== pip-audit"; "$EHL_VENV/bin/python" scripts/audit_dependencies.py || status=1
 fi
 echo "== pytest"
-"$EHL_VENV/bin/python" -m pytest "$@" || status=$?
+# two workers, a module at a time, long modules first (tests/scheduling.py); each worker starts
+# its own PostgreSQL and Mosquitto. EHL_TEST_WORKERS=0 runs the suite in one process.
+"$EHL_VENV/bin/python" -m pytest -n "${EHL_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder \
+  "$@" || status=$?
 exit "$status"

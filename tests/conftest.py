@@ -51,7 +51,7 @@ from ehealthlab.store.reference import load_municipalities
 #: re-exported: modules import these from conftest
 __all__ = ["API_PATIENT_KEY", "create_database", "drop_database", "with_database"]
 
-pytest_plugins = ["servers"]
+pytest_plugins = ["servers", "scheduling"]
 
 # In CI (CI=true) hypothesis replays a fixed sequence of examples, so a submission never fails
 # on a draw the author never saw; locally it keeps exploring (and its database remembers).

@@ -35,6 +35,8 @@ from ehealthlab.stack.local import LocalStack
 from ehealthlab.stack.services import is_running
 from ehealthlab.stack.stack_settings import settings_with_stack
 
+pytestmark = pytest.mark.long  # started first when the suite runs in parallel
+
 DASHBOARDS = ("lab/operations.json", "lab/pilot.json", "provider/provider.json",
               "startup/startup.json")  # fmt: skip
 

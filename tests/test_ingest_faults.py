@@ -31,6 +31,8 @@ from ehealthlab.stack.postgres import PostgresServer
 from ehealthlab.stack.programs import ServiceAccount, place_for
 from ehealthlab.store.migrate import migrate
 
+pytestmark = pytest.mark.long  # started first when the suite runs in parallel
+
 
 @pytest.fixture(scope="module")
 def own_postgres(tmp_path_factory) -> Iterator[PostgresServer]:

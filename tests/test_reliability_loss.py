@@ -26,6 +26,8 @@ from reliability_fixtures import (
 )
 from test_ingest_faults import own_broker, own_postgres
 
+pytestmark = pytest.mark.long  # started first when the suite runs in parallel
+
 __all__ = ["own_broker", "own_postgres"]
 
 DEVICES = 50

@@ -43,6 +43,8 @@ from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.stack.ports import start_on_free_port
 from ehealthlab.stack.programs import ServiceAccount, place_for
 
+pytestmark = pytest.mark.long  # started first when the suite runs in parallel
+
 __all__ = ["own_broker", "own_postgres"]
 
 

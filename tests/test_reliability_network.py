@@ -14,6 +14,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from faultproxy import BLACKHOLE, PASS, RESET, FaultProxy, Mode, drip, latency
 from reliability_fixtures import (
     Fleet,
@@ -30,6 +31,8 @@ from test_ingest_faults import own_broker, own_postgres
 from ehealthlab.simulators.device import Device
 from ehealthlab.simulators.device_config import DeviceConfig, DeviceRegistration
 from ehealthlab.simulators.measurement import Measurement
+
+pytestmark = pytest.mark.long  # started first when the suite runs in parallel
 
 __all__ = ["own_broker", "own_postgres"]
 
