@@ -7,6 +7,7 @@ port) calls these factories instead of writing its own copy.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from ehealthlab.settings import Settings
-from ehealthlab.stack.ports import free_port
+from ehealthlab.stack.ports import LOOPBACK
 
 #: the patient key of the shared `settings` (pseudonyms in tests are computed with it)
 API_PATIENT_KEY = "patient key of the API tests, long enough"
@@ -96,18 +97,22 @@ def served(settings: Settings) -> Iterator[str]:
 
     from ehealthlab.api.app import create_app  # noqa: PLC0415
 
-    port = free_port()
+    # bound here and handed to uvicorn: a port asked for and bound later may be taken meanwhile
+    # by another process (the suite runs on several workers)
+    listener = socket.create_server((LOOPBACK, 0))
+    port = listener.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(settings), host=LOOPBACK, port=port, log_level="warning")
     )
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + START_DEADLINE_S
         while not server.started and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server.started, "the API server did not start"
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{LOOPBACK}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        listener.close()

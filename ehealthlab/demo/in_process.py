@@ -4,6 +4,7 @@ stack's background services instead, which outlive it)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -16,7 +17,7 @@ from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.worker import IngestWorker
 from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
-from ehealthlab.stack.ports import free_port
+from ehealthlab.stack.ports import LOOPBACK
 
 
 class LocalServices:
@@ -32,19 +33,25 @@ class LocalServices:
         if username is not None:
             with DynamicSecurity(BrokerAddress.from_settings(self.settings)) as dynsec:
                 dynsec.ensure_platform_role(username)
-        port = free_port()
+        # bound before uvicorn has it, so no other process can take the port in between
+        self._listener = socket.create_server((LOOPBACK, 0))
+        port = self._listener.getsockname()[1]
         config = uvicorn.Config(
-            create_app(self.settings), host="127.0.0.1", port=port, log_level="warning"
+            create_app(self.settings), host=LOOPBACK, port=port, log_level="warning"
         )
         self._server = uvicorn.Server(config)
-        self._api = threading.Thread(target=self._server.run, daemon=True)
+        self._api = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._listener]}, daemon=True
+        )
         self._api.start()
         deadline = time.monotonic() + 20
         while not self._server.started:
             if time.monotonic() > deadline or not self._api.is_alive():
+                self._server.should_exit = True
+                self._listener.close()
                 raise StackError("the API did not start; see the messages above")
             time.sleep(0.05)
-        self.api_url = f"http://127.0.0.1:{port}"
+        self.api_url = f"http://{LOOPBACK}:{port}"
         self._worker = IngestWorker(self.settings, "ingest-demo")
         self._ingest = threading.Thread(target=self._worker.run, args=(self._stop,), daemon=True)
         self._ingest.start()
@@ -58,3 +65,4 @@ class LocalServices:
         self._ingest.join(timeout=15)
         self._server.should_exit = True
         self._api.join(timeout=15)
+        self._listener.close()
