@@ -23,7 +23,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _rank(module_items: list[pytest.Item]) -> int:
     if any(item.get_closest_marker("long") is not None for item in module_items):
         return 0
-    if any("simulated_pilot" in item.fixturenames for item in module_items):
+    if any("simulated_pilot" in getattr(item, "fixturenames", ()) for item in module_items):
         return 1
     return 2
 
