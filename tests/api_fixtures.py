@@ -7,9 +7,6 @@ port) calls these factories instead of writing its own copy.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +19,6 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from ehealthlab.settings import Settings
-from ehealthlab.stack.ports import LOOPBACK
 
 #: the patient key of the shared `settings` (pseudonyms in tests are computed with it)
 API_PATIENT_KEY = "patient key of the API tests, long enough"
@@ -93,26 +89,7 @@ def app_client(settings: Settings, **client_options: Any) -> Iterator[TestClient
 def served(settings: Settings) -> Iterator[str]:
     """The HTTP API over `settings` served by uvicorn in a thread on 127.0.0.1 (real HTTP, for
     clients in other threads or processes): its base URL, until exit."""
-    import uvicorn  # noqa: PLC0415
+    from ehealthlab.demo.in_process import api_in_thread  # noqa: PLC0415
 
-    from ehealthlab.api.app import create_app  # noqa: PLC0415
-
-    # bound here and handed to uvicorn: a port asked for and bound later may be taken meanwhile
-    # by another process (the suite runs on several workers)
-    listener = socket.create_server((LOOPBACK, 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host=LOOPBACK, port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + START_DEADLINE_S
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started, "the API server did not start"
-        yield f"http://{LOOPBACK}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        listener.close()
+    with api_in_thread(settings, START_DEADLINE_S) as url:
+        yield url

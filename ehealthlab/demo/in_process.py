@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import uvicorn
 
@@ -19,43 +21,57 @@ from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
 from ehealthlab.stack.ports import LOOPBACK
 
+#: how long the in-process API may take to start
+API_START_TIMEOUT_S = 20.0
+
+
+@contextmanager
+def api_in_thread(
+    settings: Settings, start_timeout_s: float = API_START_TIMEOUT_S
+) -> Iterator[str]:
+    """The HTTP API over `settings`, served by uvicorn in a thread on loopback: its base URL,
+    until exit. The port is bound here and handed to uvicorn, so no other process can take it
+    between the choice and the bind."""
+    listener = socket.create_server((LOOPBACK, 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host=LOOPBACK, port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise StackError("the API did not start; see the messages above")
+            time.sleep(0.05)
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        listener.close()
+
 
 class LocalServices:
-    """The API (uvicorn on a free loopback port) and one ingest worker, in this process."""
+    """The API (`api_in_thread`) and one ingest worker, in this process."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.api_url = ""
         self._stop = threading.Event()
+        self._api = ExitStack()
 
     def __enter__(self) -> LocalServices:
         username = self.settings.mqtt_username
         if username is not None:
             with DynamicSecurity(BrokerAddress.from_settings(self.settings)) as dynsec:
                 dynsec.ensure_platform_role(username)
-        # bound before uvicorn has it, so no other process can take the port in between
-        self._listener = socket.create_server((LOOPBACK, 0))
-        port = self._listener.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(self.settings), host=LOOPBACK, port=port, log_level="warning"
-        )
-        self._server = uvicorn.Server(config)
-        self._api = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._listener]}, daemon=True
-        )
-        self._api.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._api.is_alive():
-                self._server.should_exit = True
-                self._listener.close()
-                raise StackError("the API did not start; see the messages above")
-            time.sleep(0.05)
-        self.api_url = f"http://{LOOPBACK}:{port}"
+        self.api_url = self._api.enter_context(api_in_thread(self.settings))
         self._worker = IngestWorker(self.settings, "ingest-demo")
         self._ingest = threading.Thread(target=self._worker.run, args=(self._stop,), daemon=True)
         self._ingest.start()
         if not self._worker.subscribed.wait(20):
+            self.__exit__()
             raise StackError("the ingest worker could not subscribe; see the messages above")
         say(f"api: {self.api_url} (OpenAPI at /docs); ingest: worker {self._worker.name}")
         return self
@@ -63,6 +79,4 @@ class LocalServices:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._ingest.join(timeout=15)
-        self._server.should_exit = True
-        self._api.join(timeout=15)
-        self._listener.close()
+        self._api.close()
