@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from ehealthlab.simulators.device import Device
 from ehealthlab.simulators.device_config import DeviceConfig, DeviceRegistration
 from ehealthlab.simulators.measurement import Measurement
 from ehealthlab.stack.mosquitto import MosquittoBroker
+from ehealthlab.stack.programs import log_since
 from ehealthlab.store.migrate import migrate
 
 
@@ -71,12 +73,25 @@ def via_port(url: str, port: int) -> str:
 
 def sigkill_broker(broker: MosquittoBroker) -> None:
     """Crash the broker (no persistence written on the way out), then start it again on
-    its port from what its last autosave kept."""
+    its port from what its last autosave kept and what its journal holds."""
     pid = broker.pid()
     assert pid is not None, "the broker is not running"
     os.kill(pid, signal.SIGKILL)
     assert eventually(lambda: not broker.is_running(), timeout=30)
     broker.start(timeout=60)
+
+
+def journal_replay(broker: MosquittoBroker, offset: int) -> dict[str, int] | None:
+    """What the broker's journal published again at its last start since `offset` in its log
+    (messages, segments), or None when it published nothing (no journal loaded)."""
+    found = re.findall(
+        r"ehl_journal: (\d+) messages from (\d+) segments published again",
+        log_since(broker.log_file, offset),
+    )
+    if not found:
+        return None
+    messages, segments = found[-1]
+    return {"messages": int(messages), "segments": int(segments)}
 
 
 # -- ingest as the operator runs it -------------------------------------------------------------
@@ -327,7 +342,7 @@ class FleetDevice(threading.Thread):
         last_take = 0.0
         while not self.fleet.stopping.is_set():
             now = time.monotonic()
-            taking = self.taken < self.budget and not self.fleet.paused.is_set()
+            taking = self.taken < self.budget
             if taking and now - last_take >= 1 / self.fleet.rate:
                 # one reading a minute of device time: every key (device, metric, at) distinct
                 taken_at = base + timedelta(minutes=self.taken)
@@ -364,8 +379,6 @@ class Fleet:
                  port: int, rate: float = 1.0, connect_timeout_s: float = 10,
                  ack_timeout_s: float = 30) -> None:  # fmt: skip
         self.stopping = threading.Event()
-        #: set: the devices take no new readings, and go on delivering what they hold
-        self.paused = threading.Event()
         self.rate = rate
         self._finished: set[str] = set()
         self._lock = threading.Lock()

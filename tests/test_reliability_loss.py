@@ -19,12 +19,17 @@ from reliability_fixtures import (
     blast,
     eventually,
     fresh_pilot,
+    journal_replay,
     sigkill_broker,
     stored_readings,
     tally,
     wait_until_subscribed,
 )
 from test_ingest_faults import own_broker, own_postgres
+
+from ehealthlab.stack.mosquitto import MosquittoBroker
+from ehealthlab.stack.ports import start_on_free_port
+from ehealthlab.stack.programs import ServiceAccount, log_size, place_for
 
 pytestmark = pytest.mark.long  # started first when the suite runs in parallel
 
@@ -65,17 +70,28 @@ def test_ten_thousand_readings_survive_worker_kills_a_database_stop_and_a_broker
                 ingest.start()
             figures["workers_left_after_one_was_killed"] = survivors
 
-            # 2. PostgreSQL stopped for 60 s; ingest restarted meanwhile (killed above)
+            # 2. PostgreSQL stopped for 60 s; ingest restarted meanwhile (killed above);
+            # 3. halfway through, while the broker holds the outage's backlog and the devices
+            # keep sending, the broker SIGKILLed and restarted: what it acknowledged since its
+            # last save comes back from its journal (ehl_journal)
             figures["stored_when_outage_began"] = stored_readings(pilot, devices)
             own_postgres.stop()
             outage_started = time.monotonic()
             ingest.kill()
             ingest.start()
             during = fleet.acknowledged()
+            log_offset = log_size(own_broker.log_file)
             while time.monotonic() - outage_started < OUTAGE_S:
                 fleet.check()
+                if "acknowledged_when_broker_killed" not in figures and (
+                    time.monotonic() - outage_started >= OUTAGE_S / 2
+                ):
+                    figures["acknowledged_when_broker_killed"] = fleet.acknowledged()
+                    sigkill_broker(own_broker)
                 time.sleep(1.0)
             figures["published_during_outage"] = fleet.acknowledged() - during
+            figures["journal_replay"] = journal_replay(own_broker, log_offset)
+            assert figures["journal_replay"] is not None, "the broker published nothing again"
             own_postgres.start()
             back = time.monotonic()
             # ingest catches up with what the broker had acknowledged to the devices
@@ -87,25 +103,8 @@ def test_ten_thousand_readings_survive_worker_kills_a_database_stop_and_a_broker
             )
             figures["catch_up_after_outage_s"] = round(time.monotonic() - back, 1)
 
-            # 3. the broker SIGKILLed and restarted from its last autosave, once what it
-            # acknowledged is stored: Mosquitto 2.0 loses what it acknowledged and had not
-            # yet delivered (the strict xfail below), so the devices pause for the kill and
-            # ingest catches up first; without the pause, a CI run on a slow machine lost
-            # two readings
-            fleet.paused.set()
-            assert eventually(lambda: fleet.acknowledged() == fleet.taken(), 60)
-            killed_at = fleet.acknowledged()
-            assert eventually(lambda: stored_readings(pilot, devices) >= killed_at, 60), (
-                stored_readings(pilot, devices),
-                killed_at,
-                ingest.tail(),
-            )
-            sigkill_broker(own_broker)
-            figures["acknowledged_when_broker_killed"] = killed_at
-
             # 4. the devices send the rest as fast as they like
             fleet.rate = 100.0
-            fleet.paused.clear()
             assert eventually(fleet.all_delivered, 300), (fleet.taken(), fleet.acknowledged())
             assert eventually(
                 lambda: stored_readings(pilot, devices) >= DEVICES * PER_DEVICE, 180
@@ -135,36 +134,61 @@ def test_ten_thousand_readings_survive_worker_kills_a_database_stop_and_a_broker
     assert counts.rejected == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Mosquitto writes its persistence only every autosave_interval (60 s in the stack "
-    "and deploy/) and on a clean stop: a SIGKILL loses every message it had acknowledged to "
-    "devices and not yet delivered since its last save, and sessions created since. See "
-    "docs/reliability-faults.md; passes once the broker persists before it acknowledges.",
-)
-def test_a_broker_crash_while_it_holds_a_backlog_loses_nothing(own_postgres, own_broker):
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "mosquitto-alone"])
+def test_a_broker_crash_while_it_holds_a_backlog_loses_nothing(
+    own_postgres, journal, tmp_path_factory
+):
     """The worker is away (killed) while a device sends 500 messages, every one PUBACKed;
-    then the broker is SIGKILLed before its next autosave and restarted."""
-    with fresh_pilot(own_postgres, own_broker) as pilot:
-        device_id, password = pilot.register("multiparameter_monitor")
-        ingest = IngestCommand(pilot, workers=1)
-        try:
-            ingest.start()
-            wait_until_subscribed(pilot, ingest, partitions=1)
-            blast(pilot, device_id, password, range(1, 11))
-            assert eventually(lambda: stored_readings(pilot, [device_id]) == 10, 180)
-            ingest.kill()
-            blast(pilot, device_id, password, range(11, 511))  # queued for the worker
-            sigkill_broker(own_broker)
-            ingest.start()
-            wait_until_subscribed(pilot, ingest, partitions=1)  # its session may be gone
-            blast(pilot, device_id, password, range(1000, 1001))  # after the backlog
-            assert eventually(lambda: stored_readings(pilot, [device_id]) >= 11, 120)
-        finally:
-            ingest.close()
-        (backlog,) = pilot.query(
-            "SELECT count(*) FROM readings WHERE device_id = %s AND seq BETWEEN 11 AND 510",
-            device_id,
-        )[0]
-    print("FIGURES broker-crash", json.dumps({"acknowledged_backlog": 500, "stored": backlog}))
-    assert backlog == 500
+    then the broker is SIGKILLed before its next autosave and restarted. With its journal
+    (the stack's and deploy's broker) all 500 are stored; Mosquitto alone, which saves only
+    every autosave_interval, shows the window the journal closes: it loses them."""
+    broker = MosquittoBroker(
+        place_for(ServiceAccount.for_server("mosquitto"), tmp_path_factory.mktemp("mq") / "s"),
+        journal=journal,
+    )
+    start_on_free_port(broker)
+    try:
+        with fresh_pilot(own_postgres, broker) as pilot:
+            device_id, password = pilot.register("multiparameter_monitor")
+            ingest = IngestCommand(pilot, workers=1)
+            try:
+                ingest.start()
+                wait_until_subscribed(pilot, ingest, partitions=1)
+                blast(pilot, device_id, password, range(1, 11))
+                assert eventually(lambda: stored_readings(pilot, [device_id]) == 10, 180)
+                ingest.kill()
+                blast(pilot, device_id, password, range(11, 511))  # queued for the worker
+                log_offset = log_size(broker.log_file)
+                sigkill_broker(broker)
+                replayed = journal_replay(broker, log_offset)
+                ingest.start()
+                wait_until_subscribed(pilot, ingest, partitions=1)
+                blast(pilot, device_id, password, range(1000, 1001))  # after the backlog
+                assert eventually(lambda: stored_readings(pilot, [device_id]) >= 11, 120)
+                if journal:  # the backlog arrives before the message sent after it
+                    assert eventually(lambda: stored_readings(pilot, [device_id]) >= 511, 120)
+            finally:
+                ingest.close()
+            (backlog,) = pilot.query(
+                "SELECT count(*) FROM readings WHERE device_id = %s AND seq BETWEEN 11 AND 510",
+                device_id,
+            )[0]
+    finally:
+        broker.remove()
+    print(
+        "FIGURES broker-crash",
+        json.dumps(
+            {
+                "journal": journal,
+                "acknowledged_backlog": 500,
+                "stored": backlog,
+                "journal_replay": replayed,
+            }
+        ),
+    )
+    if journal:
+        assert backlog == 500
+        assert replayed is not None and replayed["messages"] >= 500
+    else:
+        assert backlog == 0, "Mosquitto alone kept the backlog: this test no longer shows a crash"
+        assert replayed is None

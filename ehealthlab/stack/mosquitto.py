@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ehealthlab.contract.messages import MAX_PACKET_BYTES
 from ehealthlab.errors import StackError
-from ehealthlab.stack.plugin import INGEST_PARTITIONS, RECEIVE_STAMP, build_plugin
+from ehealthlab.stack.plugin import INGEST_PARTITIONS, JOURNAL, RECEIVE_STAMP, build_plugin
 from ehealthlab.stack.ports import LOOPBACK, PortTakenError, free_port
 from ehealthlab.stack.programs import (
     MosquittoPrograms,
@@ -59,10 +59,19 @@ class MosquittoBroker:
         programs: MosquittoPrograms | None = None,
         account: ServiceAccount | None = None,
         receive_stamp: bool = True,
+        journal: bool = True,
+        journal_segment_s: int = 30,
+        journal_keep_s: int = 180,
     ) -> None:
         self.directory = directory.absolute()
         #: load the receive-stamp plugin (False only to test a broker without it)
         self.receive_stamp = receive_stamp
+        #: load the journal plugin (False only to show what Mosquitto alone loses in a crash)
+        self.journal = journal
+        #: a journal segment starts every `journal_segment_s`; one is deleted when its last
+        #: record is `journal_keep_s` old: by then an autosave (every 60 s) holds it
+        self.journal_segment_s = journal_segment_s
+        self.journal_keep_s = journal_keep_s
         if "\n" in str(self.directory):
             raise StackError("the broker's directory may not contain a newline")
         self.port = port if port is not None else free_port()
@@ -93,6 +102,10 @@ class MosquittoBroker:
     @property
     def dynsec_file(self) -> Path:
         return self.directory / "dynamic-security.json"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.directory / "journal"
 
     @property
     def log_file(self) -> Path:
@@ -138,6 +151,17 @@ class MosquittoBroker:
             [build_plugin(RECEIVE_STAMP, self.directory / "plugins")] if self.receive_stamp else []
         )
         partitions_plugin = build_plugin(INGEST_PARTITIONS, self.directory / "plugins")
+        journal_lines = (
+            [
+                f"plugin {build_plugin(JOURNAL, self.directory / 'plugins')}",
+                f"plugin_opt_journal_dir {self.journal_dir}",
+                f"plugin_opt_persistence_file {self.directory / 'mosquitto.db'}",
+                f"plugin_opt_journal_segment_seconds {self.journal_segment_s}",
+                f"plugin_opt_journal_keep_seconds {self.journal_keep_s}",
+            ]
+            if self.journal
+            else []
+        )
         lines = [
             "# written by ehealthlab at every start: edit the stack, not this file",
             "per_listener_settings false",
@@ -145,6 +169,11 @@ class MosquittoBroker:
             f"listener {self.port} {self.host}",
             # the broker's receive time on every pilot message (clock offsets, latency)
             *(f"plugin {plugin}" for plugin in stamp_plugins),
+            # every reading written to a journal before the broker acknowledges it, published
+            # again at start: Mosquitto itself saves only every autosave_interval, so a crash
+            # would lose what it had acknowledged and not yet delivered (ehl_journal.c);
+            # after the stamp, so the journal keeps the receive time
+            *journal_lines,
             # each device's readings only to the partitioned ingest worker that keeps them;
             # before dynamic security, whose answer would otherwise come first
             f"plugin {partitions_plugin}",

@@ -1,12 +1,15 @@
 """Build the broker's plugins from the C sources shipped in the package.
 
-Two small Mosquitto 2.0 plugins (plugins/*.c), loaded before dynamic security:
+Three small Mosquitto 2.0 plugins (plugins/*.c), loaded before dynamic security:
 
 - `ehl_receive_stamp` stamps each message with the broker's receive time, so the clock offset
   of a device is measured against when the platform received its message, not when ingest
   got round to reading it;
 - `ehl_ingest_partitions` delivers each device's readings only to the partitioned ingest
-  worker that keeps them, instead of to every worker.
+  worker that keeps them, instead of to every worker;
+- `ehl_journal` writes each reading to a journal before the broker acknowledges it and
+  publishes the journal again at start, so a broker killed between its periodic saves loses
+  nothing it acknowledged.
 
 Each is compiled once per source version with the system C compiler against Debian's
 Mosquitto (and, for SHA-256, OpenSSL) headers; the result is cached by content hash.
@@ -45,6 +48,7 @@ INGEST_PARTITIONS = BrokerPlugin(
     headers=(*_MOSQUITTO_HEADERS, "openssl/sha.h"),
     libraries=("crypto",),
 )
+JOURNAL = BrokerPlugin("ehl_journal", "journal")
 #: kept for callers that name the receive stamp alone
 PLUGIN_NAME = RECEIVE_STAMP.name
 
