@@ -63,6 +63,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import ingest_journal
 import ingest_load
 from ingest_messages import STEP_S
 from ingest_report import report
@@ -110,6 +111,11 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         help="ingest's longest wait to fill a batch (ehealthlab ingest --batch-wait-ms; "
         "default: ingest's own)",
     )  # fmt: skip
+    parser.add_argument(
+        "--journal-rounds", type=int, default=0, metavar="N",
+        help="compare the broker with and without its journal (ehl_journal) over N rounds of "
+        "the chosen scenarios (--only), alternated, instead of the usual run",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     duration = args.duration or (5.0 if args.quick else 20.0)
     return Options(
@@ -131,6 +137,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         only=frozenset(name for name in args.only.split(",") if name),
         workers=max(1, args.workers),
         batch_wait_ms=args.batch_wait_ms,
+        journal_rounds=max(0, args.journal_rounds),
     )
 
 
@@ -139,6 +146,18 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def run_scenarios(run: Run, options: Options) -> list[Outcome]:
+    outcomes = []
+    for scenario in scenarios(options):
+        if options.only and scenario.key not in options.only:
+            continue
+        print(f"- {scenario.title} at {scenario.rate:,.0f} msg/s offered ...", flush=True)
+        outcome = run.run(scenario)
+        outcomes.append(outcome)
+        print(f"  {outcome.committed_readings_s:,.0f} readings/s committed", flush=True)
+    return outcomes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Run(options)
     outcomes: list[Outcome] = []
     load: list[ingest_load.LoadOutcome] = []
+    journal: list[ingest_journal.Measured] = []
     try:
         print(f"starting PostgreSQL (fsync on) and Mosquitto; registering {options.devices} "
               "devices ...", flush=True)  # fmt: skip
@@ -161,14 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ready in {time.monotonic() - started:.0f} s; {options.duration:.0f} s per "
               f"scenario ({options.warmup:.0f} s warm-up), {options.publishers} publisher "
               f"processes, window {options.window}/device", flush=True)  # fmt: skip
-        for scenario in scenarios(options):
-            if options.only and scenario.key not in options.only:
-                continue
-            print(f"- {scenario.title} at {scenario.rate:,.0f} msg/s offered ...", flush=True)
-            outcome = run.run(scenario)
-            outcomes.append(outcome)
-            print(f"  {outcome.committed_readings_s:,.0f} readings/s committed", flush=True)
-        if not options.no_load:
+        if options.journal_rounds:
+            journal = ingest_journal.compare_journal(run, options)
+        else:
+            outcomes = run_scenarios(run, options)
+        if not options.no_load and not options.journal_rounds:
             load = ingest_load.run_load(run, options.quick)
     except KeyboardInterrupt:
         print("interrupted: stopping everything", file=sys.stderr)
@@ -176,7 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         run.close()
     print()
-    for line in report(outcomes, options):
+    for line in report(outcomes, options) if outcomes else []:
+        print(line)
+    for line in ingest_journal.report_journal(journal):
         print(line)
     if load:
         print()

@@ -71,6 +71,8 @@ class Options:
     workers: int = 2
     #: ingest's --batch-wait-ms (None: its default)
     batch_wait_ms: float | None = None
+    #: > 0: compare the broker with and without its journal over this many rounds
+    journal_rounds: int = 0
 
 
 def scenarios(options: Options) -> list[Scenario]:

@@ -58,6 +58,13 @@ class Stack:
         start_on_free_port(self.postgres)
         start_on_free_port(self.broker)
 
+    def restart_broker(self, *, journal: bool) -> None:
+        """The same broker (port, clients, sessions) stopped and started with or without its
+        journal plugin."""
+        self.broker.stop()
+        self.broker.journal = journal
+        self.broker.start()
+
     def close(self) -> None:
         for server in (self.broker, self.postgres):
             try:

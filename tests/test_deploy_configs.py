@@ -45,10 +45,18 @@ def test_mosquitto_enables_dynamic_security_the_stamp_plugin_and_tls_for_devices
     plugins = [value for name, value in pairs if name == "plugin"]
     assert [Path(p).name for p in plugins] == [
         "ehl_receive_stamp.so",
+        "ehl_journal.so",
         "ehl_ingest_partitions.so",
         "mosquitto_dynamic_security.so",
     ]
     assert settings["plugin_opt_config_file"] == "/mosquitto/data/dynamic-security.json"
+    assert settings["plugin_opt_journal_dir"] == "/mosquitto/data/journal"
+    assert settings["plugin_opt_persistence_file"] == "/mosquitto/data/mosquitto.db"
+    # a journal segment outlives the broker's next save (autosave_interval) and one more
+    keep = int(settings["plugin_opt_journal_keep_seconds"])
+    assert keep >= 2 * int(settings["autosave_interval"]) + int(
+        settings["plugin_opt_journal_segment_seconds"]
+    )
     assert settings["persistence"] == "true"
     assert settings["persistence_location"] == "/mosquitto/data/"
     assert int(settings["max_queued_messages"]) >= 1_000_000

@@ -27,7 +27,7 @@ from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, ReceivedMessage
 from ehealthlab.settings import Settings
 from ehealthlab.stack.mosquitto import connack_code
-from ehealthlab.stack.plugin import INGEST_PARTITIONS, RECEIVE_STAMP, build_plugin
+from ehealthlab.stack.plugin import INGEST_PARTITIONS, JOURNAL, RECEIVE_STAMP, build_plugin
 from ehealthlab.stack.ports import LOOPBACK, free_port
 from ehealthlab.stack.postgres import PostgresServer
 from ehealthlab.stack.programs import ServiceAccount, find_mosquitto, find_postgres, place_for
@@ -81,7 +81,8 @@ def deployed_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker
     ca, _cert, _key = test_certificates(mounted)
     plugin = build_plugin(RECEIVE_STAMP, plugins)
     partitions_plugin = build_plugin(INGEST_PARTITIONS, plugins)
-    for path in (directory, plugins, plugin, partitions_plugin):
+    journal_plugin = build_plugin(JOURNAL, plugins)
+    for path in (directory, plugins, plugin, partitions_plugin, journal_plugin):
         path.chmod(0o755)
     internal_port, tls_port = free_port(), free_port()
     replacements = {
@@ -91,6 +92,7 @@ def deployed_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker
         "/mosquitto/data/": f"{data}/",
         "/usr/lib/ehealthlab/ehl_receive_stamp.so": str(plugin),
         "/usr/lib/ehealthlab/ehl_ingest_partitions.so": str(partitions_plugin),
+        "/usr/lib/ehealthlab/ehl_journal.so": str(journal_plugin),
         "/usr/lib/ehealthlab/mosquitto_dynamic_security.so": str(programs.dynsec_plugin),
     }
     text = MOSQUITTO_CONF.read_text()
