@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import orjson
@@ -22,7 +24,7 @@ from ingest_fixtures import T0, Pilot, bp, message, pilot_on
 from reliability_fixtures import eventually, journal_replay, sigkill_broker
 
 from ehealthlab.contract.topics import readings_topic
-from ehealthlab.mqtt import MqttConnection
+from ehealthlab.mqtt import MqttConnection, MqttError
 from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.stack.plugin import JOURNAL, build_plugin
 from ehealthlab.stack.ports import start_on_free_port
@@ -198,3 +200,50 @@ def test_a_segment_is_deleted_once_its_records_are_older_than_the_keep_time(pilo
 def test_the_plugin_builds_with_the_others(tmp_path):
     built = build_plugin(JOURNAL, tmp_path)
     assert built.read_bytes()[:4] == b"\x7fELF"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs for the journal (root)")
+def test_a_reading_the_journal_cannot_keep_is_refused_and_every_acknowledged_one_comes_back(
+    plain_admin_url, migrated_template, tmp_path_factory
+):
+    """The journal on a 64 KiB file system that fills: the broker refuses the message it
+    cannot write (no PUBACK: the device keeps it), and every message it acknowledged is
+    published again after a crash."""
+    account = ServiceAccount.for_server("mosquitto")
+    broker = MosquittoBroker(place_for(account, tmp_path_factory.mktemp("j") / "s"))
+    broker.journal_dir.mkdir(parents=True)
+    options = f"size=64k,mode=0700,uid={account.uid},gid={account.gid}"
+    mount = ["mount", "-t", "tmpfs", "-o", options, "ehl-journal-test"]
+    subprocess.run([*mount, str(broker.journal_dir)], check=True)
+    try:
+        start_on_free_port(broker)
+        with contextmanager(pilot_on)(plain_admin_url, migrated_template, broker) as pilot:
+            subscriber = Subscriber(pilot).connect()
+            subscriber.away()
+            acknowledged, refused = [], None
+            device_id, password = pilot.register()
+            with pilot.device(device_id, password) as device:
+                for seq in range(1, 200):
+                    padded = orjson.dumps({"msg_id": f"m-{seq}", "pad": "x" * 4000})
+                    try:
+                        device.publish(readings_topic(device_id), padded, timeout=30)
+                    except MqttError as refusal:
+                        refused = (seq, str(refusal))
+                        break
+                    acknowledged.append(seq)
+            assert refused is not None, "the journal never filled"
+            assert "connection was lost" in refused[1]
+            assert 5 <= len(acknowledged) < 16
+            assert "cannot write to the journal" in broker.log_file.read_text()
+            crash(broker)
+            subprocess.run(["mount", "-o", "remount,size=4m", str(broker.journal_dir)], check=True)
+            broker.start()
+            subscriber.connect()
+            publish(pilot, [MARKER_SEQ])
+            got = [msg_id(m) for m in subscriber.until_marker()]
+            assert got == ids([*acknowledged, MARKER_SEQ])
+            subscriber.away()
+    finally:
+        broker.stop()
+        subprocess.run(["umount", str(broker.journal_dir)], check=False)
+        broker.remove()

@@ -482,26 +482,32 @@ static unsigned char *read_file(const char *path, size_t *size)
 	return data;
 }
 
-/* Publish again, and copy into the new segment, every record of the old segments. */
-static void replay(char **names, size_t count)
+/* Publish again, and copy into the new segment, every record of the old segments; false if a
+ * copy failed, and then the old segments must stay (they are published again next time). */
+static bool replay(char **names, size_t count)
 {
 	unsigned long records = 0, cut = 0;
+	bool copied = true;
 	for (size_t i = 0; i < count; i++) {
 		char *path = segment_path(names[i]);
 		size_t size = 0, offset = 0;
 		unsigned char *data = path ? read_file(path, &size) : NULL;
 		free(path);
-		while (data != NULL && offset + HEADER_BYTES <= size) {
+		if (data == NULL) {
+			copied = false;
+			continue;
+		}
+		while (offset + HEADER_BYTES <= size) {
 			const unsigned char *header = data + offset;
 			uint32_t length = get_u32(header + 4);
 			if (get_u32(header) != RECORD_MAGIC || length > MAX_RECORD_BYTES
 			    || size - offset - HEADER_BYTES < length
-			    || fnv1a(header + HEADER_BYTES, length) != get_u32(header + 8)) {
-				break;
-			}
-			if (append_record(header, HEADER_BYTES + length) != MOSQ_ERR_SUCCESS
+			    || fnv1a(header + HEADER_BYTES, length) != get_u32(header + 8)
 			    || !replay_record(header + HEADER_BYTES, length)) {
 				break;
+			}
+			if (copied && append_record(header, HEADER_BYTES + length) != MOSQ_ERR_SUCCESS) {
+				copied = false;
 			}
 			records++;
 			offset += HEADER_BYTES + length;
@@ -512,16 +518,14 @@ static void replay(char **names, size_t count)
 		free(data);
 	}
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
-			     "ehl_journal: %lu messages from %zu segments published again (%lu segments ended early)",
-			     records, count, cut);
+			     "ehl_journal: %lu messages from %zu segments published again (%lu segments ended early)%s",
+			     records, count, cut, copied ? "" : "; the old segments are kept: copying them failed");
+	return copied;
 }
 
-static void remove_segments(char **names, size_t count, const char *keep)
+static void remove_segments(char **names, size_t count)
 {
 	for (size_t i = 0; i < count; i++) {
-		if (keep != NULL && strcmp(names[i], keep) == 0) {
-			continue;
-		}
 		char *path = segment_path(names[i]);
 		if (path != NULL) {
 			unlink(path);
@@ -584,11 +588,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		free_names(old, old_count);
 		return rc;
 	}
-	if (old_count > 0) {
-		replay(old, old_count);
-		if (fdatasync(segment_fd) == 0) {
-			remove_segments(old, old_count, NULL);
-		}
+	if (old_count > 0 && replay(old, old_count) && fdatasync(segment_fd) == 0) {
+		remove_segments(old, old_count);
 	}
 	free_names(old, old_count);
 	rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, journal_message, NULL, NULL);
@@ -621,7 +622,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	    && (int64_t)info.st_mtim.tv_sec * 1000 + info.st_mtim.tv_nsec / 1000000 > last_record_ms) {
 		size_t count = 0;
 		char **names = list_segments(&count);
-		remove_segments(names, count, NULL);
+		remove_segments(names, count);
 		free_names(names, count);
 		mosquitto_log_printf(MOSQ_LOG_INFO, "ehl_journal: the broker saved its state; journal cleared");
 	}
