@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -46,10 +47,18 @@ def test_stack_up_services_runs_the_api_and_ingest_until_stack_down(tmp_path):
     state_dir = tmp_path / "state"
     env = fresh_env(state_dir)
     stack = LocalStack(Settings(state_dir=state_dir))
+    held = socket.create_server(("127.0.0.1", 0))  # the API port asked for is taken
+    env["EHEALTHLAB_API_PORT"] = str(held.getsockname()[1])
     try:
+        taken = ehealthlab(
+            env, "stack", "up", "--services", "--api-port", env["EHEALTHLAB_API_PORT"]
+        )
+        assert taken.returncode != 0
+        assert f"port {env['EHEALTHLAB_API_PORT']} on 127.0.0.1 is taken" in taken.stderr
         up = ehealthlab(env, "stack", "up", "--services")
         assert up.returncode == 0, up.stderr
-        assert re.search(r"^ingest +started +- +\d+ ", up.stdout, re.M), up.stdout
+        # ingest started with the attempt above, before the API's port was refused
+        assert re.search(r"^ingest +already running +- +\d+ ", up.stdout, re.M), up.stdout
         assert re.search(r"^api +started +127\.0\.0\.1:\d+ ", up.stdout, re.M), up.stdout
         # `stack up` has returned: the services run on, on record
         state = stack.load_state()
@@ -57,6 +66,12 @@ def test_stack_up_services_runs_the_api_and_ingest_until_stack_down(tmp_path):
         api, ingest = state.services["api"], state.services["ingest"]
         assert is_running(api) and is_running(ingest)
         assert api.address is not None and answers(api.address + "/portal/login")
+        # on the port the stack bound and handed over (--fd), not the held one, and serving
+        # TCP: the access log has the client's address
+        assert not api.address.endswith(f":{env['EHEALTHLAB_API_PORT']}")
+        assert "--fd" in api.argv
+        log = (state_dir / "logs" / "api.log").read_text()
+        assert re.search(r'127\.0\.0\.1:\d+ - "GET /portal/login HTTP/1\.1" 200', log), log
         assert (state_dir / "ingest.ready").read_text().strip() == str(ingest.pid)
         status = ehealthlab(env, "stack", "status")
         assert re.search(rf"^api +running +127\.0\.0\.1:\d+ +{api.pid} ", status.stdout, re.M)
@@ -78,6 +93,7 @@ def test_stack_up_services_runs_the_api_and_ingest_until_stack_down(tmp_path):
         assert "ingest-local-1: stopped" in (state_dir / "logs" / "ingest.log").read_text()
         assert {s.service for s in stack.status()} == {"postgresql", "mosquitto"}
     finally:
+        held.close()
         stack.down(purge=True)
     assert not (state_dir / "logs").exists()
 

@@ -1,13 +1,15 @@
-"""`ehealthlab api [--host H] [--port P] [--workers N]`: serve the HTTP API with uvicorn."""
+"""`ehealthlab api [--host H] [--port P | --fd FD] [--workers N]`: the HTTP API, by uvicorn."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from ehealthlab.api.app import check_services, create_app
 from ehealthlab.errors import ConfigurationError
@@ -42,6 +44,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--port", type=int, help="port to listen on (default: EHEALTHLAB_API_PORT, 8000)"
     )
     api.add_argument(
+        "--fd",
+        type=int,
+        metavar="FD",
+        help="serve on this listening socket, inherited from the process that started the API "
+        "(`ehealthlab stack up --services` binds it, so no other process can take the port), "
+        "instead of binding --host and --port",
+    )
+    api.add_argument(
         "--workers",
         type=int,
         metavar="N",
@@ -57,6 +67,27 @@ def app_from_environment() -> FastAPI:
     return create_app(settings_with_stack(Settings()))
 
 
+def serve_on_socket(settings: Settings, listener: socket.socket, workers: int) -> int:
+    """uvicorn on a socket already listening, as `uvicorn.run` serves on one it binds itself.
+
+    Not `uvicorn.run(fd=...)`: uvicorn takes such a descriptor for a Unix socket, and the
+    peer address of every TCP connection (the failed-token budget is per address) would be
+    lost. `socket.socket(fileno=...)` reads the family from the descriptor. Returns the exit
+    status, 3 when the application did not start (as `uvicorn.run`).
+    """
+    if workers == 1:
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="info"))
+        server.run(sockets=[listener])
+        return 0 if server.started else 3
+    os.environ["EHEALTHLAB_API_WORKERS"] = str(workers)
+    config = uvicorn.Config(
+        APP_FACTORY, factory=True, workers=workers, log_level="info",
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+    )  # fmt: skip
+    Multiprocess(config, sockets=[listener]).run()
+    return 0
+
+
 def run_api(args: argparse.Namespace, settings: Settings) -> int:
     workers = settings.api_workers if args.workers is None else args.workers
     if workers < 1 or workers > 64:
@@ -65,6 +96,8 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
     check_services(settings)
+    if args.fd is not None:
+        return serve_on_socket(settings, socket.socket(fileno=args.fd), workers)
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
         return 0

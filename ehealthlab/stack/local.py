@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 from functools import partial
 
 from pydantic import SecretStr
@@ -21,7 +22,13 @@ from pydantic import SecretStr
 from ehealthlab.errors import StackError
 from ehealthlab.settings import Settings
 from ehealthlab.stack.mosquitto import MosquittoBroker
-from ehealthlab.stack.ports import LOOPBACK, free_port, port_is_free, start_on_free_port
+from ehealthlab.stack.ports import (
+    LOOPBACK,
+    PortTakenError,
+    free_port,
+    listening_socket,
+    start_on_free_port,
+)
 from ehealthlab.stack.postgres import PostgresServer
 from ehealthlab.stack.programs import ServiceAccount, find_mosquitto, find_postgres, place_for
 from ehealthlab.stack.service_status import (
@@ -178,9 +185,12 @@ class LocalStack:
                     ready_file.unlink(missing_ok=True)
                     recorded = spawn(ingest_argv(ready_file), env, logs / "ingest.log", None)
                 else:
-                    port = api_port or self._api_port()
-                    url = f"http://{LOOPBACK}:{port}"
-                    recorded = spawn(api_argv(port), env, logs / "api.log", url)
+                    # bound here and handed over: no other process can take the port
+                    # between our choosing it and the API's serving on it
+                    with self._api_socket(api_port) as listener:
+                        url = f"http://{LOOPBACK}:{listener.getsockname()[1]}"
+                        fd = listener.fileno()
+                        recorded = spawn(api_argv(fd), env, logs / "api.log", url, (fd,))
                 state.services[name] = started[name] = recorded
                 write_state(self.state_file, state)  # on record before waiting: `down` can stop it
                 notes[name] = "started"
@@ -192,9 +202,13 @@ class LocalStack:
                 wait_ready(name, recorded, partial(answers, login))
         return self.status(notes)
 
-    def _api_port(self) -> int:
-        wanted = self.settings.api_port
-        return wanted if port_is_free(wanted) else free_port()
+    def _api_socket(self, api_port: int | None) -> socket.socket:
+        if api_port:
+            return listening_socket(api_port)
+        try:
+            return listening_socket(self.settings.api_port)
+        except PortTakenError:
+            return listening_socket(0)
 
     def api_url(self) -> str | None:
         """Where the background API answers, when it runs."""

@@ -37,6 +37,16 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
         return True
 
 
+def listening_socket(port: int = 0, host: str = LOOPBACK) -> socket.socket:
+    """A socket already listening on `host:port` (0: a free port), to hand to a server, so
+    that no other process can take the port between choosing it and serving on it.
+    PortTakenError when `port` is held."""
+    try:
+        return socket.create_server((host, port), backlog=2048)
+    except OSError as exc:
+        raise PortTakenError(f"port {port} on {host} is taken: {exc.strerror}") from None
+
+
 def accepts_connections(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
     """True when something accepts TCP connections on `host:port`."""
     try:

@@ -67,9 +67,14 @@ def is_running(recorded: BackgroundState) -> bool:
 
 
 def spawn(
-    argv: Sequence[str], env: Mapping[str, str], log: Path, address: str | None
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    log: Path,
+    address: str | None,
+    pass_fds: Sequence[int] = (),
 ) -> BackgroundState:
-    """Start `argv` in a session of its own, its output appended to `log`."""
+    """Start `argv` in a session of its own, its output appended to `log`, with the file
+    descriptors `pass_fds` open in it (a listening socket)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as output:
         child = subprocess.Popen(
@@ -80,6 +85,7 @@ def spawn(
             env=dict(env),
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
     _children[child.pid] = child
     ticks = start_ticks(child.pid)
@@ -168,9 +174,9 @@ def answers(url: str) -> bool:
         return False
 
 
-def api_argv(port: int) -> list[str]:
-    return [sys.executable, "-m", "ehealthlab.cli", "api", "--host", "127.0.0.1",
-            "--port", str(port)]  # fmt: skip
+def api_argv(fd: int) -> list[str]:
+    """The API serving on the listening socket `fd`, bound by the stack (see `spawn`)."""
+    return [sys.executable, "-m", "ehealthlab.cli", "api", "--fd", str(fd)]
 
 
 def ingest_argv(ready_file: Path) -> list[str]:
