@@ -28,7 +28,7 @@ from ehealthlab.mqtt import MqttConnection, MqttError
 from ehealthlab.stack.mosquitto import MosquittoBroker
 from ehealthlab.stack.plugin import JOURNAL, build_plugin
 from ehealthlab.stack.ports import start_on_free_port
-from ehealthlab.stack.programs import ServiceAccount, log_size, place_for
+from ehealthlab.stack.programs import ServiceAccount, log_since, log_size, place_for
 
 READINGS = "ehl/v1/devices/+/readings"
 MARKER_SEQ = 999
@@ -195,6 +195,27 @@ def test_a_segment_is_deleted_once_its_records_are_older_than_the_keep_time(pilo
     # segments of 1 s kept 3 s: gone within a few seconds, with a bounded number left
     assert eventually(lambda: first not in segments(broker), 30, step=0.2)
     assert 1 <= len(segments(broker)) <= 6
+
+
+def test_a_subscription_to_the_readings_saves_the_broker_at_once_then_at_most_every_10_s(
+    pilot, broker
+):
+    """A new worker's session is saved at once; a client repeating subscriptions (the plugin is
+    asked before dynamic security decides) cannot make the broker save more often."""
+
+    def saves() -> int:
+        return log_since(broker.log_file, offset).count("Saving in-memory database")
+
+    offset = log_size(broker.log_file)
+    subscriber = Subscriber(pilot).connect()
+    assert eventually(lambda: saves() == 1, 10)
+    assert subscriber.connection is not None
+    for _ in range(5):
+        subscriber.connection.subscribe(READINGS, qos=1)
+    publish(pilot, [MARKER_SEQ])  # a round trip through the broker's loop after them
+    assert saves() == 1
+    assert eventually(lambda: saves() == 2, 30)  # the one deferred, 10 s after the first
+    subscriber.away()
 
 
 def test_the_plugin_builds_with_the_others(tmp_path):

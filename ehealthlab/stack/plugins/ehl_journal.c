@@ -28,9 +28,12 @@
  *   duplicates, not stored twice. A record cut short, or whose checksum does not match, ends the
  *   reading of its segment.
  * - A client subscribing to the readings topics (an ingest worker) makes the broker save its
- *   state at once (SIGUSR1, Mosquitto's own signal for it): the journal is published again to
- *   the sessions the broker restores, so a worker's session must not be younger than the last
- *   save, or a crash would forget it and what the journal holds would reach nobody.
+ *   state (SIGUSR1, Mosquitto's own signal for it): the journal is published again to the
+ *   sessions the broker restores, so a worker's session must not be younger than the last
+ *   save, or a crash would forget it and what the journal holds would reach nobody. At once,
+ *   unless a save was asked for less than SAVE_SPACING_MS ago; then when that time is up. The
+ *   plugin is asked before dynamic security decides, so a device repeating a subscription it
+ *   will be refused must not make the broker write its whole state more often than that.
  * - On a clean stop the broker saves its state before it unloads plugins; the plugin then
  *   deletes its segments if `plugin_opt_persistence_file` was written after its last record.
  *
@@ -65,6 +68,7 @@
 #define RECORD_MAGIC 0x314a4845u /* "EHJ1", little-endian */
 #define HEADER_BYTES 12u
 #define MAX_RECORD_BYTES (16u * 1024u * 1024u)
+#define SAVE_SPACING_MS 10000
 
 static mosquitto_plugin_id_t *plugin_id = NULL;
 static char *journal_dir = NULL;
@@ -75,6 +79,8 @@ static bool sync_each = false;
 static int segment_fd = -1;
 static int64_t segment_start_ms = 0;
 static int64_t last_record_ms = 0;
+static bool save_wanted = false;
+static int64_t last_save_ms = -SAVE_SPACING_MS;
 
 static int64_t now_ms(void)
 {
@@ -362,7 +368,17 @@ static int journal_message(int event, void *event_data, void *userdata)
 	return rc;
 }
 
-/* A new subscription to the readings: have the broker save it now (see the top). */
+/* Ask the broker to save its state, if the last request is SAVE_SPACING_MS old. */
+static void save_if_due(int64_t now)
+{
+	if (save_wanted && now - last_save_ms >= SAVE_SPACING_MS) {
+		save_wanted = false;
+		last_save_ms = now;
+		kill(getpid(), SIGUSR1);
+	}
+}
+
+/* A new subscription to the readings: have the broker save it (see the top). */
 static int save_new_subscriber(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_acl_check *check = event_data;
@@ -373,7 +389,8 @@ static int save_new_subscriber(int event, void *event_data, void *userdata)
 	    && mosquitto_topic_matches_sub(check->topic, TOPIC_PREFIX "any-device" TOPIC_SUFFIX, &matches)
 		       == MOSQ_ERR_SUCCESS
 	    && matches) {
-		kill(getpid(), SIGUSR1);
+		save_wanted = true;
+		save_if_due(now_ms());
 	}
 	return MOSQ_ERR_PLUGIN_DEFER;
 }
@@ -384,6 +401,7 @@ static int rotate(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 	(void)userdata;
+	save_if_due(now);
 	if (now - segment_start_ms >= segment_seconds * 1000) {
 		if (open_segment(now) == MOSQ_ERR_SUCCESS) {
 			delete_expired(now);
