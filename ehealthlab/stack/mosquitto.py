@@ -3,7 +3,9 @@
 Anonymous clients are refused; one admin client (created with `mosquitto_ctrl dynsec init`)
 manages clients and roles through `$CONTROL/dynamic-security/#`, which is how the gateway
 registers devices. The broker keeps its persistence and dynsec files in its directory and
-writes them on a clean stop, so a restart keeps sessions, retained messages and clients.
+writes them on a clean stop, so a restart keeps sessions, retained messages and clients; its
+journal (plugins/ehl_journal.c) keeps what it acknowledged since its last save, so a crash
+loses none of it.
 As root it runs as `mosquitto`, which then owns the directory.
 """
 
