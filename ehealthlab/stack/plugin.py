@@ -39,6 +39,8 @@ class BrokerPlugin:
     job: str
     headers: tuple[str, ...] = _MOSQUITTO_HEADERS
     libraries: tuple[str, ...] = ()
+    #: headers of its own, shipped beside its source (plugins/)
+    own_headers: tuple[str, ...] = ()
 
 
 RECEIVE_STAMP = BrokerPlugin("ehl_receive_stamp", "receive-stamp")
@@ -48,13 +50,19 @@ INGEST_PARTITIONS = BrokerPlugin(
     headers=(*_MOSQUITTO_HEADERS, "openssl/sha.h"),
     libraries=("crypto",),
 )
-JOURNAL = BrokerPlugin("ehl_journal", "journal")
+JOURNAL = BrokerPlugin(
+    "ehl_journal", "journal", own_headers=("ehl_journal_files.h", "ehl_journal_record.h")
+)
 #: kept for callers that name the receive stamp alone
 PLUGIN_NAME = RECEIVE_STAMP.name
 
 
+def _plugin_file(name: str) -> bytes:
+    return (resources.files("ehealthlab.stack") / "plugins" / name).read_bytes()
+
+
 def plugin_source(plugin: BrokerPlugin = RECEIVE_STAMP) -> bytes:
-    return (resources.files("ehealthlab.stack") / "plugins" / f"{plugin.name}.c").read_bytes()
+    return _plugin_file(f"{plugin.name}.c")
 
 
 def _compiler(plugin: BrokerPlugin) -> str:
@@ -81,14 +89,19 @@ def build_plugin(
 ) -> Path:
     """The compiled `plugin` in `directory`, built now unless this source was built before."""
     source = plugin_source(plugin)
-    digest = hashlib.sha256(source).hexdigest()[:16]
+    own_headers = {name: _plugin_file(name) for name in plugin.own_headers}
+    digest = hashlib.sha256(b"".join([source, *own_headers.values()])).hexdigest()[:16]
     target = directory / f"{plugin.name}-{digest}.so"
     if target.is_file():
         return target
     _check_headers(plugin, include_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    source_file = directory / f"{plugin.name}-{digest}.c"
+    sources = directory / f"{plugin.name}-{digest}-src"
+    sources.mkdir(exist_ok=True)
+    source_file = sources / f"{plugin.name}.c"
     source_file.write_bytes(source)
+    for name, text in own_headers.items():  # beside the source: its #include "..." finds them
+        (sources / name).write_bytes(text)
     partial = target.with_suffix(f".{os.getpid()}.tmp")
     argv = [_compiler(plugin), "-shared", "-fPIC", "-O2", "-Wall", "-Werror", f"-I{include_dir}"]
     libraries = [f"-l{library}" for library in plugin.libraries]

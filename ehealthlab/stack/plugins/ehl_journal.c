@@ -16,17 +16,23 @@
  *   write is also flushed to the disk (fdatasync), which a power loss needs, at its cost.
  * - When the record cannot be written the plugin refuses the message: the broker closes the
  *   device's connection without a PUBACK, and the device keeps the reading and sends it again.
+ *   What was written of it is cut off again (or, failing that, the journal goes on in a new
+ *   segment), so a torn record cannot hide the records after it.
  * - Segments start every `plugin_opt_journal_segment_seconds` (30). A segment is deleted once
- *   its last record is older than `plugin_opt_journal_keep_seconds` (180): by then the broker's
- *   own snapshot, taken every autosave_interval, holds what was not yet delivered. Keep it
- *   longer than the autosave interval plus a segment.
+ *   it has been closed for `plugin_opt_journal_keep_seconds` (180): by then the broker's own
+ *   snapshot, taken every autosave_interval, holds what was not yet delivered. Keep it longer
+ *   than the autosave interval plus a segment. Ages are measured on the monotonic clock, as
+ *   Mosquitto measures its autosave interval, so a step of the wall clock deletes nothing
+ *   early; wall-clock time only names segments, so that they sort across restarts.
  * - At start the plugin reads every segment, writes the records it could read to a new segment
- *   and queues them to be published again, with their user properties (the receive stamp of
+ *   (the old ones stay, to be read again next time, if that copy fails) and queues them to be
+ *   published again, with their user properties (the receive stamp of
  *   ehl_receive_stamp, loaded before this plugin): the broker delivers them once it has
  *   restored its sessions. Ingest already collapses messages delivered twice (same device and
  *   msg_id and content), so those also held by the snapshot or already stored are counted as
  *   duplicates, not stored twice. A record cut short, or whose checksum does not match, ends the
- *   reading of its segment.
+ *   reading of its segment (ehl_journal_record.h). The broker is then asked to save, so the
+ *   replayed messages are in its snapshot before their segments can expire.
  * - A client subscribing to the readings topics (an ingest worker) makes the broker save its
  *   state (SIGUSR1, Mosquitto's own signal for it): the journal is published again to the
  *   sessions the broker restores, so a worker's session must not be younger than the last
@@ -38,15 +44,14 @@
  *   deletes its segments if `plugin_opt_persistence_file` was written after its last record.
  *
  * Built by ehealthlab (ehealthlab/stack/plugin.py) with:
- *   gcc -shared -fPIC -O2 -o ehl_journal.so ehl_journal.c
+ *   gcc -shared -fPIC -O2 -o ehl_journal.so ehl_journal.c   (with ehl_journal_record.h beside it)
  * Needs the Debian packages mosquitto-dev and libmosquitto-dev (headers only).
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -61,14 +66,18 @@
 #include <mosquitto_plugin.h>
 #include <mqtt_protocol.h>
 
+#include "ehl_journal_files.h"
+#include "ehl_journal_record.h"
+
 #define TOPIC_PREFIX "ehl/v1/devices/"
 #define TOPIC_SUFFIX "/readings"
-#define SEGMENT_PREFIX "ehl-journal-"
-#define SEGMENT_SUFFIX ".log"
-#define RECORD_MAGIC 0x314a4845u /* "EHJ1", little-endian */
-#define HEADER_BYTES 12u
-#define MAX_RECORD_BYTES (16u * 1024u * 1024u)
 #define SAVE_SPACING_MS 10000
+
+/* A segment no longer written to, and since when (monotonic). */
+struct closed_segment {
+	char name[SEGMENT_NAME_BYTES];
+	int64_t closed_ms;
+};
 
 static mosquitto_plugin_id_t *plugin_id = NULL;
 static char *journal_dir = NULL;
@@ -77,56 +86,26 @@ static long segment_seconds = 30;
 static long keep_seconds = 180;
 static bool sync_each = false;
 static int segment_fd = -1;
-static int64_t segment_start_ms = 0;
-static int64_t last_record_ms = 0;
+static char segment_name[SEGMENT_NAME_BYTES];
+static int64_t segment_name_ms = 0; /* wall clock: orders segments across restarts */
+static int64_t segment_opened_ms = 0; /* monotonic */
+static off_t segment_bytes = 0;
+static struct closed_segment *closed = NULL;
+static size_t closed_count = 0, closed_room = 0;
+static int64_t last_record_ms = 0; /* wall clock: compared with the persistence file's time */
 static bool save_wanted = false;
-static int64_t last_save_ms = -SAVE_SPACING_MS;
+static int64_t last_save_ms = 0; /* monotonic; 0: never */
 
-static int64_t now_ms(void)
+static int64_t clock_ms(clockid_t clock)
 {
 	struct timespec now;
-	clock_gettime(CLOCK_REALTIME, &now);
+	clock_gettime(clock, &now);
 	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
-static uint32_t fnv1a(const unsigned char *data, size_t length)
+static int64_t monotonic_ms(void)
 {
-	uint32_t hash = 2166136261u;
-	for (size_t i = 0; i < length; i++) {
-		hash = (hash ^ data[i]) * 16777619u;
-	}
-	return hash;
-}
-
-static void put_u16(unsigned char **at, uint16_t value)
-{
-	(*at)[0] = (unsigned char)(value & 0xff);
-	(*at)[1] = (unsigned char)(value >> 8);
-	*at += 2;
-}
-
-static void put_u32(unsigned char **at, uint32_t value)
-{
-	for (int i = 0; i < 4; i++) {
-		(*at)[i] = (unsigned char)((value >> (8 * i)) & 0xff);
-	}
-	*at += 4;
-}
-
-static void put_bytes(unsigned char **at, const void *data, size_t length)
-{
-	memcpy(*at, data, length);
-	*at += length;
-}
-
-static uint16_t get_u16(const unsigned char *at)
-{
-	return (uint16_t)(at[0] | (at[1] << 8));
-}
-
-static uint32_t get_u32(const unsigned char *at)
-{
-	return (uint32_t)at[0] | ((uint32_t)at[1] << 8) | ((uint32_t)at[2] << 16) | ((uint32_t)at[3] << 24);
+	return clock_ms(CLOCK_MONOTONIC);
 }
 
 static bool is_readings_topic(const char *topic)
@@ -140,88 +119,40 @@ static bool is_readings_topic(const char *topic)
 	       && strcmp(topic + total - suffix, TOPIC_SUFFIX) == 0;
 }
 
-static char *segment_path(const char *name)
+/* Remember `name` as closed now, to delete it keep_seconds later. */
+static void remember_closed(const char *name, int64_t now)
 {
-	char *path = NULL;
-	if (asprintf(&path, "%s/%s", journal_dir, name) < 0) {
-		return NULL;
-	}
-	return path;
-}
-
-static bool is_segment_name(const char *name)
-{
-	size_t length = strlen(name), prefix = strlen(SEGMENT_PREFIX), suffix = strlen(SEGMENT_SUFFIX);
-	return length > prefix + suffix && strncmp(name, SEGMENT_PREFIX, prefix) == 0
-	       && strcmp(name + length - suffix, SEGMENT_SUFFIX) == 0;
-}
-
-static int compare_names(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* The journal's segment file names, oldest first (names sort by start time). */
-static char **list_segments(size_t *count)
-{
-	DIR *dir = opendir(journal_dir);
-	struct dirent *entry;
-	char **names = NULL;
-	size_t used = 0, room = 0;
-	*count = 0;
-	if (dir == NULL) {
-		return NULL;
-	}
-	while ((entry = readdir(dir)) != NULL) {
-		if (!is_segment_name(entry->d_name)) {
-			continue;
+	if (closed_count == closed_room) {
+		size_t room = closed_room ? closed_room * 2 : 16;
+		struct closed_segment *grown = realloc(closed, room * sizeof *closed);
+		if (grown == NULL) {
+			return; /* never deleted: kept too long rather than too short */
 		}
-		if (used == room) {
-			room = room ? room * 2 : 16;
-			char **grown = realloc(names, room * sizeof *names);
-			if (grown == NULL) {
-				break;
-			}
-			names = grown;
-		}
-		names[used] = strdup(entry->d_name);
-		if (names[used] != NULL) {
-			used++;
-		}
+		closed = grown;
+		closed_room = room;
 	}
-	closedir(dir);
-	if (used > 1) {
-		qsort(names, used, sizeof *names, compare_names);
-	}
-	*count = used;
-	return names;
+	snprintf(closed[closed_count].name, SEGMENT_NAME_BYTES, "%s", name);
+	closed[closed_count].closed_ms = now;
+	closed_count++;
 }
 
-static void free_names(char **names, size_t count)
+/* Start a new segment, named after every segment before it; the old one is remembered as
+ * closed. */
+static int open_segment(void)
 {
-	for (size_t i = 0; i < count; i++) {
-		free(names[i]);
-	}
-	free(names);
-}
-
-static int64_t segment_start_of(const char *name)
-{
-	return strtoll(name + strlen(SEGMENT_PREFIX), NULL, 10);
-}
-
-/* Start a new segment; the old one stays on disk until it expires. */
-static int open_segment(int64_t start_ms)
-{
-	char name[64];
+	char name[SEGMENT_NAME_BYTES];
 	char *path;
+	int64_t start = clock_ms(CLOCK_REALTIME);
 	int fd;
-	snprintf(name, sizeof name, SEGMENT_PREFIX "%016" PRId64 SEGMENT_SUFFIX, start_ms);
-	path = segment_path(name);
+	if (start <= segment_name_ms) {
+		start = segment_name_ms + 1;
+	}
+	snprintf(name, sizeof name, SEGMENT_PREFIX "%016" PRId64 SEGMENT_SUFFIX, start);
+	path = segment_path(journal_dir, name);
 	if (path == NULL) {
 		return MOSQ_ERR_NOMEM;
 	}
-	fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
 	free(path);
 	if (fd < 0) {
 		mosquitto_log_printf(MOSQ_LOG_ERR, "ehl_journal: cannot open a segment in %s: %s",
@@ -230,125 +161,105 @@ static int open_segment(int64_t start_ms)
 	}
 	if (segment_fd >= 0) {
 		close(segment_fd);
+		remember_closed(segment_name, monotonic_ms());
 	}
 	segment_fd = fd;
-	segment_start_ms = start_ms;
+	snprintf(segment_name, sizeof segment_name, "%s", name);
+	segment_name_ms = start;
+	segment_opened_ms = monotonic_ms();
+	segment_bytes = 0;
 	return MOSQ_ERR_SUCCESS;
 }
 
-/* Delete the segments whose records are all older than keep_seconds. A segment's last record
- * is older than the start of the segment after it. */
+/* Delete the segments closed for keep_seconds. */
 static void delete_expired(int64_t now)
 {
-	size_t count = 0;
-	char **names = list_segments(&count);
-	for (size_t i = 0; i + 1 < count; i++) {
-		if (segment_start_of(names[i + 1]) + keep_seconds * 1000 <= now) {
-			char *path = segment_path(names[i]);
-			if (path != NULL) {
-				unlink(path);
-				free(path);
-			}
+	size_t kept = 0;
+	for (size_t i = 0; i < closed_count; i++) {
+		if (closed[i].closed_ms + keep_seconds * 1000 <= now) {
+			remove_segment(journal_dir, closed[i].name);
+		} else {
+			closed[kept++] = closed[i];
 		}
 	}
-	free_names(names, count);
+	closed_count = kept;
 }
 
-static int write_all(int fd, const unsigned char *data, size_t length)
-{
-	while (length > 0) {
-		ssize_t written = write(fd, data, length);
-		if (written < 0) {
-			if (errno == EINTR) {
-				continue;
-			}
-			return -1;
-		}
-		data += written;
-		length -= (size_t)written;
-	}
-	return 0;
-}
-
-/* One record: magic, body length, checksum of the body, then the body: qos, topic, the user
- * properties, payload. All integers little-endian. */
-static unsigned char *encode_record(uint8_t qos, const char *topic, const mosquitto_property *properties,
-				    const void *payload, uint32_t payloadlen, size_t *size)
-{
-	size_t topic_length = strlen(topic), body = 1 + 2 + topic_length + 2 + 4 + payloadlen;
-	uint16_t pairs = 0;
-	const mosquitto_property *p;
-	char *name = NULL, *value = NULL;
-	unsigned char *record, *at;
-
-	if (topic_length > UINT16_MAX) {
-		return NULL;
-	}
-	for (p = mosquitto_property_read_string_pair(properties, MQTT_PROP_USER_PROPERTY, &name, &value, false);
-	     p != NULL;
-	     p = mosquitto_property_read_string_pair(p, MQTT_PROP_USER_PROPERTY, &name, &value, true)) {
-		size_t n = strlen(name), v = strlen(value);
-		mosquitto_free(name);
-		mosquitto_free(value);
-		name = value = NULL;
-		if (n > UINT16_MAX || v > UINT16_MAX || pairs == UINT16_MAX) {
-			return NULL;
-		}
-		body += 4 + n + v;
-		pairs++;
-	}
-	if (body > MAX_RECORD_BYTES) {
-		return NULL;
-	}
-	record = malloc(HEADER_BYTES + body);
-	if (record == NULL) {
-		return NULL;
-	}
-	at = record + HEADER_BYTES;
-	*at++ = qos;
-	put_u16(&at, (uint16_t)topic_length);
-	put_bytes(&at, topic, topic_length);
-	put_u16(&at, pairs);
-	for (p = mosquitto_property_read_string_pair(properties, MQTT_PROP_USER_PROPERTY, &name, &value, false);
-	     p != NULL;
-	     p = mosquitto_property_read_string_pair(p, MQTT_PROP_USER_PROPERTY, &name, &value, true)) {
-		put_u16(&at, (uint16_t)strlen(name));
-		put_bytes(&at, name, strlen(name));
-		put_u16(&at, (uint16_t)strlen(value));
-		put_bytes(&at, value, strlen(value));
-		mosquitto_free(name);
-		mosquitto_free(value);
-		name = value = NULL;
-	}
-	put_u32(&at, payloadlen);
-	put_bytes(&at, payload, payloadlen);
-	at = record;
-	put_u32(&at, RECORD_MAGIC);
-	put_u32(&at, (uint32_t)body);
-	put_u32(&at, fnv1a(record + HEADER_BYTES, body));
-	*size = HEADER_BYTES + body;
-	return record;
-}
-
+/* Append one record; on failure cut off what was written of it, or go on in a new segment. */
 static int append_record(const unsigned char *record, size_t size)
 {
+	int failure;
 	if (segment_fd < 0) {
 		return MOSQ_ERR_ERRNO;
 	}
-	if (write_all(segment_fd, record, size) != 0 || (sync_each && fdatasync(segment_fd) != 0)) {
-		mosquitto_log_printf(MOSQ_LOG_ERR, "ehl_journal: cannot write to the journal in %s: %s",
-				     journal_dir, strerror(errno));
-		return MOSQ_ERR_ERRNO;
+	if (write_all(segment_fd, record, size) == 0 && (!sync_each || fdatasync(segment_fd) == 0)) {
+		segment_bytes += (off_t)size;
+		last_record_ms = clock_ms(CLOCK_REALTIME);
+		return MOSQ_ERR_SUCCESS;
 	}
-	last_record_ms = now_ms();
-	return MOSQ_ERR_SUCCESS;
+	failure = errno;
+	mosquitto_log_printf(MOSQ_LOG_ERR, "ehl_journal: cannot write to the journal in %s: %s",
+			     journal_dir, strerror(failure));
+	if (ftruncate(segment_fd, segment_bytes) != 0) {
+		open_segment();
+	}
+	return MOSQ_ERR_ERRNO;
+}
+
+static size_t count_user_properties(const mosquitto_property *properties)
+{
+	size_t count = 0;
+	for (const mosquitto_property *p = properties; p != NULL; p = mosquitto_property_next(p)) {
+		if (mosquitto_property_identifier(p) == MQTT_PROP_USER_PROPERTY) {
+			count++;
+		}
+	}
+	return count;
+}
+
+/* The message's user properties, copied (libmosquitto allocates them with calloc: free()). */
+static struct journal_pair *user_properties(const mosquitto_property *properties, size_t *count)
+{
+	size_t expected = count_user_properties(properties), got = 0;
+	struct journal_pair *pairs;
+	const mosquitto_property *p;
+	char *name = NULL, *value = NULL;
+
+	*count = 0;
+	pairs = calloc(expected + 1, sizeof *pairs);
+	if (pairs == NULL) {
+		return NULL;
+	}
+	for (p = mosquitto_property_read_string_pair(properties, MQTT_PROP_USER_PROPERTY, &name, &value, false);
+	     p != NULL && got < expected;
+	     p = mosquitto_property_read_string_pair(p, MQTT_PROP_USER_PROPERTY, &name, &value, true)) {
+		pairs[got].name = name;
+		pairs[got].name_length = strlen(name);
+		pairs[got].value = value;
+		pairs[got].value_length = strlen(value);
+		got++;
+		name = value = NULL;
+	}
+	free(name);
+	free(value);
+	*count = got;
+	if (got != expected) { /* memory ran short in libmosquitto: not all of them */
+		for (size_t i = 0; i < got; i++) {
+			free((char *)pairs[i].name);
+			free((char *)pairs[i].value);
+		}
+		free(pairs);
+		return NULL;
+	}
+	return pairs;
 }
 
 static int journal_message(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_message *message = event_data;
-	unsigned char *record;
-	size_t size = 0;
+	struct journal_pair *pairs;
+	unsigned char *record = NULL;
+	size_t size = 0, count = 0;
 	int rc;
 	(void)event;
 	(void)userdata;
@@ -356,10 +267,18 @@ static int journal_message(int event, void *event_data, void *userdata)
 	if (message->qos == 0 || !is_readings_topic(message->topic)) {
 		return MOSQ_ERR_SUCCESS;
 	}
-	record = encode_record(message->qos, message->topic, message->properties, message->payload,
-			       message->payloadlen, &size);
+	pairs = user_properties(message->properties, &count);
+	if (pairs != NULL) {
+		record = encode_record(message->qos, message->topic, pairs, count, message->payload,
+				       message->payloadlen, &size);
+		for (size_t i = 0; i < count; i++) {
+			free((char *)pairs[i].name);
+			free((char *)pairs[i].value);
+		}
+		free(pairs);
+	}
 	if (record == NULL) {
-		mosquitto_log_printf(MOSQ_LOG_ERR, "ehl_journal: a message on %s is too big to keep; refused",
+		mosquitto_log_printf(MOSQ_LOG_ERR, "ehl_journal: a message on %s cannot be kept; refused",
 				     message->topic);
 		return MOSQ_ERR_NOMEM;
 	}
@@ -371,7 +290,7 @@ static int journal_message(int event, void *event_data, void *userdata)
 /* Ask the broker to save its state, if the last request is SAVE_SPACING_MS old. */
 static void save_if_due(int64_t now)
 {
-	if (save_wanted && now - last_save_ms >= SAVE_SPACING_MS) {
+	if (save_wanted && (last_save_ms == 0 || now - last_save_ms >= SAVE_SPACING_MS)) {
 		save_wanted = false;
 		last_save_ms = now;
 		kill(getpid(), SIGUSR1);
@@ -390,144 +309,94 @@ static int save_new_subscriber(int event, void *event_data, void *userdata)
 		       == MOSQ_ERR_SUCCESS
 	    && matches) {
 		save_wanted = true;
-		save_if_due(now_ms());
+		save_if_due(monotonic_ms());
 	}
 	return MOSQ_ERR_PLUGIN_DEFER;
 }
 
-static int rotate(int event, void *event_data, void *userdata)
+static int tick(int event, void *event_data, void *userdata)
 {
-	int64_t now = now_ms();
+	int64_t now = monotonic_ms();
 	(void)event;
 	(void)event_data;
 	(void)userdata;
 	save_if_due(now);
-	if (now - segment_start_ms >= segment_seconds * 1000) {
-		if (open_segment(now) == MOSQ_ERR_SUCCESS) {
-			delete_expired(now);
-		}
+	if (now - segment_opened_ms >= segment_seconds * 1000 && open_segment() == MOSQ_ERR_SUCCESS) {
+		delete_expired(now);
 	}
 	return MOSQ_ERR_SUCCESS;
 }
 
-/* Queue one record read back from the journal for publishing again; false if it is not one. */
-static bool replay_record(const unsigned char *body, uint32_t length)
-{
-	const unsigned char *at = body, *end = body + length;
-	mosquitto_property *properties = NULL;
-	uint8_t qos;
-	uint16_t topic_length, pairs;
-	uint32_t payloadlen;
-	char *topic;
-	int rc;
+enum replayed { REPLAYED, NOT_A_RECORD, NOT_QUEUED };
 
-	if (end - at < 3) {
-		return false;
+/* Queue one record's message to be published again. */
+static enum replayed replay_record(const unsigned char *body, uint32_t length)
+{
+	struct journal_body decoded;
+	mosquitto_property *properties = NULL;
+	const unsigned char *at;
+	char *topic;
+	int rc = MOSQ_ERR_SUCCESS;
+
+	if (!decode_body(body, length, &decoded)) {
+		return NOT_A_RECORD;
 	}
-	qos = *at++;
-	topic_length = get_u16(at);
-	at += 2;
-	if (end - at < topic_length + 2) {
-		return false;
-	}
-	topic = strndup((const char *)at, topic_length);
-	at += topic_length;
-	pairs = get_u16(at);
-	at += 2;
-	for (uint16_t i = 0; i < pairs; i++) {
-		uint16_t n, v;
-		char *name, *value;
-		if (end - at < 2 || end - at < 2 + (n = get_u16(at)) + 2) {
-			goto bad;
-		}
-		name = strndup((const char *)at + 2, n);
-		at += 2 + n;
-		v = get_u16(at);
-		if (end - at < 2 + v) {
-			free(name);
-			goto bad;
-		}
-		value = strndup((const char *)at + 2, v);
-		at += 2 + v;
-		mosquitto_property_add_string_pair(&properties, MQTT_PROP_USER_PROPERTY, name, value);
+	topic = strndup(decoded.topic, decoded.topic_length);
+	at = decoded.pairs;
+	for (uint16_t i = 0; i < decoded.pair_count && rc == MOSQ_ERR_SUCCESS && topic != NULL; i++) {
+		struct journal_pair pair = record_next_pair(&at);
+		char *name = strndup(pair.name, pair.name_length);
+		char *value = strndup(pair.value, pair.value_length);
+		rc = name && value ? mosquitto_property_add_string_pair(&properties, MQTT_PROP_USER_PROPERTY, name, value)
+				   : MOSQ_ERR_NOMEM;
 		free(name);
 		free(value);
 	}
-	if (end - at < 4) {
-		goto bad;
+	if (topic != NULL && rc == MOSQ_ERR_SUCCESS) {
+		/* on success the broker owns the properties, and publishes once it has restored its
+		 * sessions (src/loop.c, queue_plugin_msgs); on failure they are still ours */
+		rc = mosquitto_broker_publish_copy(NULL, topic, (int)decoded.payload_length, decoded.payload,
+						   decoded.qos, false, properties);
+	} else {
+		rc = MOSQ_ERR_NOMEM;
 	}
-	payloadlen = get_u32(at);
-	at += 4;
-	if ((uint32_t)(end - at) != payloadlen || topic == NULL) {
-		goto bad;
+	if (rc != MOSQ_ERR_SUCCESS) {
+		mosquitto_property_free_all(&properties);
 	}
-	/* the broker frees the properties, and publishes them once it has restored its sessions */
-	rc = mosquitto_broker_publish_copy(NULL, topic, (int)payloadlen, (void *)at, qos, false, properties);
 	free(topic);
-	return rc == MOSQ_ERR_SUCCESS;
-bad:
-	free(topic);
-	mosquitto_property_free_all(&properties);
-	return false;
+	return rc == MOSQ_ERR_SUCCESS ? REPLAYED : NOT_QUEUED;
 }
 
-static unsigned char *read_file(const char *path, size_t *size)
+/* Publish again, and copy into the new segment, every record of the old segments. False if a
+ * segment could not be read, a message not queued or a record not copied: then the old
+ * segments must stay, to be published again next time. */
+static bool replay(char **names, size_t count, unsigned long *records)
 {
-	struct stat info;
-	unsigned char *data;
-	size_t done = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	*size = 0;
-	if (fd < 0 || fstat(fd, &info) != 0) {
-		if (fd >= 0) {
-			close(fd);
-		}
-		return NULL;
-	}
-	data = malloc(info.st_size > 0 ? (size_t)info.st_size : 1);
-	while (data != NULL && done < (size_t)info.st_size) {
-		ssize_t got = read(fd, data + done, (size_t)info.st_size - done);
-		if (got <= 0) {
-			if (got < 0 && errno == EINTR) {
-				continue;
-			}
-			break;
-		}
-		done += (size_t)got;
-	}
-	close(fd);
-	*size = done;
-	return data;
-}
-
-/* Publish again, and copy into the new segment, every record of the old segments; false if a
- * copy failed, and then the old segments must stay (they are published again next time). */
-static bool replay(char **names, size_t count)
-{
-	unsigned long records = 0, cut = 0;
-	bool copied = true;
+	unsigned long cut = 0;
+	bool whole = true;
+	*records = 0;
 	for (size_t i = 0; i < count; i++) {
-		char *path = segment_path(names[i]);
+		char *path = segment_path(journal_dir, names[i]);
 		size_t size = 0, offset = 0;
 		unsigned char *data = path ? read_file(path, &size) : NULL;
 		free(path);
 		if (data == NULL) {
-			copied = false;
+			whole = false;
 			continue;
 		}
-		while (offset + HEADER_BYTES <= size) {
-			const unsigned char *header = data + offset;
-			uint32_t length = get_u32(header + 4);
-			if (get_u32(header) != RECORD_MAGIC || length > MAX_RECORD_BYTES
-			    || size - offset - HEADER_BYTES < length
-			    || fnv1a(header + HEADER_BYTES, length) != get_u32(header + 8)
-			    || !replay_record(header + HEADER_BYTES, length)) {
+		while (offset < size) {
+			uint32_t length = intact_record(data + offset, size - offset);
+			enum replayed replayed = length ? replay_record(data + offset + HEADER_BYTES, length) : NOT_A_RECORD;
+			if (replayed == NOT_QUEUED) {
+				whole = false;
+			}
+			if (replayed != REPLAYED) {
 				break;
 			}
-			if (copied && append_record(header, HEADER_BYTES + length) != MOSQ_ERR_SUCCESS) {
-				copied = false;
+			if (whole && append_record(data + offset, HEADER_BYTES + length) != MOSQ_ERR_SUCCESS) {
+				whole = false;
 			}
-			records++;
+			(*records)++;
 			offset += HEADER_BYTES + length;
 		}
 		if (offset < size) {
@@ -537,19 +406,8 @@ static bool replay(char **names, size_t count)
 	}
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
 			     "ehl_journal: %lu messages from %zu segments published again (%lu segments ended early)%s",
-			     records, count, cut, copied ? "" : "; the old segments are kept: copying them failed");
-	return copied;
-}
-
-static void remove_segments(char **names, size_t count)
-{
-	for (size_t i = 0; i < count; i++) {
-		char *path = segment_path(names[i]);
-		if (path != NULL) {
-			unlink(path);
-			free(path);
-		}
-	}
+			     *records, count, cut, whole ? "" : "; the old segments are kept: they could not all be copied");
+	return whole;
 }
 
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
@@ -567,6 +425,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 {
 	char **old = NULL;
 	size_t old_count = 0;
+	unsigned long records = 0;
 	int rc;
 	(void)userdata;
 	plugin_id = identifier;
@@ -595,19 +454,27 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 				     strerror(errno));
 		return MOSQ_ERR_ERRNO;
 	}
-	old = list_segments(&old_count);
-	/* a start time after every old segment's, so the new one sorts last */
-	int64_t start = now_ms();
-	if (old_count > 0 && segment_start_of(old[old_count - 1]) >= start) {
-		start = segment_start_of(old[old_count - 1]) + 1;
+	old = list_segments(journal_dir, &old_count);
+	if (old_count > 0) { /* the new segment's name sorts after every old one */
+		segment_name_ms = segment_start_of(old[old_count - 1]);
 	}
-	rc = open_segment(start);
+	rc = open_segment();
 	if (rc != MOSQ_ERR_SUCCESS) {
 		free_names(old, old_count);
 		return rc;
 	}
-	if (old_count > 0 && replay(old, old_count) && fdatasync(segment_fd) == 0) {
-		remove_segments(old, old_count);
+	if (old_count > 0) {
+		if (replay(old, old_count, &records) && fdatasync(segment_fd) == 0) {
+			for (size_t i = 0; i < old_count; i++) {
+				remove_segment(journal_dir, old[i]);
+			}
+		} else {
+			for (size_t i = 0; i < old_count; i++) {
+				remember_closed(old[i], monotonic_ms());
+			}
+		}
+		/* the replayed messages into the broker's snapshot before their segments expire */
+		save_wanted = records > 0;
 	}
 	free_names(old, old_count);
 	rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, journal_message, NULL, NULL);
@@ -615,7 +482,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, save_new_subscriber, NULL, NULL);
 	}
 	if (rc == MOSQ_ERR_SUCCESS) {
-		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, rotate, NULL, NULL);
+		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, tick, NULL, NULL);
 	}
 	return rc;
 }
@@ -630,7 +497,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	(void)option_count;
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, journal_message, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, save_new_subscriber, NULL);
-	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, rotate, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, tick, NULL);
 	if (segment_fd >= 0) {
 		fdatasync(segment_fd);
 		close(segment_fd);
@@ -639,13 +506,18 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	if (persistence_file != NULL && stat(persistence_file, &info) == 0
 	    && (int64_t)info.st_mtim.tv_sec * 1000 + info.st_mtim.tv_nsec / 1000000 > last_record_ms) {
 		size_t count = 0;
-		char **names = list_segments(&count);
-		remove_segments(names, count);
+		char **names = list_segments(journal_dir, &count);
+		for (size_t i = 0; i < count; i++) {
+			remove_segment(journal_dir, names[i]);
+		}
 		free_names(names, count);
 		mosquitto_log_printf(MOSQ_LOG_INFO, "ehl_journal: the broker saved its state; journal cleared");
 	}
 	free(journal_dir);
 	free(persistence_file);
+	free(closed);
 	journal_dir = persistence_file = NULL;
+	closed = NULL;
+	closed_count = closed_room = 0;
 	return MOSQ_ERR_SUCCESS;
 }
