@@ -2,8 +2,8 @@
 threads, `ehealthlab ingest` as a real process group that can be SIGKILLed and restarted,
 a broker crash, and the counts that say whether anything was lost or stored twice.
 
-The servers are the private ones of `test_ingest_faults` (`own_postgres`, `own_broker`),
-imported by each test module, so stopping them disturbs no other module.
+The servers are a module's own (`own_postgres`, `own_broker`, here and imported by each test
+module that breaks them), so stopping them disturbs no other module.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import psycopg
+import pytest
 from conftest import create_database, with_database
 from ingest_fixtures import Pilot, message
 
@@ -35,8 +36,43 @@ from ehealthlab.simulators.device import Device
 from ehealthlab.simulators.device_config import DeviceConfig, DeviceRegistration
 from ehealthlab.simulators.measurement import Measurement
 from ehealthlab.stack.mosquitto import MosquittoBroker
-from ehealthlab.stack.programs import log_since
+from ehealthlab.stack.ports import start_on_free_port
+from ehealthlab.stack.postgres import PostgresServer
+from ehealthlab.stack.programs import ServiceAccount, log_since, place_for
 from ehealthlab.store.migrate import migrate
+
+# -- servers of a module's own ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_postgres(tmp_path_factory) -> Iterator[PostgresServer]:
+    """A PostgreSQL server for one test module alone: its tests may stop it."""
+    server = PostgresServer(
+        place_for(ServiceAccount.for_server("postgres"), tmp_path_factory.mktemp("pg") / "s"),
+        fsync=False,
+    )
+    start_on_free_port(server)
+    yield server
+    server.remove()
+
+
+def broker_of_its_own(tmp_path_factory, **options) -> MosquittoBroker:
+    """A started broker like the stack's (`options` as MosquittoBroker's), for one test or
+    module alone: its tests may kill it. The caller removes it."""
+    broker = MosquittoBroker(
+        place_for(ServiceAccount.for_server("mosquitto"), tmp_path_factory.mktemp("mq") / "s"),
+        **options,
+    )
+    start_on_free_port(broker)
+    return broker
+
+
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory) -> Iterator[MosquittoBroker]:
+    """A broker for one test module alone: its tests may kill it."""
+    broker = broker_of_its_own(tmp_path_factory)
+    yield broker
+    broker.remove()
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 60.0, step: float = 0.1) -> bool:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 from ingest_fixtures import T0, Pilot, bp, message, pilot_on
-from reliability_fixtures import eventually, journal_replay, sigkill_broker
+from reliability_fixtures import broker_of_its_own, eventually, journal_replay, sigkill_broker
 
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.mqtt import MqttConnection, MqttError
@@ -37,12 +37,7 @@ MARKER_SEQ = 999
 @pytest.fixture
 def broker(tmp_path_factory) -> Iterator[MosquittoBroker]:
     """The stack's broker, with segments of 1 s kept 3 s, so that expiry shows quickly."""
-    broker = MosquittoBroker(
-        place_for(ServiceAccount.for_server("mosquitto"), tmp_path_factory.mktemp("j") / "s"),
-        journal_segment_s=1,
-        journal_keep_s=3,
-    )
-    start_on_free_port(broker)
+    broker = broker_of_its_own(tmp_path_factory, journal_segment_s=1, journal_keep_s=3)
     yield broker
     broker.remove()
 

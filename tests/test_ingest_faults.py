@@ -21,38 +21,16 @@ import psycopg
 import pytest
 from conftest import create_database, with_database
 from ingest_fixtures import Pilot, RunningWorker, publish_all, stream
+from reliability_fixtures import own_broker, own_postgres
 
 from ehealthlab.contract.topics import readings_topic
 from ehealthlab.ingest.pipeline import partition_of
 from ehealthlab.ingest.worker_config import IngestConfig
-from ehealthlab.stack.mosquitto import MosquittoBroker
-from ehealthlab.stack.ports import start_on_free_port
-from ehealthlab.stack.postgres import PostgresServer
-from ehealthlab.stack.programs import ServiceAccount, place_for
 from ehealthlab.store.migrate import migrate
 
 pytestmark = pytest.mark.long  # started first when the suite runs in parallel
 
-
-@pytest.fixture(scope="module")
-def own_postgres(tmp_path_factory) -> Iterator[PostgresServer]:
-    server = PostgresServer(
-        place_for(ServiceAccount.for_server("postgres"), tmp_path_factory.mktemp("pg") / "s"),
-        fsync=False,
-    )
-    start_on_free_port(server)
-    yield server
-    server.remove()
-
-
-@pytest.fixture(scope="module")
-def own_broker(tmp_path_factory) -> Iterator[MosquittoBroker]:
-    broker = MosquittoBroker(
-        place_for(ServiceAccount.for_server("mosquitto"), tmp_path_factory.mktemp("mq") / "s")
-    )
-    start_on_free_port(broker)
-    yield broker
-    broker.remove()
+__all__ = ["own_broker", "own_postgres"]
 
 
 @pytest.fixture

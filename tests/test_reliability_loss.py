@@ -17,19 +17,19 @@ from reliability_fixtures import (
     Fleet,
     IngestCommand,
     blast,
+    broker_of_its_own,
     eventually,
     fresh_pilot,
     journal_replay,
+    own_broker,
+    own_postgres,
     sigkill_broker,
     stored_readings,
     tally,
     wait_until_subscribed,
 )
-from test_ingest_faults import own_broker, own_postgres
 
-from ehealthlab.stack.mosquitto import MosquittoBroker
-from ehealthlab.stack.ports import start_on_free_port
-from ehealthlab.stack.programs import ServiceAccount, log_size, place_for
+from ehealthlab.stack.programs import log_size
 
 pytestmark = pytest.mark.long  # started first when the suite runs in parallel
 
@@ -142,11 +142,7 @@ def test_a_broker_crash_while_it_holds_a_backlog_loses_nothing(
     then the broker is SIGKILLed before its next autosave and restarted. With its journal
     (the stack's and deploy's broker) all 500 are stored; Mosquitto alone, which saves only
     every autosave_interval, shows the window the journal closes: it loses them."""
-    broker = MosquittoBroker(
-        place_for(ServiceAccount.for_server("mosquitto"), tmp_path_factory.mktemp("mq") / "s"),
-        journal=journal,
-    )
-    start_on_free_port(broker)
+    broker = broker_of_its_own(tmp_path_factory, journal=journal)
     try:
         with fresh_pilot(own_postgres, broker) as pilot:
             device_id, password = pilot.register("multiparameter_monitor")

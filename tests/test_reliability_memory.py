@@ -30,10 +30,11 @@ from reliability_fixtures import (
     blast,
     eventually,
     fresh_pilot,
+    own_broker,
+    own_postgres,
     stored_readings,
     wait_until_subscribed,
 )
-from test_ingest_faults import own_broker, own_postgres
 from webhook_receiver import webhook_receiver
 
 from ehealthlab.gateway.pager import Pager, Webhook

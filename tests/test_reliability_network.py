@@ -21,12 +21,13 @@ from reliability_fixtures import (
     IngestCommand,
     eventually,
     fresh_pilot,
+    own_broker,
+    own_postgres,
     stored_readings,
     tally,
     via_port,
     wait_until_subscribed,
 )
-from test_ingest_faults import own_broker, own_postgres
 
 from ehealthlab.simulators.device import Device
 from ehealthlab.simulators.device_config import DeviceConfig, DeviceRegistration
