@@ -26,6 +26,10 @@ Scenarios, in one run (goals as issue 13 restated them for this machine, in brac
    the first message the broker received to the last delivery or commit [ratio >= 0.7;
    >= 50,000 readings/s in messages of 50].
 
+`--journal-rounds N` runs instead the chosen scenarios (`--only`) N rounds on the broker with
+its journal (ehl_journal) and without, alternated (bench/ingest_journal.py): what the journal
+costs, beside its baseline.
+
 How it is measured:
 - Publishers are separate processes, each owning a slice of the devices, one MQTT 5
   connection per device (its own dynsec client, as a real device), QoS 1, at most `--window`
