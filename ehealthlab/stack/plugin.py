@@ -40,7 +40,7 @@ class BrokerPlugin:
     headers: tuple[str, ...] = _MOSQUITTO_HEADERS
     libraries: tuple[str, ...] = ()
     #: headers of its own, shipped beside its source (plugins/)
-    own_headers: tuple[str, ...] = ()
+    own_headers: tuple[str, ...] = ("ehl_plugin_version.h",)
 
 
 RECEIVE_STAMP = BrokerPlugin("ehl_receive_stamp", "receive-stamp")
@@ -51,7 +51,9 @@ INGEST_PARTITIONS = BrokerPlugin(
     libraries=("crypto",),
 )
 JOURNAL = BrokerPlugin(
-    "ehl_journal", "journal", own_headers=("ehl_journal_files.h", "ehl_journal_record.h")
+    "ehl_journal",
+    "journal",
+    own_headers=("ehl_plugin_version.h", "ehl_journal_files.h", "ehl_journal_record.h"),
 )
 #: kept for callers that name the receive stamp alone
 PLUGIN_NAME = RECEIVE_STAMP.name

@@ -22,6 +22,7 @@
  *
  * Built by ehealthlab (ehealthlab/stack/plugin.py) with:
  *   gcc -shared -fPIC -O2 -o ehl_ingest_partitions.so ehl_ingest_partitions.c -lcrypto
+ *   (with ehl_plugin_version.h beside it)
  * Needs the Debian packages mosquitto-dev, libmosquitto-dev and libssl-dev (headers).
  */
 #include <stdbool.h>
@@ -34,6 +35,8 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+
+#include "ehl_plugin_version.h"
 
 #define TOPIC_PREFIX "ehl/v1/devices/"
 #define TOPIC_SUFFIX "/readings"
@@ -124,16 +127,6 @@ static int check_read(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_PLUGIN_DEFER;
 	}
 	return device_partition(device, length, n) == k - 1 ? MOSQ_ERR_PLUGIN_DEFER : MOSQ_ERR_ACL_DENIED;
-}
-
-int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
-{
-	for (int i = 0; i < supported_version_count; i++) {
-		if (supported_versions[i] == 5) {
-			return 5;
-		}
-	}
-	return -1;
 }
 
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,

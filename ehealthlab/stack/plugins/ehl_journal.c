@@ -44,7 +44,7 @@
  *   deletes its segments if `plugin_opt_persistence_file` was written after its last record.
  *
  * Built by ehealthlab (ehealthlab/stack/plugin.py) with:
- *   gcc -shared -fPIC -O2 -o ehl_journal.so ehl_journal.c   (with ehl_journal_record.h beside it)
+ *   gcc -shared -fPIC -O2 -o ehl_journal.so ehl_journal.c   (with its headers beside it)
  * Needs the Debian packages mosquitto-dev and libmosquitto-dev (headers only).
  */
 #define _GNU_SOURCE
@@ -68,6 +68,7 @@
 
 #include "ehl_journal_files.h"
 #include "ehl_journal_record.h"
+#include "ehl_plugin_version.h"
 
 #define TOPIC_PREFIX "ehl/v1/devices/"
 #define TOPIC_SUFFIX "/readings"
@@ -408,16 +409,6 @@ static bool replay(char **names, size_t count, unsigned long *records)
 			     "ehl_journal: %lu messages from %zu segments published again (%lu segments ended early)%s",
 			     *records, count, cut, whole ? "" : "; the old segments are kept: they could not all be copied");
 	return whole;
-}
-
-int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
-{
-	for (int i = 0; i < supported_version_count; i++) {
-		if (supported_versions[i] == 5) {
-			return 5;
-		}
-	}
-	return -1;
 }
 
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,

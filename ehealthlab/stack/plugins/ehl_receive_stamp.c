@@ -12,7 +12,7 @@
  * ingest reads the last "ehl-received-at" of a message.
  *
  * Built by ehealthlab (ehealthlab/stack/plugin.py) with:
- *   gcc -shared -fPIC -O2 -o ehl_receive_stamp.so ehl_receive_stamp.c
+ *   gcc -shared -fPIC -O2 -o ehl_receive_stamp.so ehl_receive_stamp.c   (ehl_plugin_version.h beside it)
  * Needs the Debian packages mosquitto-dev and libmosquitto-dev (headers only).
  */
 #include <inttypes.h>
@@ -24,6 +24,8 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 #include <mqtt_protocol.h>
+
+#include "ehl_plugin_version.h"
 
 #define STAMP_KEY "ehl-received-at"
 #define STAMPED_PREFIX "ehl/"
@@ -46,16 +48,6 @@ static int stamp_message(int event, void *event_data, void *userdata)
 		 (int64_t)now.tv_sec * 1000 + (int64_t)(now.tv_nsec / 1000000));
 	return mosquitto_property_add_string_pair(&message->properties, MQTT_PROP_USER_PROPERTY,
 						  STAMP_KEY, stamp);
-}
-
-int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
-{
-	for (int i = 0; i < supported_version_count; i++) {
-		if (supported_versions[i] == 5) {
-			return 5;
-		}
-	}
-	return -1;
 }
 
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
