@@ -118,6 +118,22 @@ def test_a_pid_on_record_that_is_now_another_process_is_left_alone(tmp_path):
             other.wait()
 
 
+def test_the_api_refuses_a_descriptor_that_is_not_a_listening_socket(tmp_path):
+    env = fresh_env(tmp_path / "state")
+    closed = ehealthlab(env, "api", "--fd", "99")
+    assert closed.returncode == 2
+    assert closed.stderr.strip() == "ehealthlab: --fd 99: not an open socket (Bad file descriptor)"
+    with socket.socket() as bound:  # bound, never listening
+        bound.bind(("127.0.0.1", 0))
+        fd = str(bound.fileno())
+        result = subprocess.run(
+            [sys.executable, "-m", "ehealthlab.cli", "api", "--fd", fd], env=env,
+            pass_fds=(bound.fileno(),), capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"ehealthlab: --fd {fd}: the socket is not listening"
+
+
 def test_services_need_a_stack(tmp_path):
     stack = LocalStack(Settings(state_dir=tmp_path / "none"))
     with pytest.raises(StackError, match="stack up"):

@@ -67,6 +67,18 @@ def app_from_environment() -> FastAPI:
     return create_app(settings_with_stack(Settings()))
 
 
+def inherited_listener(fd: int) -> socket.socket:
+    """The listening socket `--fd` names; ConfigurationError (one line) when it is not one."""
+    try:
+        listener = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ConfigurationError(f"--fd {fd}: not an open socket ({exc.strerror})") from None
+    if not listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        listener.detach()  # not ours to close
+        raise ConfigurationError(f"--fd {fd}: the socket is not listening")
+    return listener
+
+
 def serve_on_socket(settings: Settings, listener: socket.socket, workers: int) -> int:
     """uvicorn on a socket already listening, as `uvicorn.run` serves on one it binds itself.
 
@@ -95,9 +107,10 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings_with_stack(settings.model_copy(update={"api_workers": workers}))
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
+    listener = inherited_listener(args.fd) if args.fd is not None else None
     check_services(settings)
-    if args.fd is not None:
-        return serve_on_socket(settings, socket.socket(fileno=args.fd), workers)
+    if listener is not None:
+        return serve_on_socket(settings, listener, workers)
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
         return 0

@@ -6,6 +6,7 @@ it before the server binds, so starting retries with a new port when the bind fa
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Protocol
 
@@ -44,7 +45,10 @@ def listening_socket(port: int = 0, host: str = LOOPBACK) -> socket.socket:
     try:
         return socket.create_server((host, port), backlog=2048)
     except OSError as exc:
-        raise PortTakenError(f"port {port} on {host} is taken: {exc.strerror}") from None
+        raise PortTakenError(
+            f"port {port} on {host} is taken ({errno.errorcode.get(exc.errno or 0, exc)}): "
+            "another process listens there"
+        ) from None
 
 
 def accepts_connections(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
