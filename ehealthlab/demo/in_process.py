@@ -4,7 +4,6 @@ stack's background services instead, which outlive it)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.ingest.worker import IngestWorker
 from ehealthlab.mqtt import BrokerAddress
 from ehealthlab.settings import Settings
-from ehealthlab.stack.ports import LOOPBACK
+from ehealthlab.stack.ports import LOOPBACK, listening_socket
 
 #: how long the in-process API may take to start
 API_START_TIMEOUT_S = 20.0
@@ -32,7 +31,7 @@ def api_in_thread(
     """The HTTP API over `settings`, served by uvicorn in a thread on loopback: its base URL,
     until exit. The port is bound here and handed to uvicorn, so no other process can take it
     between the choice and the bind."""
-    listener = socket.create_server((LOOPBACK, 0))
+    listener = listening_socket()
     port = listener.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host=LOOPBACK, port=port, log_level="warning")
