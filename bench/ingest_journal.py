@@ -49,6 +49,8 @@ def _figures(values: list[float | None]) -> str:
 
 
 def report_journal(measured: list[Measured]) -> list[str]:
+    if not measured:
+        return []
     lines = [
         "| scenario | figure | broker with its journal | broker without (baseline) |",
         "|---|---|---|---|",

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from ingest_messages import COMMITTED, NOT_PROBE, encode_message, one, reading_items
+from ingest_processes import CpuMeter
 
 from ehealthlab.contract.topics import READINGS_WILDCARD, readings_topic
 
@@ -49,7 +50,7 @@ class LoadOutcome:
     """One user's-load measurement: messages and readings over first-publish..last-done."""
 
     title: str
-    consumer: str  # "ingest" or "bare"
+    consumer: str  # "ingest", "floor" or "bare"
     per_message: int
     messages: int
     done: int = 0
@@ -125,7 +126,10 @@ def run_bare(run: Run, outcome: Outcome, client: str = "mosquitto_sub") -> Outco
         subscribers = bare_subscribers(run, out, client=client)
         try:
             processes, results, (_, t_measure, t_end) = run.publishers(scenario)
+            time.sleep(max(0.0, t_measure - time.time()))
+            meter = CpuMeter(run.cpu_groups(subscribers=subscribers, publishers=processes))
             time.sleep(max(0.0, t_end - time.time()))
+            outcome.cpu, outcome.threads = meter.stop()
             run.collect(processes, results, outcome)
             time.sleep(1.0)  # the last deliveries of the window
         finally:
@@ -231,15 +235,54 @@ def load_into_ingest(run: Run, per_message: int, messages: int) -> LoadOutcome:
     return outcome
 
 
+def load_into_floor(run: Run, per_message: int, messages: int) -> LoadOutcome:
+    """The same load into the floor (bench/ingest_floor.py: the least an ingest must do),
+    counted over its readings, which keep their message's receive stamp."""
+    outcome = LoadOutcome(f"floor, {per_message} rd/msg", "floor", per_message,
+                          messages * LOAD_DEVICES)  # fmt: skip
+    database = f"bench_load_floor_{per_message}"
+    url = run.stack.fresh_database(database)
+    out = Path(tempfile.mkdtemp(prefix="ehl-bench-load-"))
+    try:
+        files = load_files(run, out, per_message, messages)
+        floors, names = run.start_floor(url)
+        try:
+            publish_lines(run, files)
+            with psycopg.connect(url, autocommit=True) as conn:
+                query = f"SELECT count(*) FROM readings WHERE {NOT_PROBE}"  # noqa: S608
+                deadline = time.monotonic() + 300
+                wanted = outcome.messages * per_message
+                while one(conn, query) < wanted and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                row = conn.execute(
+                    f"SELECT count(*), extract(epoch FROM min(received_at)), max({COMMITTED})"  # noqa: S608
+                    f" FROM readings WHERE {NOT_PROBE}"
+                ).fetchone()
+        finally:
+            run.stop_floor(floors, names)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        run.stack.drop_database(database)
+    assert row is not None
+    outcome.done = int(row[0]) // per_message
+    if row[1] is not None and row[2] is not None:
+        outcome.seconds = float(row[2]) - float(row[1])
+    return outcome
+
+
+_MEASURES = {"bare subscribers": load_into_bare, "ingest": load_into_ingest,
+             "the floor": load_into_floor}  # fmt: skip
+
+
 def run_load(run: Run, quick: bool) -> list[LoadOutcome]:
-    """The user's load, one reading per message and 50, into bare subscribers and ingest."""
+    """The user's load, one reading per message and 50, into bare subscribers, ingest and
+    the floor."""
     sizes = ((1, 2_000 if quick else 5_000), (50, 200 if quick else 500))
     outcomes = []
     for per_message, messages in sizes:
-        for measure in (load_into_bare, load_into_ingest):
+        for name, measure in _MEASURES.items():
             print(f"- user's load ({LOAD_DEVICES} mosquitto_pub -l, {per_message} rd/msg) into "
-                  f"{'bare subscribers' if measure is load_into_bare else 'ingest'} ...",
-                  flush=True)  # fmt: skip
+                  f"{name} ...", flush=True)  # fmt: skip
             outcomes.append(measure(run, per_message, messages))
             print(f"  {outcomes[-1].msgs_s:,.0f} msg/s", flush=True)
     return outcomes
@@ -265,6 +308,12 @@ def report_load(outcomes: list[LoadOutcome]) -> list[str]:
                          f"{'met' if ingest.readings_s >= 50_000 else 'NOT met'}")  # fmt: skip
             lines.append(f"user load, {per_message} rd/msg: ingest / bare MQTT = {ratio:.2f}x"
                          f"   ({goal})")  # fmt: skip
+        floor = next(
+            (o for o in outcomes if o.consumer == "floor" and o.per_message == per_message), None
+        )
+        if bare is not None and floor is not None and bare.msgs_s > 0:
+            lines.append(f"user load, {per_message} rd/msg: floor / bare MQTT ="
+                         f" {floor.msgs_s / bare.msgs_s:.2f}x")  # fmt: skip
     return lines
 
 

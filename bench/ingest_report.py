@@ -36,7 +36,7 @@ def report(outcomes: list[Outcome], options: Options) -> list[str]:
         extra = []
         if o.drain_readings_s is not None:
             extra.append(f"drain after publishers stopped {o.drain_readings_s:,.0f} readings/s")
-        if o.scenario.consumer == "ingest":
+        if o.scenario.consumer in {"ingest", "floor"}:
             extra.append("drained" if o.drained else f"NOT drained within {options.drain:.0f} s")
             if o.p999_ms is not None:
                 extra.append(
@@ -82,10 +82,39 @@ def ratio_lines(outcomes: list[Outcome]) -> list[str]:
     if paho is not None and single is not None:
         ratio = single.committed_msgs_s / max(paho.committed_msgs_s, 1e-9)
         lines.append(f"ingest / paho receive+ack only: {ratio:.2f}x")
+    lines.extend(floor_lines(outcomes, bare))
     if naive is not None and single is not None:
         ratio = single.committed_readings_s / max(naive.committed_readings_s, 1e-9)
         lines.append(f"ingest / naive bridge, same offered load (1 rd/msg): {ratio:.1f}x"
                      "   (a reference line, not a goal)")  # fmt: skip
+    return lines
+
+
+def floor_lines(outcomes: list[Outcome], bare: Outcome | None) -> list[str]:
+    """The floor (the least an ingest must do) beside bare MQTT and beside ingest: a goal the
+    floor misses in the same run is beyond this machine for any ingest on this client and
+    schema; the gap between the floor and ingest is what ingest's own work costs."""
+    by_key = {o.scenario.key: o for o in outcomes}
+    floor = by_key.get("floor-single-max")
+    lines: list[str] = []
+    if floor is not None and bare is not None:
+        ratio = floor.committed_msgs_s / max(bare.committed_msgs_s, 1e-9)
+        verdict = (
+            "within reach"
+            if ratio >= 0.7
+            else "beyond this machine for any ingest on this client and schema"
+        )
+        lines.append(f"floor / bare MQTT (1 rd/msg): {ratio:.2f}x   (the 0.7 goal: {verdict})")
+    keys = by_key.get("floor-keys-single-max")
+    if keys is not None and bare is not None:
+        ratio = keys.committed_msgs_s / max(bare.committed_msgs_s, 1e-9)
+        lines.append(f"floor without the roll-up triggers / bare MQTT (1 rd/msg): {ratio:.2f}x")
+    for ingest_key, floor_key in (("single-max", "floor-single-max"),
+                                  ("batch-max", "floor-batch-max")):  # fmt: skip
+        mine, least = by_key.get(ingest_key), by_key.get(floor_key)
+        if mine is not None and least is not None:
+            ratio = mine.committed_readings_s / max(least.committed_readings_s, 1e-9)
+            lines.append(f"ingest / floor, {mine.scenario.per_message} rd/msg: {ratio:.2f}x")
     return lines
 
 

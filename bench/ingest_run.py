@@ -120,6 +120,8 @@ class Run:
         try:
             if scenario.consumer == "ingest":
                 return self.run_ingest(scenario, url)
+            if scenario.consumer == "floor":
+                return self.run_floor(scenario, url)
             return self.run_naive(scenario, url)
         finally:
             self.stack.drop_database(database)
@@ -227,16 +229,71 @@ class Run:
                 MqttConnection(self.stack.admin, name, clean_start=True).connect().close()
 
     def wait_drained(self, url: str, outcome: Outcome, t_end: float) -> None:
-        """Give ingest up to `drain` seconds to store what was published."""
+        """Give ingest (or the floor) up to `drain` seconds to store what was published."""
         deadline = time.monotonic() + self.options.drain
+        table, expected = _message_log(outcome.scenario)
         with psycopg.connect(url, autocommit=True) as conn:
             while time.monotonic() < deadline:
-                query = f"SELECT count(*) FROM device_messages WHERE {NOT_PROBE}"  # noqa: S608
+                query = f"SELECT count(*) FROM {table} WHERE {NOT_PROBE}"  # noqa: S608
                 stored = one(conn, query)
-                if stored >= outcome.sent:
+                if stored >= outcome.sent * expected:
                     outcome.drained = True
                     return
                 time.sleep(0.25)
+
+    # the floor: the least an ingest must do (bench/ingest_floor.py)
+
+    def run_floor(self, scenario: Scenario, url: str) -> Outcome:
+        """The floor processes in place of ingest, offered the scenario's load."""
+        outcome = Outcome(scenario)
+        if scenario.key.startswith("floor-keys"):  # the readings' key and index only
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE readings DISABLE TRIGGER USER")
+        floors, names = self.start_floor(url)
+        try:
+            processes, results, (_, t_measure, t_end) = self.publishers(scenario)
+            sleep_until(t_measure)
+            meter = CpuMeter(self.cpu_groups(floor=floors, publishers=processes))
+            sleep_until(t_end)
+            outcome.cpu, outcome.threads = meter.stop()
+            self.collect(processes, results, outcome)
+            self.wait_drained(url, outcome, t_end)
+            if any(floor.poll() is not None for floor in floors):
+                raise RuntimeError("a floor process exited early")
+        finally:
+            self.stop_floor(floors, names)
+        self.measure(url, outcome, t_measure, t_end, latency=True)
+        return outcome
+
+    def start_floor(self, url: str) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+        """One floor process per partition, named as ingest's workers, each subscribed."""
+        prefix = f"bench-floor-{self.next_worker}"
+        self.next_worker += 1
+        n, admin = self.options.workers, self.stack.admin
+        names = [f"{prefix}-{k}.p{k}of{n}" for k in range(1, n + 1)]
+        script = str(Path(__file__).with_name("ingest_floor.py"))
+        floors: list[subprocess.Popen[bytes]] = []
+        try:
+            for name in names:
+                argv = [sys.executable, script, admin.host, str(admin.port),
+                        admin.username or "", admin.password or "", name, url]  # fmt: skip
+                floor = subprocess.Popen(argv, stdout=subprocess.PIPE)
+                self.children.append(floor)
+                floors.append(floor)
+                if floor.stdout is None or floor.stdout.readline().strip() != b"ready":
+                    raise RuntimeError(f"the floor process {name} did not subscribe")
+        except BaseException:
+            self.stop_floor(floors, names)
+            raise
+        return floors, names
+
+    def stop_floor(self, floors: list[subprocess.Popen[bytes]], names: list[str]) -> None:
+        """SIGTERM each (it stores what it holds), then end the sessions."""
+        for floor in floors:
+            self.stop_ingest(floor, [])
+        for name in names:
+            with contextlib.suppress(Exception):
+                MqttConnection(self.stack.admin, name, clean_start=True).connect().close()
 
     # naive
 
@@ -291,11 +348,11 @@ class Run:
                            f" AND {commit} > %s AND {commit} <= %s", t_measure, t_end)  # fmt: skip
             outcome.committed_readings_s = readings / window
             outcome.committed_msgs_s = outcome.committed_readings_s / outcome.scenario.per_message
-            table = "device_messages" if latency else "readings"
+            table, per_message = _message_log(outcome.scenario) if latency else ("readings", 1)
             committed_by_end = one(conn, f"SELECT count(*) FROM {table}"  # noqa: S608
                                    f" WHERE {NOT_PROBE} AND {commit} <= %s", t_end)  # fmt: skip
             if latency:
-                outcome.backlog_msgs = outcome.sent - committed_by_end
+                outcome.backlog_msgs = outcome.sent - committed_by_end // per_message
                 outcome.rejected = one(conn, "SELECT count(*) FROM rejected_readings")
                 self.measure_latency(conn, outcome, t_measure, t_end)
                 self.measure_drain(conn, outcome, t_end)
@@ -319,7 +376,7 @@ class Run:
             "              AS commit_ms,"
             "              extract(epoch FROM received_at) * 1000 AS received_ms,"
             "              split_part(msg_id, ':', 1)::bigint / 1000.0 AS sent_ms"
-            "       FROM device_messages"
+            f"      FROM {_message_log(outcome.scenario)[0]}"
             f"      WHERE {NOT_PROBE}"
             "         AND split_part(msg_id, ':', 1)::bigint BETWEEN %s AND %s) s",
             (int(t_measure * 1e6), int(t_end * 1e6)),
@@ -381,3 +438,11 @@ class Run:
         if not out.exists():
             return [f"py-spy wrote nothing: {err.decode(errors='replace').strip()[-300:]}"]
         return summarise_profile(out.read_text(), f"{scenario.title}: {out}")
+
+
+def _message_log(scenario: Scenario) -> tuple[str, int]:
+    """Where a scenario's stored messages are counted, and rows a message there: ingest's
+    message log (a row a message), or the floor's readings (it keeps no log)."""
+    if scenario.consumer == "floor":
+        return "readings", scenario.per_message
+    return "device_messages", 1

@@ -13,7 +13,7 @@ from pathlib import Path
 class Scenario:
     key: str
     title: str
-    consumer: str  # "ingest", "bare", "paho" or "naive"
+    consumer: str  # "ingest", "floor", "bare", "paho" or "naive"
     per_message: int
     rate: float  # messages/s offered
     check: str = ""  # "sustained", "capacity" or "latency": how the goal is judged
@@ -93,4 +93,16 @@ def scenarios(options: Options) -> list[Scenario]:
         Scenario("bare", "bare MQTT 1 msg, above", "bare", 1, options.bare_rate),
         Scenario("paho", "paho receive+ack only, above", "paho", 1, options.bare_rate),
         Scenario("naive", "naive bridge 1 rd/msg", "naive", 1, options.single_max_rate),
+        # the least any ingest must do (bench/ingest_floor.py): what ingest could reach here
+        Scenario("floor-single-max", "floor 1 rd/msg, above", "floor", 1,
+                 options.single_max_rate, "capacity", 10_000),
+        Scenario("floor-batch-max", "floor 50 rd/msg, above", "floor", 50,
+                 options.batch_max_rate, "capacity", 50_000),
+        Scenario("floor-latency", "floor 1 rd/msg, latency", "floor", 1, options.latency_rate,
+                 "latency", 50),
+        # the same with the readings' roll-up triggers off: the schema's share of the floor
+        Scenario("floor-keys-single-max", "floor, no roll-ups, 1 rd/msg", "floor", 1,
+                 options.single_max_rate, "capacity", 10_000),
+        Scenario("floor-keys-batch-max", "floor, no roll-ups, 50 rd/msg", "floor", 50,
+                 options.batch_max_rate, "capacity", 50_000),
     ]  # fmt: skip
