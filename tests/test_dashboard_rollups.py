@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg.types.json import Jsonb
 
 from ehealthlab.dashboards.latency import (
     COLUMNS,
@@ -213,6 +214,31 @@ def _startup_with_a_cuff_and_an_oximeter(conn: psycopg.Connection) -> dict[str, 
             (device, org["S"], kind, device),
         )
     return org
+
+
+# a patient-day's counts by metric, added as a batch lands on a day already counted (0037)
+COUNTS_ADDED = [
+    ({"spo2": 2}, {"spo2": 3}, {"spo2": 5}),
+    ({"spo2": 2}, {"heart_rate": 1}, {"spo2": 2, "heart_rate": 1}),
+    ({"bp_systolic": 1, "bp_diastolic": 1}, {"bp_systolic": 2, "heart_rate": 4},
+     {"bp_systolic": 3, "bp_diastolic": 1, "heart_rate": 4}),
+    ({}, {"spo2": 1}, {"spo2": 1}),
+    ({"spo2": 7}, {}, {"spo2": 7}),
+    ({"spo2": 4_000_000_000}, {"spo2": 4_000_000_000}, {"spo2": 8_000_000_000}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stored", "batch", "expected"), COUNTS_ADDED)
+def test_a_days_counts_add_key_by_key(
+    store_url: str, stored: dict[str, int], batch: dict[str, int], expected: dict[str, int]
+) -> None:
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT ehl_jsonb_counts_add(%s::jsonb, %s::jsonb)",
+            (Jsonb(stored), Jsonb(batch)),
+        ).fetchone()
+    assert row is not None
+    assert row[0] == expected
 
 
 def test_the_triggers_roll_up_each_stored_reading_once_as_a_rebuild_does(store_url: str) -> None:
