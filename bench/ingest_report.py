@@ -104,11 +104,11 @@ def floor_lines(outcomes: list[Outcome], bare: Outcome | None) -> list[str]:
             if ratio >= 0.7
             else "beyond this machine for any ingest on this client and schema"
         )
-        lines.append(f"floor / bare MQTT (1 rd/msg): {ratio:.2f}x   (the 0.7 goal: {verdict})")
+        lines.append(f"floor / bare MQTT (1 rd/msg): {ratio:.3f}x   (the 0.7 goal: {verdict})")
     keys = by_key.get("floor-keys-single-max")
     if keys is not None and bare is not None:
         ratio = keys.committed_msgs_s / max(bare.committed_msgs_s, 1e-9)
-        lines.append(f"floor without the roll-up triggers / bare MQTT (1 rd/msg): {ratio:.2f}x")
+        lines.append(f"floor without the roll-up triggers / bare MQTT (1 rd/msg): {ratio:.3f}x")
     for ingest_key, floor_key in (("single-max", "floor-single-max"),
                                   ("batch-max", "floor-batch-max")):  # fmt: skip
         mine, least = by_key.get(ingest_key), by_key.get(floor_key)
