@@ -53,6 +53,8 @@ How it is measured:
 - Latency = commit time of a message's `device_messages` row minus its `sent_at`, which the
   publisher sets, with microseconds, just before the publish and also writes at the head of
   the message's `msg_id` (`device_messages` keeps msg_id, not sent_at).
+- The floor keeps no message log: its messages are counted, and its latency read, from its
+  readings, each of which keeps its message's msg_id and receive stamp.
 - Backlog at end = messages published by the end of the window minus messages committed by
   then. After the window ingest is given a bounded time to drain; the drain rate (publishers
   stopped) shows what ingest does with the whole machine to itself.
