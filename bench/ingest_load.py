@@ -213,26 +213,32 @@ def load_into_ingest(run: Run, per_message: int, messages: int) -> LoadOutcome:
         ingest, log, names = run.start_ingest(url)
         try:
             publish_lines(run, files)
-            with psycopg.connect(url, autocommit=True) as conn:
-                query = f"SELECT count(*) FROM device_messages WHERE {NOT_PROBE}"  # noqa: S608
-                deadline = time.monotonic() + 300
-                while one(conn, query) < outcome.messages and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                row = conn.execute(
-                    f"SELECT count(*), extract(epoch FROM min(received_at)), max({COMMITTED})"  # noqa: S608
-                    f" FROM device_messages WHERE {NOT_PROBE}"
-                ).fetchone()
+            stored, seconds = _stored_span(url, "device_messages", outcome.messages)
         finally:
             run.stop_ingest(ingest, names)
             log.close()
     finally:
         shutil.rmtree(out, ignore_errors=True)
         run.stack.drop_database(database)
-    assert row is not None
-    outcome.done = int(row[0])
-    if row[1] is not None and row[2] is not None:
-        outcome.seconds = float(row[2]) - float(row[1])
+    outcome.done, outcome.seconds = stored, seconds
     return outcome
+
+
+def _stored_span(url: str, table: str, wanted: int) -> tuple[int, float]:
+    """Wait (up to 300 s) for `wanted` rows of the load in `table`; then how many there are and
+    the seconds from the broker's first receipt of one to the last commit of one."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        query = f"SELECT count(*) FROM {table} WHERE {NOT_PROBE}"  # noqa: S608
+        deadline = time.monotonic() + 300
+        while one(conn, query) < wanted and time.monotonic() < deadline:
+            time.sleep(0.2)
+        row = conn.execute(
+            f"SELECT count(*), extract(epoch FROM min(received_at)), max({COMMITTED})"  # noqa: S608
+            f" FROM {table} WHERE {NOT_PROBE}"
+        ).fetchone()
+    assert row is not None
+    seconds = float(row[2]) - float(row[1]) if row[1] is not None and row[2] is not None else 0.0
+    return int(row[0]), seconds
 
 
 def load_into_floor(run: Run, per_message: int, messages: int) -> LoadOutcome:
@@ -248,25 +254,13 @@ def load_into_floor(run: Run, per_message: int, messages: int) -> LoadOutcome:
         floors, names = run.start_floor(url)
         try:
             publish_lines(run, files)
-            with psycopg.connect(url, autocommit=True) as conn:
-                query = f"SELECT count(*) FROM readings WHERE {NOT_PROBE}"  # noqa: S608
-                deadline = time.monotonic() + 300
-                wanted = outcome.messages * per_message
-                while one(conn, query) < wanted and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                row = conn.execute(
-                    f"SELECT count(*), extract(epoch FROM min(received_at)), max({COMMITTED})"  # noqa: S608
-                    f" FROM readings WHERE {NOT_PROBE}"
-                ).fetchone()
+            stored, seconds = _stored_span(url, "readings", outcome.messages * per_message)
         finally:
             run.stop_floor(floors, names)
     finally:
         shutil.rmtree(out, ignore_errors=True)
         run.stack.drop_database(database)
-    assert row is not None
-    outcome.done = int(row[0]) // per_message
-    if row[1] is not None and row[2] is not None:
-        outcome.seconds = float(row[2]) - float(row[1])
+    outcome.done, outcome.seconds = stored // per_message, seconds
     return outcome
 
 
