@@ -103,7 +103,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )  # fmt: skip
     parser.add_argument(
         "--profile", type=Path, default=None, metavar="DIR",
-        help="py-spy the ingest workers during scenarios 1 and 2 (raw stacks into DIR)",
+        help="py-spy the ingest workers past capacity and at the latency rate (stacks into DIR)",
     )  # fmt: skip
     parser.add_argument(
         "--no-load", action="store_true",

@@ -89,7 +89,7 @@ def scenarios(options: Options) -> list[Scenario]:
         Scenario("batch-max", "ingest 50 rd/msg, above", "ingest", 50, options.batch_max_rate,
                  "capacity", 50_000, profile),
         Scenario("latency", "ingest 1 rd/msg, latency", "ingest", 1, options.latency_rate,
-                 "latency", 50),
+                 "latency", 50, profile),
         Scenario("bare", "bare MQTT 1 msg, above", "bare", 1, options.bare_rate),
         Scenario("paho", "paho receive+ack only, above", "paho", 1, options.bare_rate),
         Scenario("naive", "naive bridge 1 rd/msg", "naive", 1, options.single_max_rate),

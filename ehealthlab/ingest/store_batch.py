@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from psycopg.pq import TransactionStatus
+
 from ehealthlab.ingest.alerting import alert_scope, raise_alerts_for
 from ehealthlab.ingest.alerts import AlertRules
 from ehealthlab.ingest.pipeline import JudgedMessage, MessageLog, Settled, settle
@@ -57,7 +59,6 @@ def store_judged(
     """Store judged messages (see the module's docstring); `writer` is `conn`'s."""
     writer.prepare([row for item in judged for row in item.readings])
     with conn.transaction():
-        _share_lock_devices(conn, judged)
         keys = [_message_key(item) for item in judged]
         again = _claim_messages(conn, judged, keys)
         rows: list[ReadingRow] = []
@@ -99,14 +100,6 @@ def store_judged(
     return StoredBatch(messages, result, len(rejected), redeliveries, alerts)
 
 
-def _share_lock_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
-    devices = sorted({item.device_id for item in judged})
-    conn.execute(
-        "SELECT 1 FROM devices WHERE device_id = ANY(%b) ORDER BY device_id FOR KEY SHARE",
-        (devices,),
-    )
-
-
 #: advisory-lock namespace of ingest's per-message locks ("EHLM"), apart from migrations'
 _MESSAGE_LOCK_CLASS = 0x45484C4D
 
@@ -145,34 +138,25 @@ def _claim_messages(
     conn: Connection, judged: Sequence[JudgedMessage], keys: Sequence[MessageKey]
 ) -> list[MessageKey | None]:
     """Each message's key when it was delivered before (in an earlier batch or earlier in
-    this one), else None. A lock per (device, msg_id), taken in one order, makes two workers
-    given the same message at once (a device retrying, in shared mode) agree.
+    this one), else None. First a share lock on the batch's devices (an enrolment being
+    recorded waits, or is waited for, never missed); then a lock per (device, msg_id), taken
+    in one order, which makes two workers given the same message at once (a device retrying,
+    in shared mode) agree. Both, and the lookup of named messages, are one call
+    (`ehl_claim_messages`, migration 0038): one round trip instead of three.
 
     Rows logged before migration 0015 have no content digest; a message matches them by
     its bytes, as it did then. Messages without a msg_id match rows without one by digest."""
     legacy = {k: _payload_digest(item) for item, k in zip(judged, keys, strict=True)}
     distinct = sorted(set(keys))
-    stored: set[MessageKey] = set()
-    if distinct:
-        conn.execute(
-            "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT"
-            " hashtext(device_id || '/' || msg_id) AS h"
-            " FROM unnest(%b::text[], %b::text[]) AS k(device_id, msg_id)) AS s ORDER BY h",
-            (_MESSAGE_LOCK_CLASS, [k[0] for k in distinct], [k[1] for k in distinct]),
-        )
-    named = [k for k in distinct if k[1] != NO_MSG_ID]
-    if named:
-        found = conn.execute(
-            "SELECT k.device_id, k.msg_id, k.digest FROM device_messages m"
-            " JOIN unnest(%b::text[], %b::text[], %b::bytea[], %b::bytea[])"
-            " AS k(device_id, msg_id, digest, payload_digest)"
-            " ON m.device_id = k.device_id AND m.msg_id = k.msg_id"
-            " AND (m.content_digest = k.digest"
-            " OR (m.content_digest IS NULL AND m.payload_digest = k.payload_digest))",
-            ([k[0] for k in named], [k[1] for k in named], [k[2] for k in named],
-             [legacy[k] for k in named]),
-        ).fetchall()  # fmt: skip
-        stored.update((d, m, bytes(h)) for d, m, h in found)
+    devices = sorted({item.device_id for item in judged})
+    found = conn.execute(
+        "SELECT claimed_device, claimed_msg_id, claimed_digest"
+        " FROM ehl_claim_messages(%b::text[], %s::integer, %b::text[], %b::text[], %b::bytea[],"
+        " %b::bytea[])",
+        (devices, _MESSAGE_LOCK_CLASS, [k[0] for k in distinct], [k[1] for k in distinct],
+         [k[2] for k in distinct], [legacy[k] for k in distinct]),
+    ).fetchall()  # fmt: skip
+    stored: set[MessageKey] = {(d, m, bytes(h)) for d, m, h in found}
     unnamed = [k for k in distinct if k[1] == NO_MSG_ID]
     if unnamed:
         found = conn.execute(
@@ -236,15 +220,21 @@ def _touch_devices(conn: Connection, judged: Sequence[JudgedMessage]) -> None:
         seen = last_seen.get(item.device_id, item.outcome.received_at)
         last_seen[item.device_id] = max(item.outcome.received_at, seen)
     devices = sorted(last_seen)
+    statement = (
+        "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
+        " FROM (SELECT * FROM unnest(%b::text[], %b::timestamptz[]) AS u(device_id, seen)"
+        " ORDER BY device_id) AS s,"
+        " (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit"
+        " WHERE d.device_id = s.device_id"
+    )
+    params = (devices, [last_seen[d] for d in devices])
+    if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+        # a worker's connection: the statement is a transaction of its own (one round trip,
+        # not BEGIN, UPDATE and COMMIT), and the setting holds until that transaction's commit
+        conn.execute(statement, params)
+        return
     with conn.transaction():
-        conn.execute(
-            "UPDATE devices d SET last_seen_at = GREATEST(d.last_seen_at, s.seen)"
-            " FROM (SELECT * FROM unnest(%b::text[], %b::timestamptz[]) AS u(device_id, seen)"
-            " ORDER BY device_id) AS s,"
-            " (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit"
-            " WHERE d.device_id = s.device_id",
-            (devices, [last_seen[d] for d in devices]),
-        )
+        conn.execute(statement, params)
 
 
 #: the types of `device_messages`' columns, in the order `_write_message_logs` copies them
