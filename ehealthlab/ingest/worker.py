@@ -38,7 +38,7 @@ from ehealthlab.ingest.pipeline import (
     partition_of,
     refuse,
 )
-from ehealthlab.ingest.store_batch import store_judged
+from ehealthlab.ingest.store_batch import LastSeenWrites, store_judged
 from ehealthlab.ingest.watchdog import BatchWatchdog
 from ehealthlab.ingest.worker_config import IngestConfig, WorkerStats
 from ehealthlab.mqtt import BrokerAddress, MqttConsumer, ReceivedMessage
@@ -72,6 +72,7 @@ class IngestWorker:
         self._mqtt: MqttConsumer | None = None
         self._db: Connection | None = None
         self._writer: ReadingWriter | None = None
+        self._last_seen = LastSeenWrites()
         self._watchdog: BatchWatchdog[Connection] | None = None
         self._devices: dict[str, KnownDevice] = {}
         #: set once the worker is subscribed (again, after a reconnect): from then on what
@@ -365,7 +366,7 @@ class IngestWorker:
                 judged = [
                     refuse(d.message, f"the store could not keep it: {refused}") for d in batch
                 ]
-            stored = store_judged(conn, writer, judged, self.config.rules)
+            stored = store_judged(conn, writer, judged, self.config.rules, self._last_seen)
         finally:
             watchdog.disarm()
         elapsed = time.monotonic() - started
