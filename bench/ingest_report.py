@@ -33,31 +33,39 @@ def report(outcomes: list[Outcome], options: Options) -> list[str]:
     lines.append("details:")
     for o in outcomes:
         cpu = ", ".join(f"{k} {v:.0f}%" for k, v in o.cpu.items())
-        extra = []
-        if o.drain_readings_s is not None:
-            extra.append(f"drain after publishers stopped {o.drain_readings_s:,.0f} readings/s")
-        if o.scenario.consumer in {"ingest", "floor"}:
-            extra.append("drained" if o.drained else f"NOT drained within {options.drain:.0f} s")
-            if o.p999_ms is not None:
-                extra.append(
-                    f"p99.9 {_ms(o.p999_ms)}, max {_ms(o.max_ms)} over {o.latency_n:,} msgs"
-                )
-            if o.to_broker_ms is not None and o.in_platform_ms is not None:
-                extra.append(
-                    f"p50/p99 sent_at->broker stamp {_ms(o.to_broker_ms[0])}/"
-                    f"{_ms(o.to_broker_ms[1])}, broker stamp->commit {_ms(o.in_platform_ms[0])}/"
-                    f"{_ms(o.in_platform_ms[1])}"
-                )
-            if o.rejected:
-                extra.append(f"{o.rejected} readings REJECTED")
-        if o.refused:
-            extra.append(f"{o.refused} publishes refused/unacked")
         lines.append(f"  {o.scenario.title}: published {o.sent:,} msgs; cpu (% of a core): {cpu}")
         if o.threads:
             lines.append("    threads: " + ", ".join(f"{k} {v:.0f}%" for k, v in o.threads.items()))
+        extra = detail_parts(o, options)
         if extra:
             lines.append("    " + "; ".join(extra))
     return lines
+
+
+def detail_parts(o: Outcome, options: Options) -> list[str]:
+    """A scenario's details beyond its row: the drain, its batches, latency's tail and legs,
+    what was refused or rejected."""
+    extra = []
+    if o.drain_readings_s is not None:
+        extra.append(f"drain after publishers stopped {o.drain_readings_s:,.0f} readings/s")
+    if o.scenario.consumer in {"ingest", "floor"}:
+        extra.append("drained" if o.drained else f"NOT drained within {options.drain:.0f} s")
+        if o.batches_s > 0:
+            extra.append(f"{o.batches_s:,.0f} batches/s of"
+                         f" {o.committed_msgs_s / o.batches_s:,.0f} msgs")  # fmt: skip
+        if o.p999_ms is not None:
+            extra.append(f"p99.9 {_ms(o.p999_ms)}, max {_ms(o.max_ms)} over {o.latency_n:,} msgs")
+        if o.to_broker_ms is not None and o.in_platform_ms is not None:
+            extra.append(
+                f"p50/p99 sent_at->broker stamp {_ms(o.to_broker_ms[0])}/"
+                f"{_ms(o.to_broker_ms[1])}, broker stamp->commit {_ms(o.in_platform_ms[0])}/"
+                f"{_ms(o.in_platform_ms[1])}"
+            )
+        if o.rejected:
+            extra.append(f"{o.rejected} readings REJECTED")
+    if o.refused:
+        extra.append(f"{o.refused} publishes refused/unacked")
+    return extra
 
 
 def ratio_lines(outcomes: list[Outcome]) -> list[str]:

@@ -347,6 +347,11 @@ class Run:
             readings = one(conn, f"SELECT count(*) FROM readings WHERE {NOT_PROBE}"  # noqa: S608
                            f" AND {commit} > %s AND {commit} <= %s", t_measure, t_end)  # fmt: skip
             outcome.committed_readings_s = readings / window
+            # a batch is a transaction: its readings share their xmin
+            batches = one(conn, f"SELECT count(DISTINCT xmin::text) FROM readings"  # noqa: S608
+                          f" WHERE {NOT_PROBE} AND {commit} > %s AND {commit} <= %s",
+                          t_measure, t_end)  # fmt: skip
+            outcome.batches_s = batches / window
             outcome.committed_msgs_s = outcome.committed_readings_s / outcome.scenario.per_message
             table, per_message = _message_log(outcome.scenario) if latency else ("readings", 1)
             committed_by_end = one(conn, f"SELECT count(*) FROM {table}"  # noqa: S608

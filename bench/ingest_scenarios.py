@@ -42,6 +42,8 @@ class Outcome:
     to_broker_ms: tuple[float, float] | None = None
     in_platform_ms: tuple[float, float] | None = None
     rejected: int = 0
+    #: transactions that committed readings, a second (ingest's and the floor's batches)
+    batches_s: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     threads: dict[str, float] = field(default_factory=dict)
     profile: list[str] = field(default_factory=list)
