@@ -18,10 +18,15 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from ingest_fixtures import bp, message
 
 from ehealthlab.cli import main
 from ehealthlab.errors import InvalidInputError, NotFoundError
 from ehealthlab.gateway.pseudonyms import label_problem, patient_pseudonym
+from ehealthlab.ingest.alerts import DEFAULT_RULES
+from ehealthlab.ingest.pipeline import KnownDevice, judge
+from ehealthlab.ingest.store_batch import store_judged
+from ehealthlab.mqtt import ReceivedMessage
 from ehealthlab.store.erasure import erase_patient
 from ehealthlab.store.readings import ReadingRow, ReadingWriter
 from ehealthlab.store.retention import retention_cutoff, run_retention
@@ -368,6 +373,38 @@ def test_erasure_removes_one_patient_and_nothing_of_another(store_url: str) -> N
         conn.execute("SELECT 1")
         with pytest.raises(InvalidInputError, match="transaction of its own"):
             erase_patient(conn, b, erased_by="token:x")
+
+
+def test_a_message_delivered_again_after_its_patients_erasure_stores_nothing(
+    store_url: str,
+) -> None:
+    """A message stored before an erasure and delivered again after it (the broker's journal
+    publishes what it acknowledged within its last minutes again after a crash; a device
+    retries) is a redelivery: its log row, which names no patient, outlives the erasure, and
+    the erased readings do not come back, attributed or not."""
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        pilot = fill(conn)
+        a = pilot["patients"]["A"]
+        measured = rome(DAY0 + timedelta(days=10), 12)
+        received = ReceivedMessage(
+            "ehl/v1/devices/cuff-1/readings",
+            message(bp(1, measured), msg_id="before-the-erasure", sent_at=measured),
+            1, False, 1, measured + timedelta(seconds=5), True,
+        )  # fmt: skip
+
+        def deliver() -> None:
+            judged = judge(received, lambda _: KnownDevice("blood_pressure_monitor"))
+            store_judged(conn, ReadingWriter(conn), [judged], DEFAULT_RULES)
+
+        of_message = "SELECT count(*), count(patient_id) FROM readings WHERE msg_id = %s"
+        deliver()
+        assert conn.execute(of_message, ("before-the-erasure",)).fetchone() == (2, 2)
+        erase_patient(conn, a, erased_by="test operator")
+        assert conn.execute(of_message, ("before-the-erasure",)).fetchone() == (0, 0)
+        deliver()
+        assert conn.execute(of_message, ("before-the-erasure",)).fetchone() == (0, 0)
+        logged = "SELECT deliveries FROM device_messages WHERE msg_id = 'before-the-erasure'"
+        assert conn.execute(logged).fetchall() == [(2,)]
 
 
 @pytest.mark.parametrize(
