@@ -422,7 +422,7 @@ class Run:
         out = directory / f"ingest-{scenario.key}.txt"
         process = subprocess.Popen(
             [str(PY_SPY), "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
-             "--rate", "100", "--duration", str(max(1, int(seconds) - 1)), "--format", "raw",
+             "--gil", "--rate", "100", "--duration", str(max(1, int(seconds) - 1)), "--format", "raw",
              "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip

@@ -8,7 +8,6 @@ readings go to the store, rejections are stored with their raw bytes, and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
@@ -17,6 +16,7 @@ import orjson
 from ehealthlab.contract.messages import FeedbackMessage, FeedbackRejection, ReasonCode
 from ehealthlab.contract.timestamps import format_timestamp
 from ehealthlab.contract.wording import format_number
+from ehealthlab.records import record
 
 
 class ValidReading(NamedTuple):
@@ -44,7 +44,7 @@ class ValidReading(NamedTuple):
     clock_corrected: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rejection:
     """A rejected reading, or (index None) a rejected message, with what to store about it."""
 
@@ -62,7 +62,7 @@ class Rejection:
     raw: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MessageOutcome:
     """What validation made of one message."""
 

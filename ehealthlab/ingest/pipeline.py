@@ -26,6 +26,7 @@ from ehealthlab.contract.outcome import (
 from ehealthlab.contract.topics import TopicKind, parse_device_topic
 from ehealthlab.contract.validation import validate_message
 from ehealthlab.mqtt import ReceivedMessage
+from ehealthlab.records import record
 from ehealthlab.store.readings import Conflict, ReadingRow
 from ehealthlab.store.rejections import RejectedRow
 
@@ -36,7 +37,7 @@ UNKNOWN_DEVICE = "unknown"
 PLATFORM_ERROR = "platform_error"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JudgedMessage:
     """One message after validation: what goes into the store, and why."""
 
@@ -50,7 +51,7 @@ class JudgedMessage:
     platform_failure: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MessageLog:
     """A row of `device_messages`: how one readings message arrived and what became of it."""
 
@@ -68,7 +69,7 @@ class MessageLog:
     newest_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Settled:
     """What the store's verdict adds to a judged message."""
 

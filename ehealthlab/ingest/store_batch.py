@@ -24,6 +24,7 @@ from psycopg.pq import TransactionStatus
 from ehealthlab.ingest.alerting import alert_scope, raise_alerts_for
 from ehealthlab.ingest.alerts import AlertRules
 from ehealthlab.ingest.pipeline import JudgedMessage, MessageLog, Settled, settle
+from ehealthlab.records import record
 from ehealthlab.store.db import Connection
 from ehealthlab.store.readings import Conflict, ReadingRow, ReadingWriter, WriteResult
 from ehealthlab.store.rejections import RejectedRow, write_rejections
@@ -31,7 +32,7 @@ from ehealthlab.store.rejections import RejectedRow, write_rejections
 MessageKey = tuple[str, str, bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StoredMessage:
     """What the store made of one judged message."""
 

@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
@@ -42,6 +41,7 @@ from ehealthlab.ingest.store_batch import LastSeenWrites, store_judged
 from ehealthlab.ingest.watchdog import BatchWatchdog
 from ehealthlab.ingest.worker_config import IngestConfig, WorkerStats
 from ehealthlab.mqtt import BrokerAddress, MqttConsumer, ReceivedMessage
+from ehealthlab.records import record
 from ehealthlab.settings import Settings
 from ehealthlab.store.db import Connection, connect
 from ehealthlab.store.readings import ReadingWriter
@@ -49,7 +49,7 @@ from ehealthlab.store.readings import ReadingWriter
 log = logging.getLogger("ehealthlab.ingest")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Delivery:
     """A message and the connection generation that delivered it (acks go back to it)."""
 

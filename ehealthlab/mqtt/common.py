@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 
 from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
 from ehealthlab.mqtt.publish_decoder import DecodedPublish, UnusualPacketError, decode_publish
+from ehealthlab.records import record
 from ehealthlab.settings import Settings
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -112,7 +113,7 @@ class BrokerAddress:
         return BrokerAddress(self.host, self.port, username, password, self.tls)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReceivedMessage:
     """A message as it arrived, before anything else touches it.
 

@@ -17,7 +17,7 @@ Pure: bytes in, values out; no paho, no socket.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ehealthlab.records import record
 
 #: MQTT 5 PUBLISH properties (section 3.3.2.3): identifier -> kind of value
 _BYTE, _INT16, _INT32, _VBI, _UTF8, _BINARY, _PAIR = range(7)
@@ -42,7 +42,7 @@ class UnusualPacketError(ValueError):
     """Not decoded here: let paho's decoder decide (it may accept or refuse the packet)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DecodedPublish:
     topic: str
     mid: int

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
+from ehealthlab.records import record
 from ehealthlab.store.db import Connection
 
 # The patient is the one whose enrolment with the device covers the reading's pilot day
@@ -91,7 +92,7 @@ _STAGING_TYPES = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReadingRow:
     """One validated reading, value in the metric's canonical unit, ready to store."""
 
