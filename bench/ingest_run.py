@@ -422,8 +422,8 @@ class Run:
         out = directory / f"ingest-{scenario.key}.txt"
         process = subprocess.Popen(
             [str(PY_SPY), "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
-             "--gil", "--rate", "100", "--duration", str(max(1, int(seconds) - 1)), "--format", "raw",
-             "--output", str(out)],
+             "--gil", "--rate", "100", "--duration", str(max(1, int(seconds) - 1)),
+             "--format", "raw", "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         self.children.append(process)
