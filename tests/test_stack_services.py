@@ -19,6 +19,7 @@ import pytest
 from ehealthlab.errors import StackError
 from ehealthlab.settings import Settings
 from ehealthlab.stack.local import LocalStack
+from ehealthlab.stack.ports import PortTakenError, listening_socket
 from ehealthlab.stack.services import BackgroundState, is_running, start_ticks, stop
 
 
@@ -41,6 +42,20 @@ def answers(url: str) -> bool:
             return bool(answer.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def test_a_port_is_called_taken_only_when_another_process_holds_it():
+    held = listening_socket()
+    port = held.getsockname()[1]
+    try:
+        with pytest.raises(PortTakenError, match=f"port {port} on 127.0.0.1 is taken"):
+            listening_socket(port)
+    finally:
+        held.close()
+    # an address of no interface here (TEST-NET-1): no port would do, so not "taken"
+    with pytest.raises(StackError, match=re.escape("cannot listen on 192.0.2.1:0")) as refused:
+        listening_socket(0, "192.0.2.1")
+    assert not isinstance(refused.value, PortTakenError)
 
 
 def test_stack_up_services_runs_the_api_and_ingest_until_stack_down(tmp_path):

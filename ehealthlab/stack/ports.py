@@ -41,14 +41,16 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
 def listening_socket(port: int = 0, host: str = LOOPBACK) -> socket.socket:
     """A socket already listening on `host:port` (0: a free port), to hand to a server, so
     that no other process can take the port between choosing it and serving on it.
-    PortTakenError when `port` is held."""
+    PortTakenError when `port` is held; StackError when it cannot be had for another reason
+    (a privileged port, an address not of this machine), which another port would not mend."""
     try:
         return socket.create_server((host, port), backlog=2048)
     except OSError as exc:
-        raise PortTakenError(
-            f"port {port} on {host} is taken ({errno.errorcode.get(exc.errno or 0, exc)}): "
-            "another process listens there"
-        ) from None
+        if exc.errno == errno.EADDRINUSE:
+            raise PortTakenError(
+                f"port {port} on {host} is taken (EADDRINUSE): another process listens there"
+            ) from None
+        raise StackError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def accepts_connections(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
