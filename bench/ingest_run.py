@@ -224,6 +224,10 @@ class Run:
         stop_child(process, timeout=30)
         if process in self.children:
             self.children.remove(process)
+        self.end_sessions(names)
+
+    def end_sessions(self, names: list[str]) -> None:
+        """Connect as each client with a clean start, which ends its session in the broker."""
         for name in names:
             with contextlib.suppress(Exception):
                 MqttConnection(self.stack.admin, name, clean_start=True).connect().close()
@@ -288,12 +292,10 @@ class Run:
         return floors, names
 
     def stop_floor(self, floors: list[subprocess.Popen[bytes]], names: list[str]) -> None:
-        """SIGTERM each (it stores what it holds), then end the sessions."""
+        """SIGTERM each (it stores what it holds), then end the sessions, as for ingest."""
         for floor in floors:
             self.stop_ingest(floor, [])
-        for name in names:
-            with contextlib.suppress(Exception):
-                MqttConnection(self.stack.admin, name, clean_start=True).connect().close()
+        self.end_sessions(names)
 
     # naive
 
