@@ -171,7 +171,8 @@ def _claim_messages(
     recorded waits, or is waited for, never missed); then a lock per (device, msg_id), taken
     in one order, which makes two workers given the same message at once (a device retrying,
     in shared mode) agree. Both, and the lookup of named messages, are one call
-    (`ehl_claim_messages`, migration 0038): one round trip instead of three.
+    (`ehl_claim_messages`, migration 0038): one round trip instead of three, with an index
+    probe a message whatever the log's statistics (0039).
 
     Rows logged before migration 0015 have no content digest; a message matches them by
     its bytes, as it did then. Messages without a msg_id match rows without one by digest."""

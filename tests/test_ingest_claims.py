@@ -1,0 +1,69 @@
+"""The message claims' lookup (`ehl_claim_messages`) stays a probe of the message log's index
+per message, whatever the log's statistics were when its plan was cached: a plan made while
+the log was small must not read all of it once it has grown (migration 0039)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+import pytest
+from store_fixtures import register_device
+
+DEVICE = "cuff-0001"
+LOCK_CLASS = 0x45484C4D  # ingest's (store_batch._MESSAGE_LOCK_CLASS); any value would do
+
+
+def digest(msg_id: str) -> bytes:
+    return hashlib.sha256(msg_id.encode()).digest()[:16]
+
+
+def log_messages(conn: psycopg.Connection, first: int, count: int) -> None:
+    """Message-log rows for msg_ids m-<first> ... as ingest writes them (content digests)."""
+    conn.execute(
+        "INSERT INTO device_messages (device_id, received_at, msg_id, qos, payload_bytes,"
+        " readings, accepted, duplicates, rejected, content_digest)"
+        " SELECT %s, now(), 'm-' || i, 1, 120, 1, 1, 0, 0,"
+        " substr(sha256(convert_to('m-' || i, 'UTF8')), 1, 16)"
+        " FROM generate_series(%s::int, %s::int) AS i",
+        (DEVICE, first, first + count - 1),
+    )
+
+
+def claim(conn: psycopg.Connection, msg_ids: list[str]) -> set[str]:
+    """The msg_ids among `msg_ids` that the log holds already, as ingest asks for them."""
+    rows = conn.execute(
+        "SELECT claimed_msg_id FROM ehl_claim_messages(%s::text[], %s, %s::text[], %s::text[],"
+        " %s::bytea[], %s::bytea[])",
+        ([DEVICE], LOCK_CLASS, [DEVICE] * len(msg_ids), msg_ids,
+         [digest(m) for m in msg_ids], [b"\0" * 16] * len(msg_ids)),
+    ).fetchall()  # fmt: skip
+    return {msg_id for (msg_id,) in rows}
+
+
+@pytest.mark.parametrize(
+    "rows_when_planned", [0, 1_000], ids=["never analyzed", "analyzed at 1,000 rows"]
+)
+def test_the_claim_lookup_probes_the_index_however_much_the_log_grew(store_url, rows_when_planned):
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        register_device(conn, DEVICE)
+        if rows_when_planned:
+            log_messages(conn, 1, rows_when_planned)
+            conn.execute("ANALYZE device_messages")
+        batch = [f"m-{i}" for i in range(1, 61)]
+        for _ in range(10):  # PL/pgSQL settles on its cached plan after five calls
+            assert claim(conn, batch) == set(batch[:rows_when_planned])
+        log_messages(conn, rows_when_planned + 1, 20_000)  # grown, not analyzed again
+        newest = [f"m-{rows_when_planned + 20_000 - i}" for i in range(30)]
+        unknown = [f"not-logged-{i}" for i in range(30)]
+        with conn.transaction():
+            found = claim(conn, newest + unknown)
+            scans = conn.execute(
+                "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables"
+                " WHERE relname = 'device_messages'"
+            ).fetchone()
+    assert found == set(newest)
+    assert scans is not None
+    seq_scans, index_scans = scans
+    assert seq_scans == 0
+    assert index_scans >= len(newest) + len(unknown)
