@@ -1,12 +1,18 @@
 """What the tests of the store share: readings made by hand, a device registered and a
-patient enrolled with it, on a connection to a migrated store."""
+patient enrolled with it, on a connection to a migrated store; and libpq's trace of what a
+connection exchanged, to count its waits for the server."""
 
 from __future__ import annotations
 
+import itertools
 import random
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
+from psycopg.pq import Trace
 
 from ehealthlab.store.readings import ReadingRow
 
@@ -68,3 +74,23 @@ def enrol(conn: psycopg.Connection, device: str, start: date, end: date | None =
         (patient, device, start, end),
     ).fetchone()[0]
     return patient, enrolment
+
+
+@contextmanager
+def traced(conn: psycopg.Connection) -> Iterator[list[str]]:
+    """The protocol messages exchanged in the block, in order: "F ..." sent, "B ..." read."""
+    lines: list[str] = []
+    with tempfile.TemporaryFile("w+") as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+        try:
+            yield lines
+        finally:
+            conn.pgconn.untrace()
+            trace.seek(0)
+            lines.extend(" ".join(line.split()) for line in trace)
+
+
+def waits(lines: list[str]) -> int:
+    """How many times the client stopped sending to read the server's answers."""
+    return sum(a.startswith("F") and b.startswith("B") for a, b in itertools.pairwise(lines))

@@ -1,14 +1,26 @@
-"""The message claims' lookup (`ehl_claim_messages`) stays a probe of the message log's index
-per message, whatever the log's statistics were when its plan was cached: a plan made while
-the log was small must not read all of it once it has grown (migration 0039)."""
+"""What a batch costs the server, where it once cost more: the message claims' lookup
+(`ehl_claim_messages`) stays a probe of the message log's index per message, whatever the
+log's statistics were when its plan was cached (a plan made while the log was small must not
+read all of it once it has grown: migration 0039); and a worker's batch waits for the server
+five times (BEGIN and the claims; the staging COPY, twice; the readings' INSERT; the rest and
+COMMIT), read from libpq's trace."""
 
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
 import psycopg
 import pytest
-from store_fixtures import register_device
+from ingest_fixtures import T0, bp, message
+from store_fixtures import register_device, traced, waits
+
+from ehealthlab.contract.topics import readings_topic
+from ehealthlab.ingest.alerts import DEFAULT_RULES
+from ehealthlab.ingest.pipeline import KnownDevice, judge
+from ehealthlab.ingest.store_batch import LastSeenWrites, store_judged
+from ehealthlab.mqtt import ReceivedMessage
+from ehealthlab.store.readings import ReadingWriter
 
 DEVICE = "cuff-0001"
 LOCK_CLASS = 0x45484C4D  # ingest's (store_batch._MESSAGE_LOCK_CLASS); any value would do
@@ -67,3 +79,25 @@ def test_the_claim_lookup_probes_the_index_however_much_the_log_grew(store_url, 
     seq_scans, index_scans = scans
     assert seq_scans == 0
     assert index_scans >= len(newest) + len(unknown)
+
+
+def test_a_workers_batch_waits_for_the_server_five_times(store_url):
+    def judged(i: int):
+        at = T0 + timedelta(minutes=i)
+        payload = message(bp(2 * i + 1, at), msg_id=f"m-{i}", sent_at=at)
+        received = ReceivedMessage(readings_topic(DEVICE), payload, 1, False, 0, at, True)
+        return judge(received, lambda device: KnownDevice("blood_pressure_monitor"))
+
+    with psycopg.connect(store_url, autocommit=True) as conn:  # as a worker's connection is
+        register_device(conn, DEVICE)
+        writer, last_seen = ReadingWriter(conn), LastSeenWrites(every_s=3600)
+        # the session's staging table, the month's partition, the device's last-seen time
+        store_judged(conn, writer, [judged(i) for i in range(10)], DEFAULT_RULES, last_seen)
+        with traced(conn) as lines:
+            batch = store_judged(
+                conn, writer, [judged(i) for i in range(10, 30)], DEFAULT_RULES, last_seen
+            )
+        logged = conn.execute("SELECT count(*), sum(accepted) FROM device_messages").fetchone()
+    assert (batch.result.inserted, batch.redeliveries) == (40, 0)
+    assert logged == (30, 60)
+    assert waits(lines) == 5
