@@ -36,7 +36,7 @@ STEPS = (
     ("validate + rows (judge)", "judge"),
     ("BEGIN and message claims", "_claim_messages"),
     ("readings: COPY, INSERT ... RETURNING, classify", "ReadingWriter.write_in_transaction"),
-    ("device_messages INSERT", "_write_message_logs"),
+    ("device_messages COPY", "_write_message_logs"),
     ("settle (log row, feedback)", "settle"),
     ("alerts", "raise_alerts_for"),
     ("rejections", "write_rejections"),
