@@ -11,13 +11,14 @@ dynsec client per device. Each scenario gets a fresh database copied from the te
 Scenarios, in one run (goals as issue 13 restated them for this machine, in brackets):
 1. `ehealthlab ingest --workers 2` as deployed (partitioned, the default; a subprocess,
    configured with EHEALTHLAB_* variables), devices sending one reading per message, offered
-   10,000 msg/s and above what it takes (13,000 msg/s: what is committed, its capacity);
+   10,000 msg/s and above what it takes (13,000 msg/s, or 0.8x what bare MQTT took in the
+   same run if that is more: what is committed, its capacity);
 2. the same with 50 readings per message (a device emptying its backlog after an outage),
    at 50,000 readings/s and above (65,000 readings/s) [>= 50,000 readings/s];
 3. one reading per message at 5,000 messages/s, for publish-to-commit latency [p99 < 50 ms];
-4. bare MQTT: the same publishers offered the same load on the same broker, consumed by two
-   `mosquitto_sub` partitioned like ingest's workers: the ceiling; ingest's committed
-   single-reading msg/s above is given as a ratio of it [>= 0.7];
+4. bare MQTT (run first): the same publishers offered the same load on the same broker,
+   consumed by two `mosquitto_sub` partitioned like ingest's workers: the ceiling; ingest's
+   committed single-reading msg/s above is given as a ratio of it [>= 0.7];
 5. a reference line, not a goal: a naive bridge (one process, one plain subscription, paho's
    automatic acknowledgement, `validate_message`, one INSERT per reading and a commit per
    message) offered the same load; ingest / naive is the ratio of their committed rates;
@@ -72,6 +73,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -161,14 +163,30 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+#: the single-reading capacity scenarios (ingest's and the floor's) are offered at least this
+#: share of what bare MQTT took in the same run, which runs first: above the 0.7 goal, so a
+#: consumer that keeps up has met it, and one that falls behind shows its capacity at a load
+#: past it. A fixed offer (13,000 msg/s) was below the goal on a fast day: the floor kept up,
+#: and its ratio said only what it had been offered.
+GOAL_OFFER = 0.8
+
+
 def run_scenarios(run: Run, options: Options) -> list[Outcome]:
+    chosen = [s for s in scenarios(options) if not options.only or s.key in options.only]
+    chosen.sort(key=lambda s: s.consumer != "bare")  # bare MQTT first (a stable sort)
     outcomes = []
-    for scenario in scenarios(options):
-        if options.only and scenario.key not in options.only:
-            continue
+    bare: Outcome | None = None
+    for listed in chosen:
+        scenario = listed
+        if bare is not None and listed.check == "capacity" and listed.per_message == 1:
+            offer = max(listed.rate, GOAL_OFFER * bare.committed_msgs_s)
+            # within the readings' time span `main` checked for the batch scenarios' rate
+            scenario = replace(listed, rate=min(offer, options.batch_max_rate * 50))
         print(f"- {scenario.title} at {scenario.rate:,.0f} msg/s offered ...", flush=True)
         outcome = run.run(scenario)
         outcomes.append(outcome)
+        if scenario.consumer == "bare":
+            bare = outcome
         print(f"  {outcome.committed_readings_s:,.0f} readings/s committed", flush=True)
     return outcomes
 
