@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
 
 import psycopg
@@ -27,6 +27,10 @@ from psycopg.pq import TransactionStatus
 from ehealthlab.store.db import Connection
 
 log = logging.getLogger(__name__)
+
+#: pipeline mode needs libpq 14 or later (psycopg[binary] bundles a newer one); without it
+#: the transaction is `conn.transaction()`'s and its statements wait one by one
+_PIPELINES = psycopg.Pipeline.is_supported()
 
 
 class PipelinedTransaction:
@@ -40,7 +44,11 @@ class PipelinedTransaction:
 
     def __enter__(self) -> PipelinedTransaction:
         conn = self._conn
-        self._own = conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+        self._own = (
+            _PIPELINES
+            and conn.autocommit
+            and conn.info.transaction_status == TransactionStatus.IDLE
+        )
         if not self._own:
             self._block = conn.transaction()
             self._block.__enter__()
@@ -50,7 +58,7 @@ class PipelinedTransaction:
     def opening(self) -> Iterator[None]:
         """The first statements, sent with BEGIN; fetch their results after the block (a
         fetch inside it is a wait of its own)."""
-        with self._conn.pipeline():
+        with self._pipeline():
             if self._own:
                 self._conn.execute("BEGIN")
             yield
@@ -58,10 +66,13 @@ class PipelinedTransaction:
     @contextmanager
     def closing(self) -> Iterator[None]:
         """The last statements, sent with COMMIT; the block waits once, for all of them."""
-        with self._conn.pipeline():
+        with self._pipeline():
             yield
             if self._own:
                 self._conn.execute("COMMIT")
+
+    def _pipeline(self) -> AbstractContextManager[object]:
+        return self._conn.pipeline() if _PIPELINES else nullcontext()
 
     def __exit__(
         self,
