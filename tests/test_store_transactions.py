@@ -10,7 +10,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 from store_fixtures import traced, waits
 
-from ehealthlab.store.transactions import PipelinedTransaction
+from ehealthlab.store.transactions import PipelinedTransaction, idle_autocommit
 
 
 def stored(url: str) -> list[int]:
@@ -109,3 +109,13 @@ def test_inside_a_callers_transaction_it_is_a_savepoint(url):
         conn.commit()
     assert before_commit == []
     assert stored(url) == [1, 2, 3]
+
+
+def test_only_an_autocommit_connection_between_transactions_is_idle_autocommit(url):
+    with psycopg.connect(url, autocommit=True) as conn:
+        between = idle_autocommit(conn)
+        with conn.transaction():
+            inside = idle_autocommit(conn)
+    with psycopg.connect(url) as conn:
+        not_autocommit = idle_autocommit(conn)
+    assert (between, inside, not_autocommit) == (True, False, False)

@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from psycopg.pq import TransactionStatus
-
 from ehealthlab.ingest.alerting import alert_scope, raise_alerts_for
 from ehealthlab.ingest.alerts import AlertRules
 from ehealthlab.ingest.pipeline import JudgedMessage, MessageLog, Settled, settle
@@ -35,7 +33,7 @@ from ehealthlab.records import record
 from ehealthlab.store.db import Connection
 from ehealthlab.store.readings import Conflict, ReadingRow, ReadingWriter, WriteResult
 from ehealthlab.store.rejections import RejectedRow, write_rejections
-from ehealthlab.store.transactions import PipelinedTransaction
+from ehealthlab.store.transactions import PipelinedTransaction, idle_autocommit
 
 MessageKey = tuple[str, str, bytes]
 
@@ -281,7 +279,7 @@ def _touch_devices(
         " WHERE d.device_id = s.device_id"
     )
     params = (devices, [last_seen[d] for d in devices])
-    if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+    if idle_autocommit(conn):
         # a worker's connection: the statement is a transaction of its own (one round trip,
         # not BEGIN, UPDATE and COMMIT), and the setting holds until that transaction's commit
         conn.execute(statement, params)

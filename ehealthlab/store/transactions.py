@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 _PIPELINES = psycopg.Pipeline.is_supported()
 
 
+def idle_autocommit(conn: Connection) -> bool:
+    """An autocommit connection between transactions (an ingest worker's): a statement sent
+    now is a transaction of its own, and no caller's transaction is there to join."""
+    return conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+
+
 class PipelinedTransaction:
     """`with PipelinedTransaction(conn) as tx:`, then `with tx.opening():` around the first
     statements and `with tx.closing():` around the last (see the module's docstring)."""
@@ -44,11 +50,7 @@ class PipelinedTransaction:
 
     def __enter__(self) -> PipelinedTransaction:
         conn = self._conn
-        self._own = (
-            _PIPELINES
-            and conn.autocommit
-            and conn.info.transaction_status == TransactionStatus.IDLE
-        )
+        self._own = _PIPELINES and idle_autocommit(conn)
         if not self._own:
             self._block = conn.transaction()
             self._block.__enter__()
