@@ -1,5 +1,7 @@
 """The platform's MQTT consumer alone: CPU a message to take queued messages and acknowledge
-them, with its own PUBLISH decoder (`publish_decoder`) and, in the same run, with paho's.
+them, with its own PUBLISH decoder (`publish_decoder`, which also takes whole packets from
+the socket's buffer without paho's reader: `read_buffered`) and, in the same run, with
+paho's reader and decoder.
 
 Run:  .venv/bin/python bench/mqtt_consumer.py [--messages N] [--rounds R]
 
@@ -63,7 +65,7 @@ def drain(
         max_held=2 * RECEIVE_MAXIMUM,
     )  # fmt: skip
     if paho_decoder:
-        consumer._client.on_decoded_publish = None  # the baseline: paho's own decoder
+        consumer._client.on_decoded_publish = None  # the baseline: paho's reader and decoder
     cpu, wall = time.thread_time(), time.perf_counter()
     consumer.connect()
     taken = 0

@@ -12,7 +12,9 @@ import pytest
 from ehealthlab.errors import AuthenticationError, PermissionDeniedError
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttConsumer
-from ehealthlab.mqtt.consumer import _BufferedSocket
+from ehealthlab.mqtt.consumer import MqttConsumer as _Consumer
+from ehealthlab.mqtt.consumer import _BufferedClient, _BufferedSocket
+from ehealthlab.mqtt.publish_decoder import DecodedPublish
 
 WAIT_S = 30.0  # bounds a failure only
 
@@ -85,6 +87,122 @@ def test_close_sends_what_was_gathered(pair):
     sock.send(b"\xe0\x00")  # a DISCONNECT
     sock.close()
     assert reader.recv(100) == b"\xe0\x00"
+
+
+# -- packets taken whole from the buffer, acknowledgements as bytes -------------------------
+
+
+def publish_bytes(payload: bytes, *, mid: int = 1, qos: int = 1, properties: bytes = b"") -> bytes:
+    """An MQTT 5 PUBLISH on topic "t" (fixed header included)."""
+    body = b"\x00\x01t" + (mid.to_bytes(2, "big") if qos else b"")
+    body += bytes([len(properties)]) + properties + payload
+    assert len(body) < 128
+    return bytes([0x30 | qos << 1, len(body)]) + body
+
+
+def test_whole_packets_are_located_and_taken_one_at_a_time(pair):
+    writer, sock = pair
+    first, second = publish_bytes(b"one"), publish_bytes(b"two", mid=2)
+    writer.sendall(first + second + b"\x40\x02\x00")
+    # nothing read yet: the kernel holds it all, the buffer nothing
+    assert sock.whole_packet() is None
+    sock._data, sock._pos = sock._sock.recv(1000), 0
+    header, start, stop = sock.whole_packet()
+    assert (header, bytes(sock.buffered(start, stop))) == (first[0], first[2:])
+    assert sock.whole_packet() == (header, start, stop)  # located, not taken
+    sock.take_until(stop)
+    header, start, stop = sock.whole_packet()
+    assert bytes(sock.buffered(start, stop)) == second[2:]
+    sock.take_until(stop)
+    assert sock.whole_packet() is None  # the PUBACK lacks its last byte
+    assert sock.pending() == 3
+    writer.sendall(b"\x05")
+    assert sock.recv(3) == b"\x40\x02\x00"
+    assert sock.recv(1) == b"\x05"
+
+
+def test_a_length_longer_than_four_bytes_is_left_to_paho(pair):
+    writer, sock = pair
+    writer.sendall(b"\x30\xff\xff\xff\xff\x7f")
+    sock._data, sock._pos = sock._sock.recv(100), 0
+    assert sock.whole_packet() is None
+
+
+@pytest.fixture
+def client(pair):
+    """A consumer's paho client over the buffered end of a socket pair, MQTT 5, with what it
+    decodes collected: (the other end, the client, what came)."""
+    writer, sock = pair
+    consumer = _Consumer(BrokerAddress("127.0.0.1", 1), "pair")
+    paho_client = consumer._client
+    assert isinstance(paho_client, _BufferedClient)
+    paho_client._sock = sock
+    came: list[DecodedPublish] = []
+    paho_client.on_decoded_publish = came.append
+    return writer, paho_client, came
+
+
+def fill(client: _BufferedClient, data: bytes, writer: socket.socket) -> None:
+    writer.sendall(data)
+    sock = client._sock
+    sock._data, sock._pos = sock._sock.recv(100_000), 0
+
+
+def test_publishes_whole_in_the_buffer_are_decoded_until_something_else_comes(client):
+    writer, paho_client, came = client
+    stamped = b"\x26\x00\x0fehl-received-at\x00\x0d1765000000000"
+    fill(paho_client, publish_bytes(b"a", mid=1, properties=stamped)
+         + publish_bytes(b"b", mid=2, qos=0) + b"\xd0\x00"  # PINGRESP
+         + publish_bytes(b"c", mid=3), writer)  # fmt: skip
+    assert paho_client.read_buffered(10) == 2
+    assert [(m.payload, m.mid, m.qos) for m in came] == [(b"a", 1, 1), (b"b", 0, 0)]
+    assert came[0].user_properties == [("ehl-received-at", "1765000000000")]
+    assert paho_client._sock.pending() == 2 + len(publish_bytes(b"c", mid=3))  # paho's to read
+    assert paho_client.read_buffered(10) == 0
+
+
+def test_no_more_than_the_limit_is_taken(client):
+    writer, paho_client, came = client
+    fill(paho_client, b"".join(publish_bytes(bytes([n]), mid=n + 1) for n in range(5)), writer)
+    assert paho_client.read_buffered(3) == 3
+    assert paho_client.read_buffered(3) == 2
+    assert [m.mid for m in came] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("packet", "why"),
+    [
+        (publish_bytes(b"x", qos=2), "QoS 2: paho keeps it until PUBREL"),
+        (publish_bytes(b"x", properties=b"\x99\x00"), "an unknown property: paho decides"),
+        (b"\x90\x03\x00\x01\x00", "a SUBACK"),
+    ],
+)
+def test_what_the_decoder_does_not_take_is_left_whole_for_paho(client, packet, why):
+    writer, paho_client, came = client
+    fill(paho_client, packet, writer)
+    assert paho_client.read_buffered(10) == 0, why
+    assert paho_client._sock.pending() == len(packet)
+    assert came == []
+
+
+def test_nothing_is_taken_while_paho_is_inside_a_packet(client):
+    writer, paho_client, came = client
+    fill(paho_client, publish_bytes(b"a"), writer)
+    paho_client._in_packet["command"] = 0x30  # paho has read a header and waits for the rest
+    assert paho_client.read_buffered(10) == 0
+    assert came == []
+
+
+def test_acknowledgements_are_written_as_pubacks_in_order_at_the_flush(client):
+    writer, paho_client, _ = client
+    writer.setblocking(False)
+    assert paho_client.puback([1, 258, 65535])
+    with pytest.raises(BlockingIOError):
+        writer.recv(100)  # gathered, not yet sent
+    paho_client._sock.flush()
+    assert writer.recv(100) == b"\x40\x02\x00\x01\x40\x02\x01\x02\x40\x02\xff\xff"
+    paho_client._sock = None
+    assert not paho_client.puback([2])  # no connection: the broker sends it again
 
 
 # -- the consumer against a real broker ------------------------------------------------------

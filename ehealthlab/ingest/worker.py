@@ -455,9 +455,7 @@ class IngestWorker:
         connection = self._mqtt
         if connection is None or not connection.is_connected:
             return  # nothing to acknowledge to; feedback is advice, and the data are safe
-        for delivery in batch:
-            if delivery.generation == self._generation:
-                connection.ack(delivery.message)
+        connection.ack_all(d.message for d in batch if d.generation == self._generation)
         for judged, verdict in settled:
             if (
                 verdict.feedback is not None

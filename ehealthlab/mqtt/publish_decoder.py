@@ -54,7 +54,7 @@ class DecodedPublish:
     user_properties: list[tuple[str, str]]
 
 
-def decode_publish(header: int, packet: bytes | bytearray) -> DecodedPublish:
+def decode_publish(header: int, packet: bytes | bytearray | memoryview) -> DecodedPublish:
     """Decode an MQTT 5 PUBLISH: `header` is the fixed header's first byte, `packet`
     everything after the remaining length. Raises UnusualPacketError for what it leaves to paho."""
     qos = (header & 0x06) >> 1
