@@ -133,6 +133,12 @@ def settle(judged: JudgedMessage, duplicates: int, conflicts: Sequence[Conflict]
 
     `conflicts` index into `judged.readings` (equivalently `judged.outcome.accepted`).
     """
+    if not conflicts and not judged.outcome.rejected:
+        return _settled_clean(judged, duplicates)
+    return _settled_any(judged, duplicates, conflicts)
+
+
+def _settled_any(judged: JudgedMessage, duplicates: int, conflicts: Sequence[Conflict]) -> Settled:
     outcome = judged.outcome
     conflict_rejections = [
         conflicting_duplicate(outcome.accepted[c.index], c.stored_value) for c in conflicts
@@ -160,6 +166,26 @@ def settle(judged: JudgedMessage, duplicates: int, conflicts: Sequence[Conflict]
         ),
         feedback=build_feedback(outcome, duplicates, conflict_rejections),
     )
+
+
+def _settled_clean(judged: JudgedMessage, duplicates: int) -> Settled:
+    """`settle` for a message with nothing rejected, by the contract or the store: almost
+    every message, and one a worker settles thousands of times a second."""
+    outcome = judged.outcome
+    accepted = outcome.accepted
+    oldest: datetime | None
+    newest: datetime | None
+    if len(accepted) == 1:
+        oldest = newest = accepted[0].at
+    else:
+        ats = [r.at for r in accepted]
+        oldest, newest = min(ats, default=None), max(ats, default=None)
+    log = MessageLog(
+        judged.device_id, outcome.received_at, outcome.msg_id, judged.message.qos,
+        len(judged.message.payload), len(accepted), len(accepted) - duplicates, duplicates, 0,
+        outcome.clock_offset_s, oldest, newest,
+    )  # fmt: skip
+    return Settled(log, (), None)
 
 
 def _reading_row(
