@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -24,7 +24,13 @@ from ehealthlab.contract.messages import (
     ReasonCode,
 )
 from ehealthlab.contract.outcome import MessageOutcome, build_feedback
-from ehealthlab.contract.timestamps import RFC3339_PATTERN, TimestampError, parse_timestamp
+from ehealthlab.contract.timestamps import (
+    RFC3339_PATTERN,
+    TimestampError,
+    _parse,
+    _parse_by_pattern,
+    parse_timestamp,
+)
 from ehealthlab.contract.validation import validate_message
 
 RECEIVED_AT = datetime(2026, 11, 25, 8, 1, 8, tzinfo=timezone(timedelta(hours=1)))
@@ -317,6 +323,28 @@ def test_the_parser_never_accepts_what_the_schema_pattern_refuses(text: str) -> 
         return
     assert re.fullmatch(RFC3339_PATTERN.strip("^$"), text)
     assert parsed.utcoffset() is not None
+
+
+@FAST
+@given(text=st.from_regex(RFC3339_PATTERN) | near_timestamps | st.text(max_size=40))
+@example(text="2026-12-08T04:36:30.748174+00:00")
+@example(text="2026-12-08T04:36:30.250Z")
+@example(text="2026-12-08T04:36:30.Z")
+@example(text="2026-12-08T04:36:30,5Z")  # fromisoformat reads the comma; RFC 3339 does not
+@example(text="2026-12-08T04:36:30.2\u0665Z")  # an Arabic-Indic digit
+@example(text="2026-12-08T24:00:00+01:00")
+@example(text="2026-12-08T04:36:30+01:60")
+def test_the_quick_reading_of_a_timestamp_agrees_with_the_pattern(text: str) -> None:
+    """Common shapes are read without the regex; whatever that makes of a text (a moment, or
+    a refusal), the regex's reading makes too."""
+
+    def reading(parse: Any) -> datetime | type[Exception]:
+        try:
+            return parse(text)  # type: ignore[no-any-return]
+        except TimestampError as exc:
+            return type(exc)
+
+    assert reading(_parse) == reading(_parse_by_pattern)
 
 
 @FAST

@@ -44,20 +44,26 @@ def _representable(moment: datetime, text: str) -> datetime:
 
 
 def _parse(text: str) -> datetime:
-    # the common shape, 2026-11-25T08:00:30+01:00, without the regex: fromisoformat checks
-    # that every other position is an ASCII digit
-    if (
-        len(text) == 25
-        and text[10] == "T"
-        and text[19] in "+-"
-        and text[4] == text[7] == "-"
-        and text[13] == text[16] == text[22] == ":"
-        and text[23] in "012345"
-    ):
-        try:
-            return datetime.fromisoformat(text)
-        except ValueError:
-            pass  # the full parse below says what is wrong
+    # the common shapes (2026-11-25T08:00:30+01:00, 2026-11-25T07:00:30.250Z) without the
+    # regex: the separators and the fraction are checked here, and fromisoformat checks that
+    # every other position is an ASCII digit and every field in its range
+    size = len(text)
+    if size >= 20 and text[10] == "T" and text[4] == text[7] == "-" and text[13] == text[16] == ":":
+        if text[-1] == "Z":
+            fraction = text[19:-1]
+        elif size >= 25 and text[-6] in "+-" and text[-3] == ":" and text[-2] in "012345":
+            fraction = text[19:-6]
+        else:
+            fraction = "-"  # no offset: the full parse says so
+        if not fraction or (fraction[0] == "." and fraction[1:].isdigit() and fraction.isascii()):
+            try:
+                return datetime.fromisoformat(text)
+            except ValueError:
+                pass  # the full parse below says what is wrong
+    return _parse_by_pattern(text)
+
+
+def _parse_by_pattern(text: str) -> datetime:
     match = _TIMESTAMP.fullmatch(text)
     if match is None:
         raise TimestampError(
