@@ -119,13 +119,14 @@ def judge(
         message.payload, device_type=device.device_type, received_at=message.received_at
     )
     offset = outcome.clock_offset_s if outcome.clock_offset_s is not None else 0.0
-    readings = tuple(
-        _reading_row(topic.device_id, outcome, reading, offset) for reading in outcome.accepted
+    device_id = topic.device_id
+    readings = tuple([_reading_row(device_id, outcome, r, offset) for r in outcome.accepted])
+    rejections = (
+        tuple([_rejected_row(device_id, outcome, r) for r in outcome.rejected])
+        if outcome.rejected
+        else ()
     )
-    rejections = tuple(
-        _rejected_row(topic.device_id, outcome, rejection) for rejection in outcome.rejected
-    )
-    return JudgedMessage(message, topic.device_id, outcome, readings, rejections)
+    return JudgedMessage(message, device_id, outcome, readings, rejections)
 
 
 def settle(judged: JudgedMessage, duplicates: int, conflicts: Sequence[Conflict]) -> Settled:
@@ -191,18 +192,18 @@ def _settled_clean(judged: JudgedMessage, duplicates: int) -> Settled:
 def _reading_row(
     device_id: str, outcome: MessageOutcome, reading: ValidReading, offset: float
 ) -> ReadingRow:
-    return ReadingRow(
-        device_id=device_id,
-        metric=reading.metric,
-        at=reading.at,
-        value=reading.value,
-        measured_at=reading.measured_at,
-        received_at=outcome.received_at,
-        seq=reading.seq,
-        msg_id=outcome.msg_id or "",
-        clock_offset_s=offset,
-        clock_corrected=reading.clock_corrected,
-        reported_unit=None if reading.reported_unit == reading.unit else reading.reported_unit,
+    return ReadingRow(  # by position: a worker builds one a reading
+        device_id,
+        reading.metric,
+        reading.at,
+        reading.value,
+        reading.measured_at,
+        outcome.received_at,
+        reading.seq,
+        outcome.msg_id or "",
+        offset,
+        reading.clock_corrected,
+        None if reading.reported_unit == reading.unit else reading.reported_unit,
     )
 
 

@@ -339,13 +339,13 @@ def received(
     """A delivered message as the platform's value, with its receive time: the broker's
     stamp when it is trusted and present, else now."""
     stamped = broker_receive_time(user_properties) if trust_receive_stamp else None
-    return ReceivedMessage(
-        topic=topic,
-        payload=payload,
-        qos=qos,
-        retain=retain,
-        mid=mid,
-        received_at=stamped or datetime.now(UTC),
-        broker_stamped=stamped is not None,
-        simulated_received_at=simulated_receive_time(user_properties),
+    return ReceivedMessage(  # by position: one a message
+        topic,
+        payload,
+        qos,
+        retain,
+        mid,
+        stamped or datetime.now(UTC),  # received_at
+        stamped is not None,  # broker_stamped
+        simulated_receive_time(user_properties),  # simulated_received_at
     )

@@ -82,14 +82,14 @@ def decode_publish(header: int, packet: bytes | bytearray | memoryview) -> Decod
     if properties_end > end:
         raise UnusualPacketError("properties run past the packet")
     user_properties = _user_properties(view, pos, properties_end) if properties_length else []
-    return DecodedPublish(
-        topic=topic,
-        mid=mid,
-        qos=qos,
-        retain=bool(header & 0x01),
-        dup=bool(header & 0x08),
-        payload=bytes(view[properties_end:]),
-        user_properties=user_properties,
+    return DecodedPublish(  # by position: one a message
+        topic,
+        mid,
+        qos,
+        bool(header & 0x01),  # retain
+        bool(header & 0x08),  # dup
+        bytes(view[properties_end:]),  # payload
+        user_properties,
     )
 
 
