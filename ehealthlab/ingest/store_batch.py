@@ -36,6 +36,8 @@ from ehealthlab.store.rejections import RejectedRow, write_rejections
 from ehealthlab.store.transactions import PipelinedTransaction, idle_autocommit
 
 MessageKey = tuple[str, str, bytes]
+#: a message without duplicates (almost all): one shared empty set, not one each
+_NONE: frozenset[int] = frozenset()
 
 
 @record
@@ -101,7 +103,10 @@ def store_judged(
         for m, item in enumerate(judged):
             if again[m] is None:  # a message delivered again was stored before
                 rows.extend(item.readings)
-                owners.extend((m, r) for r in range(len(item.readings)))
+                if len(item.readings) == 1:  # most messages: 0.1 µs, not 0.7 for the general
+                    owners.append((m, 0))
+                else:
+                    owners.extend([(m, r) for r in range(len(item.readings))])
         result = writer.write_in_transaction(rows, alert_scope(rules))
         duplicates: list[set[int]] = [set() for _ in judged]
         for index in result.duplicates:
@@ -128,7 +133,11 @@ def store_judged(
         _touch_devices(conn, judged, last_seen)  # after commit: no row lock across batches
     messages = [
         StoredMessage(
-            item, settled[m], again[m] is not None, frozenset(duplicates[m]), tuple(conflicts[m])
+            item,
+            settled[m],
+            again[m] is not None,
+            frozenset(duplicates[m]) if duplicates[m] else _NONE,
+            tuple(conflicts[m]) if conflicts[m] else (),
         )
         for m, item in enumerate(judged)
     ]
@@ -188,7 +197,7 @@ def _claim_messages(
     Rows logged before migration 0015 have no content digest; a message matches them by
     its bytes, as it did then. Messages without a msg_id match rows without one by digest."""
     legacy = {k: _payload_digest(item) for item, k in zip(judged, keys, strict=True)}
-    distinct = sorted(set(keys))
+    distinct = list(dict.fromkeys(keys))  # in the batch's order (the locks are ordered in SQL)
     devices = sorted({item.device_id for item in judged})
     unnamed = [k for k in distinct if k[1] == NO_MSG_ID]
     with transaction.opening():  # nothing fetched inside: a fetch would be a wait of its own

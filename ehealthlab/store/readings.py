@@ -305,7 +305,8 @@ class ReadingWriter:
         """Create missing monthly partitions in a short transaction of its own."""
         new = {}
         for reading in batch:
-            month = (reading.at.astimezone(UTC).year, reading.at.astimezone(UTC).month)
+            at = reading.at if reading.at.tzinfo is UTC else reading.at.astimezone(UTC)
+            month = (at.year, at.month)
             if month not in self._known_months:
                 new[month] = reading.at
         if not new:
