@@ -38,7 +38,7 @@ _COLUMNS = ("device_id", "metric", "at", "value", "measured_at", "received_at", 
             "clock_offset_s", "clock_corrected", "reported_unit", "patient_id")  # fmt: skip
 _TYPES = ("text", "text", "timestamptz", "float8", "timestamptz", "timestamptz", "int8", "text",
           "float4", "bool", "text", "uuid")  # fmt: skip
-_STAGING = (
+STAGING = (
     "CREATE TEMPORARY TABLE floor_staging (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 _COPY = f"COPY floor_staging ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     with psycopg.connect(url) as conn:
-        conn.execute(_STAGING)
+        conn.execute(STAGING)
         rows = conn.execute("SELECT device_id, patient_id FROM enrolments").fetchall()
         patients: dict[str, Any] = dict(rows)
         conn.commit()
