@@ -50,15 +50,14 @@ _INSERT_AND_REPORT = """
         ON CONFLICT DO NOTHING
         RETURNING device_id, metric, at, value, measured_at, received_at, patient_id
     )
-    SELECT 'scope', device_id, metric, at, value, measured_at, received_at, patient_id,
-           NULL::bigint
-    FROM inserted
-    WHERE patient_id IS NOT NULL AND (
-        %(everything)s OR metric = ANY(%(every)b::text[]) OR EXISTS (
-            SELECT 1 FROM unnest(%(metrics)b::text[], %(at_least)b::float8[],
-                                 %(at_most)b::float8[]) AS b(metric, at_least, at_most)
-            WHERE b.metric = inserted.metric
-              AND (inserted.value >= b.at_least OR inserted.value <= b.at_most)))
+    SELECT 'scope', i.device_id, i.metric, i.at, i.value, i.measured_at, i.received_at,
+           i.patient_id, NULL::bigint
+    FROM inserted i
+    LEFT JOIN unnest(%(metrics)b::text[], %(at_least)b::float8[], %(at_most)b::float8[])
+           AS b(metric, at_least, at_most) ON b.metric = i.metric
+    WHERE i.patient_id IS NOT NULL AND (
+        %(everything)s OR i.metric = ANY(%(every)b::text[])
+        OR i.value >= b.at_least OR i.value <= b.at_most)
     UNION ALL
     SELECT 'key', device_id, metric, at, NULL, NULL, NULL, NULL, NULL
     FROM inserted
