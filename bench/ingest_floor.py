@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -29,7 +28,7 @@ import psycopg
 
 from ehealthlab.contract.topics import READINGS_WILDCARD
 from ehealthlab.gc_tuning import tune_garbage_collector
-from ehealthlab.ingest.worker import batch_wait_left
+from ehealthlab.ingest.batching import batch_wait_left, fill_batch
 from ehealthlab.ingest.worker_config import IngestConfig
 from ehealthlab.mqtt import BrokerAddress, MqttConsumer, ReceivedMessage
 
@@ -49,20 +48,18 @@ _INSERT = (
 
 
 def collect(consumer: MqttConsumer) -> list[ReceivedMessage]:
-    """A batch as ingest's worker collects one (its sizes and its wait)."""
+    """A batch as ingest's worker collects one (its sizes, its wait, and how it waits)."""
     first = consumer.receive(0.2)
     if first is None:
         return []
-    batch, readings = [first], first.payload.count(b'"seq"')
-    wait_s = batch_wait_left(first, CONFIG.batch_max_wait_s, datetime.now(UTC))
-    deadline = time.monotonic() + wait_s
-    while len(batch) < CONFIG.batch_max_messages and readings < CONFIG.batch_max_readings:
-        message = consumer.receive(max(0.0, deadline - time.monotonic()))
-        if message is None:
-            break
-        batch.append(message)
-        readings += message.payload.count(b'"seq"')
-    return batch
+    return fill_batch(
+        first,
+        lambda: consumer.receive(0.0),
+        lambda message: message.payload.count(b'"seq"'),
+        wait_s=batch_wait_left(first, CONFIG.batch_max_wait_s, datetime.now(UTC)),
+        max_messages=CONFIG.batch_max_messages,
+        max_readings=CONFIG.batch_max_readings,
+    )
 
 
 def store(conn: psycopg.Connection[Any], batch: list[ReceivedMessage],

@@ -28,6 +28,7 @@ import psycopg
 
 from ehealthlab.contract.topics import feedback_topic
 from ehealthlab.errors import EhealthlabError, ServiceUnavailableError
+from ehealthlab.ingest.batching import batch_wait_left, fill_batch
 from ehealthlab.ingest.pipeline import (
     UNKNOWN_DEVICE,
     JudgedMessage,
@@ -180,23 +181,14 @@ class IngestWorker:
         first = self._next(wait_s)
         if first is None:
             return []
-        batch = [first]
-        readings = first.message.payload.count(b'"seq"')
-        wait_s = batch_wait_left(first.message, self.config.batch_max_wait_s, datetime.now(UTC))
-        deadline = time.monotonic() + wait_s
-        while (
-            len(batch) < self.config.batch_max_messages
-            and readings < self.config.batch_max_readings
-        ):
-            # past the deadline, what has already arrived still joins the batch: no waiting
-            # for more, but no batch of one while messages are queued (a wait of 0 is then
-            # pure natural batching: a batch is what came while the last one was stored)
-            delivery = self._next(max(0.0, deadline - time.monotonic()))
-            if delivery is None:
-                break
-            batch.append(delivery)
-            readings += delivery.message.payload.count(b'"seq"')
-        return batch
+        return fill_batch(
+            first,
+            lambda: self._next(0.0),
+            lambda delivery: delivery.message.payload.count(b'"seq"'),
+            wait_s=batch_wait_left(first.message, self.config.batch_max_wait_s, datetime.now(UTC)),
+            max_messages=self.config.batch_max_messages,
+            max_readings=self.config.batch_max_readings,
+        )
 
     def _next(self, wait_s: float) -> _Delivery | None:
         """The next message of this worker's partition, waiting up to `wait_s`."""
@@ -482,14 +474,3 @@ class IngestWorker:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-def batch_wait_left(first: ReceivedMessage, wait_s: float, now: datetime) -> float:
-    """How long a batch begun with `first` may still wait to fill: the wait counts from when
-    the broker received that message, not from when this worker got to it, so that what came
-    while the last batch was being stored is not held a whole wait more. Within [0, wait_s]
-    (the broker's clock may not be quite ours); the whole wait without the broker's stamp."""
-    if not first.broker_stamped:
-        return wait_s
-    waited = (now - first.received_at).total_seconds()
-    return min(wait_s, max(0.0, wait_s - waited))
