@@ -19,7 +19,6 @@ rounds each, every round on a fresh database copied from one template.
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ import ingest_floor
 import paho.mqtt.client as paho
 import psycopg
 from ingest_messages import encode_message, one, reading_items
+from ingest_processes import cpu_seconds
 from ingest_scenarios import Options
 from ingest_stack import Stack
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -42,7 +42,6 @@ from ehealthlab.ingest.worker_config import IngestConfig
 from ehealthlab.mqtt import MqttConsumer
 from ehealthlab.settings import Settings
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SESSION_S = 600
 
 
@@ -121,13 +120,6 @@ def backend_of(url: str) -> int:
     raise SystemExit("the drain never connected to its database")
 
 
-def cpu_of(pid: int) -> float:
-    """CPU seconds a process has used so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def timed(url: str, done: Callable[[], bool], run: Callable[[threading.Event], None]) -> Drain:
     """Run `run(stop)` in a thread until `done()` (asked every 5 ms; nothing is asked of the
     database, which would take the cores being measured); the thread's CPU, its backend's
@@ -145,14 +137,14 @@ def timed(url: str, done: Callable[[], bool], run: Callable[[threading.Event], N
     worker.start()
     try:
         backend = backend_of(url)
-        backend_start = cpu_of(backend)
+        backend_start = cpu_seconds(backend)
         deadline = time.monotonic() + 600
         while not done():
             if time.monotonic() > deadline or not worker.is_alive():
                 raise SystemExit("not drained in 600 s")
             time.sleep(0.005)
         wall = time.perf_counter() - started
-        backend_used = cpu_of(backend) - backend_start
+        backend_used = cpu_seconds(backend) - backend_start
     finally:
         stop.set()
         worker.join()

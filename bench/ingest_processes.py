@@ -32,6 +32,14 @@ def _proc_stat_of(path: Path) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[11]) + int(fields[12])
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) a live process has used so far."""
+    stat = _proc_stat(pid)
+    if stat is None:
+        raise ProcessLookupError(pid)
+    return stat[1] / CLOCK_TICKS
+
+
 def descendants(roots: Sequence[int]) -> set[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():

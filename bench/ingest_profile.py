@@ -30,9 +30,9 @@ def _area(frame: str) -> str:
 
 #: the steps of an ingest worker, by a function on the stack; the first that matches wins
 STEPS = (
-    ("network thread: read, decode, on_message, queue put", "Client.loop_read"),
-    ("network thread: write (PUBACKs, feedback)", "Client.loop_write"),
-    ("network thread: select, wake-ups", "Client._thread_main"),
+    ("MQTT: whole PUBLISH packets decoded from the read buffer", "_BufferedClient.read_buffered"),
+    ("MQTT: paho's reader (other packets, cut ones)", "Client.loop_read"),
+    ("MQTT: write (PUBACKs, feedback)", "MqttConsumer._write"),
     ("validate + rows (judge)", "judge"),
     ("BEGIN and message claims", "_claim_messages"),
     ("readings: COPY, INSERT ... RETURNING, classify", "ReadingWriter.write_in_transaction"),
@@ -43,8 +43,8 @@ STEPS = (
     ("the closing wait (COMMIT)", "PipelinedTransaction.closing"),
     ("last_seen UPDATE", "_touch_devices"),
     ("partitions, staging (prepare)", "ReadingWriter.prepare"),
-    ("ack (queue PUBACKs for the network thread)", "IngestWorker._acknowledge"),
-    ("collect (queue get)", "IngestWorker._collect"),
+    ("ack and feedback", "IngestWorker._acknowledge"),
+    ("collect (waiting for the batch to fill)", "IngestWorker._collect"),
     ("rest of _write_batch (commit, stats)", "IngestWorker._write_batch"),
 )
 #: frames every sample has (process start, thread start, the loops): not worth listing
