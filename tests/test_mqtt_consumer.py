@@ -12,8 +12,9 @@ import pytest
 from ehealthlab.errors import AuthenticationError, PermissionDeniedError
 from ehealthlab.gateway.dynsec import DynamicSecurity
 from ehealthlab.mqtt import BrokerAddress, MqttConnection, MqttConsumer
+from ehealthlab.mqtt.buffered_socket import BufferedSocket
 from ehealthlab.mqtt.consumer import MqttConsumer as _Consumer
-from ehealthlab.mqtt.consumer import _BufferedClient, _BufferedSocket
+from ehealthlab.mqtt.consumer import _BufferedClient
 from ehealthlab.mqtt.publish_decoder import DecodedPublish
 
 WAIT_S = 30.0  # bounds a failure only
@@ -26,7 +27,7 @@ WAIT_S = 30.0  # bounds a failure only
 def pair():
     left, right = socket.socketpair()
     right.setblocking(False)
-    yield left, _BufferedSocket(right)
+    yield left, BufferedSocket(right)
     left.close()
     right.close()
 
@@ -121,6 +122,30 @@ def test_whole_packets_are_located_and_taken_one_at_a_time(pair):
     assert sock.recv(1) == b"\x05"
 
 
+def test_fill_reads_the_kernel_into_an_empty_buffer_only(pair):
+    writer, sock = pair
+    sock.fill()  # nothing to read: nothing happens, and nothing is reported yet
+    assert sock.pending() == 0
+    first = publish_bytes(b"one")
+    writer.sendall(first)
+    sock.fill()
+    assert sock.whole_packet() == (first[0], 2, len(first))
+    writer.sendall(publish_bytes(b"two"))
+    sock.fill()  # the buffer holds something still: the kernel keeps the rest
+    assert sock.pending() == len(first)
+
+
+def test_a_peer_that_closed_during_a_fill_is_reported_by_the_next_recv(pair):
+    writer, sock = pair
+    writer.sendall(b"\xd0\x00")  # a PINGRESP, then the end
+    writer.shutdown(socket.SHUT_WR)
+    sock.fill()
+    assert sock.recv(1) == b"\xd0"
+    assert sock.recv(1) == b"\x00"
+    sock.fill()
+    assert sock.recv(1) == b""  # as the socket itself would say it
+
+
 def test_a_length_longer_than_four_bytes_is_left_to_paho(pair):
     writer, sock = pair
     writer.sendall(b"\x30\xff\xff\xff\xff\x7f")
@@ -159,6 +184,15 @@ def test_publishes_whole_in_the_buffer_are_decoded_until_something_else_comes(cl
     assert came[0].user_properties == [("ehl-received-at", "1765000000000")]
     assert paho_client._sock.pending() == 2 + len(publish_bytes(b"c", mid=3))  # paho's to read
     assert paho_client.read_buffered(10) == 0
+
+
+def test_the_first_publish_of_a_read_is_decoded_whole_too(client):
+    """Straight from the kernel: paho's reader, asked first, would take the first packet of
+    every read a byte at a time."""
+    writer, paho_client, came = client
+    writer.sendall(publish_bytes(b"a", mid=1) + publish_bytes(b"b", mid=2))
+    assert paho_client.read_buffered(10) == 2
+    assert [m.payload for m in came] == [b"a", b"b"]
 
 
 def test_no_more_than_the_limit_is_taken(client):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-import ssl
 import struct
 import time
 from collections import deque
@@ -35,6 +34,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ehealthlab.errors import AuthenticationError, PermissionDeniedError
+from ehealthlab.mqtt.buffered_socket import BufferedSocket
 from ehealthlab.mqtt.common import (
     DEFAULT_TIMEOUT_S,
     LOST_CONNECTION,
@@ -43,7 +43,6 @@ from ehealthlab.mqtt.common import (
     DecodingClient,
     MqttError,
     ReceivedMessage,
-    close_gracefully,
     connect_properties,
     new_client,
     received_message,
@@ -52,106 +51,13 @@ from ehealthlab.mqtt.common import (
 )
 from ehealthlab.mqtt.publish_decoder import DecodedPublish, UnusualPacketError, decode_publish
 
-#: what one recv() asks the kernel for
-_READ_SIZE = 256 * 1024
 #: a PUBACK with no reason code (success) and no properties: type, remaining length 2, id
 _PUBACK = struct.Struct("!BBH")
 _PUBLISH = 0x30
 
 
-class _BufferedSocket:
-    """A connected socket whose reads are buffered and whose writes are gathered.
-
-    paho asks for one byte, then the length bytes, then the rest. Each ask is served from
-    one large recv(). `pending()` tells paho's loop (and ours) what is left: paho asks
-    this of TLS sockets. Writes collect until `flush()`. `starved` is set when a read found
-    nothing: the socket is drained."""
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._data = b""
-        self._pos = 0
-        self._out = bytearray()
-        self.starved = False
-
-    def recv(self, bufsize: int) -> bytes:
-        if self._pos >= len(self._data):
-            try:
-                data: bytes = self._sock.recv(_READ_SIZE)
-            except (BlockingIOError, ssl.SSLWantReadError):
-                self.starved = True
-                raise
-            if len(data) <= bufsize:
-                return data  # all of it is wanted (or b"": the peer closed)
-            self._data, self._pos = data, 0
-        end = self._pos + bufsize
-        chunk = self._data[self._pos : end]
-        self._pos = min(end, len(self._data))
-        return chunk
-
-    def whole_packet(self) -> tuple[int, int, int] | None:
-        """The next packet if all of it is in the buffer already: (its fixed header's first
-        byte, where the rest begins, where it ends); nothing is taken (see `take_until`).
-        None when it is not all there, or its length is not one paho would accept."""
-        data, pos = self._data, self._pos
-        end = len(data)
-        at, length, shift = pos + 1, 0, 0
-        while at < end and shift <= 21:
-            byte = data[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                stop = at + length
-                return (data[pos], at, stop) if stop <= end else None
-            shift += 7
-        return None
-
-    def buffered(self, start: int, stop: int) -> memoryview:
-        """Bytes of the buffer, as `whole_packet` located them."""
-        return memoryview(self._data)[start:stop]
-
-    def take_until(self, stop: int) -> None:
-        """Take the buffer's bytes up to `stop` (the end of a packet `whole_packet` found)."""
-        self._pos = stop
-
-    def pending(self) -> int:
-        inner = getattr(self._sock, "pending", None)
-        return len(self._data) - self._pos + (inner() if inner is not None else 0)
-
-    def send(self, data: bytes | bytearray) -> int:
-        self._out += data
-        return len(data)
-
-    @property
-    def unsent(self) -> bool:
-        return bool(self._out)
-
-    def flush(self) -> None:
-        """Write what was gathered, as far as the socket takes it now (raises OSError on a
-        broken connection)."""
-        while self._out:
-            try:
-                sent = self._sock.send(self._out)
-            except (BlockingIOError, ssl.SSLWantWriteError):
-                return
-            del self._out[:sent]
-
-    def close(self) -> None:
-        """Send what is gathered, then close gracefully (`close_gracefully`: a reset would
-        make the broker drop what it had not read yet, acknowledgements included; measured:
-        up to 286 of 300 messages came again on the next connection)."""
-        pending, self._out = bytes(self._out), bytearray()
-        close_gracefully(self._sock, pending)
-
-    def fileno(self) -> int:
-        return int(self._sock.fileno())
-
-    def __getattr__(self, name: str) -> Any:  # setblocking, shutdown, getpeername...
-        return getattr(self._sock, name)
-
-
 class _BufferedClient(DecodingClient):
-    """A `DecodingClient` over a `_BufferedSocket`. `_create_socket` is paho's own (2.x) seam
+    """A `DecodingClient` over a `BufferedSocket`. `_create_socket` is paho's own (2.x) seam
     between connecting and talking; the consumer's tests run it against a real broker.
 
     PUBLISH packets already whole in the buffer are decoded straight from it
@@ -163,19 +69,20 @@ class _BufferedClient(DecodingClient):
     decoder leaves to paho) is read by paho's `loop_read` as before."""
 
     def _create_socket(self) -> Any:
-        return _BufferedSocket(super()._create_socket())
+        return BufferedSocket(super()._create_socket())
 
     def read_buffered(self, limit: int) -> int:
         """Hand up to `limit` PUBLISH packets (QoS 0 or 1) that are whole in the socket's
         buffer to `on_decoded_publish`; stop at anything else. Returns how many."""
         sock, handler = self._sock, self.on_decoded_publish
         if (
-            not isinstance(sock, _BufferedSocket)
+            not isinstance(sock, BufferedSocket)
             or handler is None
             or self._in_packet["command"]  # paho is inside a packet: the buffer is its rest
             or self._protocol != MQTTProtocolVersion.MQTTv5
         ):
             return 0
+        sock.fill()
         taken = 0
         while taken < limit and (packet := sock.whole_packet()) is not None:
             header, start, stop = packet
@@ -199,7 +106,7 @@ class _BufferedClient(DecodingClient):
         """Acknowledge QoS 1 messages: their PUBACKs are gathered in the socket, to leave at
         its next flush. False when there is no connection (the broker sends them again)."""
         sock = self._sock
-        if not isinstance(sock, _BufferedSocket):
+        if not isinstance(sock, BufferedSocket):
             return False
         sock.send(b"".join([_PUBACK.pack(0x40, 2, mid) for mid in mids]))
         return True
@@ -365,7 +272,7 @@ class MqttConsumer:
         broker, read everything it sent (up to `max_held` messages held), keep alive."""
         client = self._client
         sock = client.socket()
-        if not isinstance(sock, _BufferedSocket):
+        if not isinstance(sock, BufferedSocket):
             self._connected = False
             return
         self._write()
@@ -405,7 +312,7 @@ class MqttConsumer:
             self._connected = False
             return
         sock = client.socket()
-        if isinstance(sock, _BufferedSocket):
+        if isinstance(sock, BufferedSocket):
             try:
                 sock.flush()
             except OSError:
