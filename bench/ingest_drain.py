@@ -207,9 +207,18 @@ def drain_floor(stack: Stack, url: str, count: int, tag: str) -> Drain:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=40_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--devices", type=int, default=40)
+    parser.add_argument(
+        "--messages", type=int, default=40_000,
+        help="single-reading messages queued for each drain (default 40,000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="rounds, each the floor's drain then ingest's (default 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--devices", type=int, default=40,
+        help="devices publishing, each its own MQTT client (default 40)",
+    )  # fmt: skip
     args = parser.parse_args()
     options = Options(devices=args.devices, publishers=1, duration=0, warmup=0, drain=0,
                       window=0, single_rate=0, single_max_rate=0, batch_rate=0,
